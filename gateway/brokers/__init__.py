@@ -1,0 +1,16 @@
+"""Where events come from: the embedded in-process broker or Redis, behind one interface."""
+
+from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+
+__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult", "create_broker"]
+
+
+def create_broker(redis_url, prefix: str, history_length: int, history_age: float) -> Broker:
+    """The Redis broker when a URL is given, else the embedded one."""
+    if redis_url:
+        from .redis import RedisBroker
+
+        return RedisBroker(redis_url, prefix, history_length, history_age)
+    from .embedded import EmbeddedBroker
+
+    return EmbeddedBroker(history_length, history_age)

@@ -1,0 +1,58 @@
+"""The broker interface: publish with an id, subscribe a channel, read its history."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, List
+
+from ..ids import EventId
+from ..message import Message
+
+MessageSink = Callable[[Message], None]
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached now; the text says what failed."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    event_id: EventId
+    receivers: int  # gateway processes that had the channel subscribed
+
+
+@dataclass(frozen=True)
+class History:
+    messages: List[Message]  # after the requested id, oldest first
+    gap: bool  # events after the requested id were lost (trimmed, expired, or never known)
+
+
+class Broker(ABC):
+    """One per gateway process. Delivers every message of a subscribed channel to the sink once,
+    in id order, including after its own reconnects."""
+
+    name: str
+
+    @abstractmethod
+    def start(self, sink: MessageSink) -> None:
+        """Begin delivering messages of subscribed channels to `sink`."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def publish(self, message: Message) -> PublishResult:
+        """Append to history and deliver, atomically; raises BrokerUnavailable."""
+
+    @abstractmethod
+    def subscribe(self, channel: str) -> EventId:
+        """Return once the subscription is live: the id of the channel's last event (ZERO if none)."""
+
+    @abstractmethod
+    def unsubscribe(self, channel: str) -> None: ...
+
+    @abstractmethod
+    def history(self, channel: str, after: EventId) -> History: ...
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise BrokerUnavailable unless the broker answers now."""

@@ -1,0 +1,89 @@
+"""The in-process broker: per-channel ring buffers, for a single gateway process with no Redis.
+
+Ids have the Redis stream form (`<ms>-<seq>`), so clients and resume behave the same on both
+brokers; history lives in memory and is gone when the process exits.
+"""
+
+import time
+from collections import deque
+from typing import Deque, Dict, Optional, Set
+
+from ..ids import ZERO, EventId, HistoryBounds, history_gap
+from ..message import Message
+from .base import Broker, History, MessageSink, PublishResult
+
+
+class _Ring:
+    __slots__ = ("messages", "last", "max_deleted")
+
+    def __init__(self) -> None:
+        self.messages: Deque[Message] = deque()
+        self.last: EventId = ZERO
+        self.max_deleted: EventId = ZERO
+
+    def trim(self, max_length: int, oldest_ms: int) -> None:
+        messages = self.messages
+        while messages and (len(messages) > max_length or messages[0].event_id[0] < oldest_ms):
+            self.max_deleted = messages.popleft().event_id
+
+    def bounds(self) -> HistoryBounds:
+        first = self.messages[0].event_id if self.messages else ZERO
+        return HistoryBounds(True, first, self.last, self.max_deleted)
+
+
+class EmbeddedBroker(Broker):
+    name = "embedded"
+
+    def __init__(self, history_length: int = 1000, history_age: float = 3600.0) -> None:
+        self._max_length = history_length
+        self._max_age_ms = int(history_age * 1000)
+        self._rings: Dict[str, _Ring] = {}
+        self._subscribed: Set[str] = set()
+        self._sink: Optional[MessageSink] = None
+        self._last: EventId = ZERO
+
+    def start(self, sink: MessageSink) -> None:
+        self._sink = sink
+
+    def stop(self) -> None:
+        self._sink = None
+
+    def publish(self, message: Message) -> PublishResult:
+        event_id = self._next_id()
+        message = message.with_id(event_id)
+        ring = self._rings.get(message.channel)
+        if ring is None:
+            ring = self._rings[message.channel] = _Ring()
+        ring.messages.append(message)
+        ring.last = event_id
+        ring.trim(self._max_length, event_id[0] - self._max_age_ms)
+        delivered = message.channel in self._subscribed and self._sink is not None
+        if delivered:
+            self._sink(message)
+        return PublishResult(event_id, int(delivered))
+
+    def _next_id(self) -> EventId:
+        # Like Redis: wall-clock milliseconds, a sequence within one millisecond, never backwards.
+        now = int(time.time() * 1000)
+        last_ms, last_seq = self._last
+        self._last = (now, 0) if now > last_ms else (last_ms, last_seq + 1)
+        return self._last
+
+    def subscribe(self, channel: str) -> EventId:
+        self._subscribed.add(channel)
+        ring = self._rings.get(channel)
+        return ring.last if ring else ZERO
+
+    def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    def history(self, channel: str, after: EventId) -> History:
+        ring = self._rings.get(channel)
+        if ring is None:
+            return History([], history_gap(after, HistoryBounds(exists=False)))
+        ring.trim(self._max_length, int(time.time() * 1000) - self._max_age_ms)
+        messages = [m for m in ring.messages if m.event_id > after]
+        return History(messages, history_gap(after, ring.bounds()))
+
+    def check(self) -> None:
+        return None

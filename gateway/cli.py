@@ -1,0 +1,116 @@
+"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends one event."""
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from .config import OPTIONS, Config, defaults, from_environment
+
+
+def _serve_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the gateway",
+        description="Run the gateway. Every option can also be set with the environment "
+                    "variable shown; the command line wins.",
+    )
+    base = defaults()
+    for option in OPTIONS:
+        default = base[option.name]
+        shown = ", ".join(default) if isinstance(default, tuple) else default
+        help_text = f"{option.help} (env {option.env}; default: {shown!s})"
+        if option.switch:
+            parser.add_argument(option.cli, dest=option.name, action="store_const", const=True,
+                                default=None, help=help_text)
+        elif option.repeatable:
+            parser.add_argument(option.cli, dest=option.name, action="append", default=None,
+                                metavar=option.metavar, help=help_text)
+        else:
+            parser.add_argument(option.cli, dest=option.name, type=option.parse, default=None,
+                                metavar=option.metavar, help=help_text)
+
+
+def _publish_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "publish", help="publish one event",
+        description="Publish one event through Redis (--redis-url) or a running gateway (--url).",
+    )
+    parser.add_argument("channel")
+    parser.add_argument("data", help="the event's data (a string; with --json, a JSON value)")
+    parser.add_argument("--event", help="event type (the client's addEventListener name)")
+    parser.add_argument("--id", dest="source_id", help="your own id for the event")
+    parser.add_argument("--retry", type=int, help="reconnection delay hint in milliseconds")
+    parser.add_argument("--json", action="store_true", help="parse DATA as JSON")
+    parser.add_argument("--redis-url", help="publish through Redis (env SSE_GATEWAY_REDIS_URL)")
+    parser.add_argument("--prefix", help="Redis key prefix (env SSE_GATEWAY_PREFIX)")
+    parser.add_argument("--url", default="http://127.0.0.1:8080",
+                        help="gateway to publish through when no Redis URL is given "
+                             "(default: http://127.0.0.1:8080)")
+    parser.add_argument("--publish-token", help="bearer token for the gateway "
+                                                "(env SSE_GATEWAY_PUBLISH_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sse-gateway",
+                                     description="A Server-Sent Events push gateway.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(subparsers)
+    _publish_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(parser, args)
+    return _publish(parser, args)
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        values = {**defaults(), **from_environment()}
+        values.update({o.name: getattr(args, o.name) for o in OPTIONS
+                       if getattr(args, o.name) is not None})
+        values["publish_tokens"] = tuple(values["publish_tokens"])
+        config = Config(**values)
+    except ValueError as error:
+        parser.error(str(error))
+    level = getattr(logging, config.log_level.upper(), None)
+    if not isinstance(level, int):
+        parser.error(f"unknown log level {config.log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Patch before redis-py and the server create sockets, so every wait yields to gevent.
+    from gevent import monkey
+
+    monkey.patch_all()
+    from .server import serve
+
+    serve(config)
+    return 0
+
+
+def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+
+    from .publisher import PublishError, Publisher
+
+    data = args.data
+    if args.json:
+        try:
+            data = json.loads(data)
+        except ValueError as error:
+            parser.error(f"DATA is not valid JSON: {error}")
+    redis_url = args.redis_url or os.environ.get("SSE_GATEWAY_REDIS_URL")
+    prefix = args.prefix if args.prefix is not None else os.environ.get("SSE_GATEWAY_PREFIX", "")
+    token = args.publish_token or os.environ.get("SSE_GATEWAY_PUBLISH_TOKEN", "").split(",")[0]
+    publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    try:
+        result = publisher.publish(args.channel, data, event=args.event, id=args.source_id,
+                                   retry=args.retry)
+    except PublishError as error:
+        print(f"sse-gateway publish: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0

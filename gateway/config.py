@@ -1,0 +1,120 @@
+"""The gateway's settings: one table drives the CLI options, the environment variables and the docs."""
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+ENV_PREFIX = "SSE_GATEWAY_"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: Optional[str] = None
+    prefix: str = ""
+    publish_tokens: Tuple[str, ...] = ()
+    heartbeat: float = 15.0
+    retry: int = 3000
+    max_message_size: int = 65536
+    max_pending: int = 1000
+    max_channels: int = 16
+    history_length: int = 1000
+    history_age: float = 3600.0
+    shutdown_timeout: float = 5.0
+    log_level: str = "info"
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.heartbeat < 45:
+            problems.append("heartbeat must be above 0 and below 45 seconds "
+                            "(polyfills treat 45 s of silence as a dead connection)")
+        for name in ("max_message_size", "max_pending", "max_channels", "history_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if self.history_age <= 0:
+            problems.append("history-age must be above 0")
+        if self.retry < 0:
+            problems.append("retry must not be negative")
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be 0-65535")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # Config field
+    help: str
+    flag: str = ""
+    repeatable: bool = False
+    switch: bool = False
+    metavar: Optional[str] = None
+    parse: Callable[[str], Any] = str
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + (self.flag or self.name).lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS: List[Option] = [
+    Option("host", "address to listen on", metavar="ADDR"),
+    Option("port", "port to listen on", parse=int),
+    Option("redis_url", "Redis URL (redis://host:port/db); without it the embedded broker is used",
+           metavar="URL"),
+    Option("prefix", "prefix of the Redis pub/sub channels and keys"),
+    Option("publish_tokens", "bearer token accepted by POST /publish (repeatable; env: "
+           "comma-separated); without any, publishing is allowed from loopback only",
+           flag="--publish-token", repeatable=True, metavar="TOKEN"),
+    Option("heartbeat", "seconds of silence before a keep-alive comment is sent", parse=float),
+    Option("retry", "reconnection delay hint sent to clients, in milliseconds", parse=int),
+    Option("max_message_size", "largest accepted publish body, in bytes", parse=int),
+    Option("max_pending", "events a subscriber may fall behind before it is disconnected",
+           parse=int),
+    Option("max_channels", "most channels one request may subscribe to", parse=int),
+    Option("history_length", "events kept per channel for resume", parse=int),
+    Option("history_age", "seconds an event is kept for resume", parse=float),
+    Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
+    Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
+    Option("demo", "serve the demo chat page at /", switch=True),
+]
+
+
+def defaults() -> Dict[str, Any]:
+    return {f.name: f.default for f in fields(Config)}
+
+
+def from_environment(environ=os.environ) -> Dict[str, Any]:
+    """Settings given as SSE_GATEWAY_* variables; raises ValueError naming a bad one."""
+    values: Dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            if option.switch:
+                values[option.name] = _parse_bool(raw)
+            elif option.repeatable:
+                values[option.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            else:
+                values[option.name] = option.parse(raw)
+        except ValueError:
+            raise ValueError(f"{option.env}={raw!r} is not a valid value") from None
+    return values
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+__all__ = ["Config", "OPTIONS", "Option", "defaults", "from_environment"]

@@ -1,0 +1,59 @@
+"""The gevent WSGI server around the app: start, log, and shut down gracefully on a signal."""
+
+import logging
+import signal
+
+import gevent
+import gevent.event
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+
+from .app import create_app
+from .brokers import create_broker
+from .config import Config
+from .hub import Hub
+
+log = logging.getLogger("gateway")
+
+
+def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then end every stream and exit within the shutdown timeout."""
+    broker = create_broker(config.redis_url, config.prefix, config.history_length,
+                           config.history_age)
+    hub = Hub(broker)
+    broker.start(hub.dispatch)
+    app = create_app(config, hub, broker)
+    server = WSGIServer(
+        (config.host, config.port),
+        app,
+        log=LoggingLogAdapter(logging.getLogger("gateway.access"), logging.DEBUG),
+        error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
+    )
+    server.start()
+    host, port = server.address[:2]
+    log.info(
+        "listening on http://%s:%d; broker %s%s; heartbeat %gs, max message %d B, "
+        "max pending %d, max channels %d, history %d events / %gs; publishing %s",
+        host, port, broker.name, f" ({_redacted(config.redis_url)})" if config.redis_url else "",
+        config.heartbeat, config.max_message_size, config.max_pending, config.max_channels,
+        config.history_length, config.history_age,
+        f"with {len(config.publish_tokens)} token(s)" if config.publish_tokens
+        else "from loopback only",
+    )
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    log.info("shutting down: ending %d stream(s)", hub.subscriber_count)
+    server.close()
+    hub.close_all("shutdown")
+    server.stop(timeout=config.shutdown_timeout)
+    broker.stop()
+    log.info("stopped")
+
+
+def _redacted(url: str) -> str:
+    # Keep passwords out of logs.
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

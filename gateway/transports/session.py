@@ -1,0 +1,91 @@
+"""A client's position on its channels: attach, replay what it missed, then filter live events.
+
+Order matters for "no gap, no duplicate": the session attaches to the hub first (live events
+start queueing), then reads history after the client's last id, then passes queued events
+only if they are newer than what was replayed.
+"""
+
+import heapq
+import json
+from typing import Dict, List, Optional, Sequence
+
+from .. import wire
+from ..hub import Hub, Subscriber
+from ..ids import CursorError, EventId, format_cursor, parse_cursor
+from ..message import Message
+
+#: The event that tells a client that events it asked for are gone from history.
+RESET_EVENT = "gateway-reset"
+
+
+class Session:
+    __slots__ = ("hub", "channels", "subscriber", "positions")
+
+    def __init__(self, hub: Hub, channels: Sequence[str], max_pending: int) -> None:
+        self.hub = hub
+        self.channels = tuple(channels)
+        self.subscriber = Subscriber(self.channels, max_pending)
+        self.positions: Dict[str, EventId] = {}
+
+    def open(self, last_event_id: Optional[str]) -> List[Message]:
+        """Attach and return the backlog to send first (resets, then replayed events).
+
+        Raises BrokerUnavailable, with nothing left attached, when the broker cannot serve.
+        """
+        self.positions = self.hub.attach(self.subscriber)
+        if last_event_id is None:
+            return []
+        try:
+            try:
+                requested = parse_cursor(last_event_id, self.channels)
+            except CursorError:
+                return [self._reset(self.channels, "unknown-id")]
+            return self._replay(requested)
+        except BaseException:
+            self.close()
+            raise
+
+    def _replay(self, requested: Dict[str, EventId]) -> List[Message]:
+        lost: List[str] = []
+        histories: List[List[Message]] = []
+        for channel, after in requested.items():
+            history = self.hub.history(channel, after)
+            if history.gap:
+                lost.append(channel)
+            self.positions[channel] = after
+            histories.append(history.messages)
+        backlog = [self._reset(lost, "history-lost")] if lost else []
+        backlog.extend(heapq.merge(*histories, key=lambda m: m.event_id))
+        return backlog
+
+    def _reset(self, channels: Sequence[str], reason: str) -> Message:
+        data = json.dumps({"channels": list(channels), "reason": reason}, separators=(",", ":"))
+        return Message(channels[0], data, event=RESET_EVENT)
+
+    def accept(self, message: Message) -> bool:
+        """Whether the client still needs this message; advances its position if so."""
+        event_id = message.event_id
+        if event_id is None:
+            return True
+        if event_id <= self.positions.get(message.channel, event_id):
+            return False
+        self.positions[message.channel] = event_id
+        return True
+
+    def cursor(self, source_id: Optional[str] = None) -> str:
+        return format_cursor(self.channels, self.positions, source_id)
+
+    def frame(self, message: Message) -> bytes:
+        """The message's event-stream bytes for this client, shared with others where possible."""
+        if message.event_id is None:
+            if message.source_id is None:
+                return message.frame
+        elif len(self.channels) == 1:
+            return message.frame
+        return message.body + wire.encode_id(self.cursor(message.source_id)) + b"\n"
+
+    def frames(self, messages: List[Message]) -> bytes:
+        return b"".join([self.frame(m) for m in messages if self.accept(m)])
+
+    def close(self) -> None:
+        self.hub.detach(self.subscriber)
