@@ -1,0 +1,625 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark runner: sse-gateway against nginx+nchan and flask-sse, in one run.
+
+For each target and each subscriber count it starts Redis (where the target needs it) and the
+server pinned to core 0, runs ``loadgen.py`` pinned to core 1, stops everything, and finally
+prints a results table with ratios against nchan. Rows are also written as JSON lines.
+
+    python3 benchmarks/run.py                      # full matrix, ~5 minutes
+    python3 benchmarks/run.py --targets nchan,flask-sse --subscribers 1000,5000
+    python3 benchmarks/run.py --smoke              # gateway alone, N=100, for CI
+
+Needs Linux, taskset, redis-server and nginx; installs libnginx-mod-nchan with apt-get when it is
+missing, and creates benchmarks/.venv (flask-sse, gunicorn, gevent, uvloop and the gateway's
+dependencies) on first use. Every server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = BENCH / ".venv"
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+SERVER_CORE, LOADGEN_CORE = 0, 1
+ALL_TARGETS = ("sse-gateway", "nchan", "flask-sse")
+CHANNEL = "bench"
+
+
+class TargetError(Exception):
+    """The target could not be started or measured; the matrix goes on without it."""
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit; children (servers, loadgen) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_dependencies() -> list[str]:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11: the gateway's needs are then installed by hand
+        return []
+    try:
+        with open(REPO / "pyproject.toml", "rb") as f:
+            return list(tomllib.load(f).get("project", {}).get("dependencies", []))
+    except (OSError, ValueError):
+        return []
+
+
+def ensure_venv() -> Path:
+    """Create benchmarks/.venv on first use; reinstall when the requirements change."""
+    python = VENV / "bin" / "python"
+    wanted = (BENCH / "requirements.txt").read_text() + "\n".join(gateway_dependencies())
+    stamp = VENV / ".bench-requirements"
+    digest = hashlib.sha256(wanted.encode()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == digest:
+        return python
+    log(f"preparing {VENV} ...")
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()],
+                   check=True)
+    stamp.write_text(digest)
+    return python
+
+
+def can_import(python: str, *modules: str) -> bool:
+    code = "import " + ", ".join(modules)
+    return subprocess.run([python, "-c", code], check=False, capture_output=True).returncode == 0
+
+
+def ensure_nchan() -> None:
+    if NCHAN_MODULE.exists():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise TargetError(f"{NCHAN_MODULE} missing; install libnginx-mod-nchan")
+    log("installing libnginx-mod-nchan ...")
+    cmd = ["apt-get", "install", "-y", "-q", "libnginx-mod-nchan"]
+    if subprocess.run(cmd, check=False, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+        subprocess.run(cmd, check=False, capture_output=True)
+    if not NCHAN_MODULE.exists():
+        raise TargetError("could not install libnginx-mod-nchan")
+
+
+def command_output(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout + done.stderr).strip()
+
+
+VERSIONS_SCRIPT = """
+import importlib.metadata as m
+for n in ('flask-sse', 'flask', 'gunicorn', 'gevent', 'redis', 'uvloop'):
+    try:
+        print(n, m.version(n))
+    except Exception:
+        pass
+"""
+
+
+def machine_facts(python: str) -> dict[str, object]:
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = command_output([
+        python, "-c", VERSIONS_SCRIPT,
+    ])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": command_output([python, "-c", "import sys; print(sys.version.split()[0])"]),
+        "redis": command_output(["redis-server", "--version"]),
+        "nginx": command_output(["nginx", "-v"]),
+        "nchan": command_output(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"]),
+        "packages": dict(line.split(" ", 1) for line in versions.splitlines() if " " in line),
+    }
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def child_pids(pid: int) -> list[int]:
+    """All descendants of pid (gunicorn and nginx workers)."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            stack.extend(kids)
+    return found
+
+
+@dataclass
+class Services:
+    """Processes of one matrix cell; ``stop`` kills each one's process group."""
+
+    workdir: Path
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen:
+        out = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.logs.append(out)
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CORE), *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=env, cwd=cwd, start_new_session=True,
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 6) -> str:
+        try:
+            text = (self.workdir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    def wait_ready(self, name: str, proc: subprocess.Popen, probe: Callable[[], bool],
+                   timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise TargetError(f"{name} exited ({proc.returncode}): {self.log_tail(name)}")
+            if probe():
+                return
+            time.sleep(0.1)
+        raise TargetError(f"{name} not ready after {timeout:.0f} s: {self.log_tail(name)}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        # A group may outlive its leader (a worker that ignored SIGTERM): sweep it too.
+        for _, proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for out in self.logs:
+            out.close()
+        self.procs.clear()
+        self.logs.clear()
+
+
+def http_probe(port: int) -> bool:
+    """True once something answers an HTTP request on port with a status line."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Connection: close\r\n\r\n")
+            return s.recv(16).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+def redis_probe(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(svc: Services) -> tuple[int, int]:
+    port = free_port()
+    proc = svc.spawn("redis", [
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--maxclients", "19000", "--protected-mode", "yes",
+        "--dir", str(svc.workdir),
+    ])
+    svc.wait_ready("redis", proc, lambda: redis_probe(port))
+    return port, proc.pid
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Started:
+    subscribe_url: str
+    publish_args: list[str]
+    cpu_pids: list[int]
+
+
+def start_gateway(svc: Services, python: str) -> Started:
+    redis_port, redis_pid = start_redis(svc)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    proc = svc.spawn("sse-gateway", [
+        python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--log-level", "warning",
+        "--max-pending", "1000",
+    ], env=env, cwd=REPO)
+    svc.wait_ready("sse-gateway", proc, lambda: http_probe(port))
+    base = f"http://127.0.0.1:{port}"
+    return Started(
+        subscribe_url=f"{base}/events/{CHANNEL}",
+        publish_args=["--publish", "http-json", "--publish-url", f"{base}/publish/{CHANNEL}"],
+        cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
+    )
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+load_module {module};
+
+events {{
+    worker_connections {connections};
+    multi_accept on;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+
+        location ~ ^/sub/(\\w+)$ {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $1;
+            nchan_subscriber_first_message newest;
+        }}
+
+        location ~ ^/pub/(\\w+)$ {{
+            nchan_publisher http;
+            nchan_channel_id $1;
+            nchan_message_buffer_length 16;
+            nchan_message_timeout 60s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nchan(svc: Services, python: str) -> Started:
+    ensure_nchan()
+    prefix = svc.workdir / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(
+        prefix=prefix, module=NCHAN_MODULE, port=port, nofile=nofile,
+        connections=max(1024, nofile - 500),
+    ))
+    # Workers run as an unprivileged user: let them reach the prefix.
+    prefix.chmod(0o755)
+    svc.workdir.chmod(0o755)
+    proc = svc.spawn("nginx", ["nginx", "-p", str(prefix), "-c", str(conf),
+                               "-e", str(prefix / "error.log")])
+    svc.wait_ready("nginx", proc, lambda: http_probe(port))
+    base = f"http://127.0.0.1:{port}"
+    return Started(
+        subscribe_url=f"{base}/sub/{CHANNEL}",
+        publish_args=["--publish", "http-nchan", "--publish-url", f"{base}/pub/{CHANNEL}"],
+        cpu_pids=[proc.pid, *child_pids(proc.pid)],
+    )
+
+
+def start_flask_sse(svc: Services, python: str) -> Started:
+    redis_port, redis_pid = start_redis(svc)
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    proc = svc.spawn("flask-sse", [
+        python, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
+        "--worker-connections", str(nofile), "--backlog", "4096",
+        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "120",
+        "--chdir", str(BENCH), "flask_sse_app:app",
+    ], env=dict(os.environ, REDIS_URL=redis_url))
+    svc.wait_ready("flask-sse", proc, lambda: http_probe(port))
+    return Started(
+        subscribe_url=f"http://127.0.0.1:{port}/stream?channel={CHANNEL}",
+        publish_args=["--publish", "redis", "--redis-url", redis_url, "--channel", CHANNEL,
+                      "--redis-envelope", "flask-sse"],
+        cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
+    )
+
+
+STARTERS: dict[str, Callable[[Services, str], Started]] = {
+    "sse-gateway": start_gateway,
+    "nchan": start_nchan,
+    "flask-sse": start_flask_sse,
+}
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+@dataclass
+class Plan:
+    rate: float
+    seconds: float
+    drain: float = 5.0
+    settle: float = 1.0
+
+
+def connect_budget(subscribers: int) -> float:
+    return max(10.0, subscribers / 250)
+
+
+@contextmanager
+def cell_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str, object]:
+    row: dict[str, object] = {"target": target, "subscribers": subscribers}
+    with cell_dir() as workdir:
+        svc = Services(workdir)
+        try:
+            started = STARTERS[target](svc, python)
+            connect_timeout = connect_budget(subscribers)
+            timeout = connect_timeout + plan.settle + plan.seconds + plan.drain + 20
+            argv = [
+                "taskset", "-c", str(LOADGEN_CORE), python, str(BENCH / "loadgen.py"),
+                "--url", started.subscribe_url, "--subscribers", str(subscribers),
+                *started.publish_args, "--rate", str(plan.rate),
+                "--duration", str(plan.seconds), "--drain", str(plan.drain),
+                "--settle", str(plan.settle), "--connect-timeout", str(connect_timeout),
+                "--timeout", str(timeout), "--label", target,
+            ]
+            for pid in started.cpu_pids:
+                argv += ["--server-pid", str(pid)]
+            try:
+                done = subprocess.run(argv, check=False, capture_output=True, text=True,
+                                      timeout=timeout + 45, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired as exc:
+                raise TargetError("loadgen did not exit in time") from exc
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+            if not lines:
+                raise TargetError(f"loadgen printed no result: {done.stderr.strip()[-300:]}")
+            row.update(json.loads(lines[-1]))
+            row["target"] = target
+            for name, proc in svc.procs:
+                if proc.poll() is not None:
+                    row.setdefault("error", f"{name} died during the run: "
+                                            f"{svc.log_tail(name)}")
+        except TargetError as exc:
+            row["error"] = str(exc)
+        finally:
+            svc.stop()
+    return row
+
+
+# --------------------------------------------------------------------------- report
+
+
+COLUMNS = (
+    # header, key, format
+    ("target", "target", "{}"),
+    ("N", "subscribers", "{}"),
+    ("conn", "connected", "{}"),
+    ("fail", "failed", "{}"),
+    ("conn s", "connect_seconds", "{:.2f}"),
+    ("delivered", "delivered", "{}"),
+    ("expected", "expected", "{}"),
+    ("loss %", "loss", "pct"),
+    ("deliv/s", "deliveries_per_s", "{:.0f}"),
+    ("p50 ms", "latency_p50_ms", "{:.1f}"),
+    ("p99 ms", "latency_p99_ms", "{:.1f}"),
+    ("max ms", "latency_max_ms", "{:.1f}"),
+    ("CPU s/1k", "cpu_s_per_1k", "{:.4f}"),
+    ("RSS MB", "server_rss_mb", "{:.0f}"),
+    ("KB/sub", "idle_kb_per_subscriber", "{:.1f}"),
+    ("gen CPU s", "loadgen_cpu_s", "{:.1f}"),
+)
+
+RATIOS = (
+    ("CPU/1k", "cpu_s_per_1k"),
+    ("p99", "latency_p99_ms"),
+    ("KB/sub", "idle_kb_per_subscriber"),
+    ("deliv/s", "deliveries_per_s"),
+)
+
+
+def cell(row: dict[str, object], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return "-"
+    if fmt == "pct":
+        return f"{float(value) * 100:.2f}"  # type: ignore[arg-type]
+    return fmt.format(value)
+
+
+def render_table(rows: list[dict[str, object]]) -> str:
+    table = [[c[0] for c in COLUMNS]]
+    errors = []
+    for row in rows:
+        table.append([cell(row, key, fmt) for _, key, fmt in COLUMNS])
+        if row.get("error"):
+            errors.append(f"  {row['target']} N={row['subscribers']}: {row['error']}")
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in
+                       enumerate(zip(r, widths))) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    ratio_lines = render_ratios(rows)
+    if ratio_lines:
+        lines += ["", "ratios vs nchan at the same N (x1.00 = same; CPU and p99: lower is better)",
+                  *ratio_lines]
+    if errors:
+        lines += ["", "errors:", *errors]
+    return "\n".join(lines)
+
+
+def render_ratios(rows: list[dict[str, object]]) -> list[str]:
+    base = {r["subscribers"]: r for r in rows if r["target"] == "nchan" and not r.get("error")}
+    out = []
+    for row in rows:
+        ref = base.get(row["subscribers"])
+        if ref is None or row["target"] == "nchan":
+            continue
+        parts = []
+        for label, key in RATIOS:
+            mine, theirs = row.get(key), ref.get(key)
+            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
+                parts.append(f"{label} x{mine / theirs:.2f}")
+            else:
+                parts.append(f"{label} -")
+        out.append(f"  {row['target']:<12} N={row['subscribers']:<6} " + "  ".join(parts))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", default=",".join(ALL_TARGETS),
+                   help=f"comma-separated, from {', '.join(ALL_TARGETS)}")
+    p.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated N values")
+    p.add_argument("--rate", type=float, default=20.0, help="published events per second")
+    p.add_argument("--seconds", type=float, default=10.0, help="publish phase length")
+    p.add_argument("--out", type=Path, help="JSON lines file (default benchmarks/results/)")
+    p.add_argument("--python", help="interpreter for servers and loadgen "
+                                     "(default: benchmarks/.venv, created on demand)")
+    p.add_argument("--smoke", action="store_true",
+                   help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.targets, args.subscribers = "sse-gateway", "100"
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - set(ALL_TARGETS)
+    if unknown:
+        p.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    args.subscribers = [int(n) for n in args.subscribers.split(",") if n.strip()]
+    return args
+
+
+def choose_python(args: argparse.Namespace) -> str:
+    if args.python:
+        return args.python
+    # The smoke needs only the gateway's own dependencies: use this interpreter if it has them,
+    # so CI does not build a virtualenv.
+    if args.smoke and can_import(sys.executable, "flask", "gevent", "redis"):
+        return sys.executable
+    return str(ensure_venv())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("taskset", "redis-server", "nginx"):
+        if shutil.which(tool) is None and (tool != "nginx" or "nchan" in args.targets):
+            log(f"error: {tool} not found")
+            return 2
+    nofile = raise_fd_limit()
+    python = choose_python(args)
+    plan = Plan(rate=args.rate, seconds=args.seconds)
+    if args.smoke:
+        plan.drain, plan.settle = 2.0, 0.5
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or BENCH / "results" / f"run-{stamp}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = machine_facts(python)
+    meta.update(rate=args.rate, seconds=args.seconds, nofile=nofile, python_path=python)
+    log(f"{meta['date']}  {meta['nproc']} cores  {meta['cpu']}  RLIMIT_NOFILE={nofile}")
+    rows: list[dict[str, object]] = []
+    with open(out, "w") as f:
+        f.write(json.dumps({"meta": meta}) + "\n")
+        for target in args.targets:
+            for n in args.subscribers:
+                log(f"-- {target} N={n} ...")
+                row = run_cell(target, n, plan, python)
+                rows.append(row)
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                summary = row.get("error") or (
+                    f"delivered {row.get('delivered')}/{row.get('expected')}, "
+                    f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}")
+                log(f"   {summary}")
+    print(render_table(rows))
+    print(f"\nJSON lines: {out}")
+    if args.smoke:
+        row = rows[0]
+        ok = not row.get("error") and row.get("connected") == 100 and row.get("loss") == 0
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
