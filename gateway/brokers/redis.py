@@ -44,8 +44,11 @@ class RedisBroker(Broker):
             url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT
         )
         self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
+        # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
+        # route them to push handlers), and no socket timeout: the listener waits indefinitely.
         self._listen_pool = redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_keepalive=True
+            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
+            socket_keepalive=True, protocol=2,
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
