@@ -1,0 +1,176 @@
+"""Fixtures that start real processes: redis-server and `sse-gateway serve`, on free ports."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import pytest
+import redis
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
+    """Poll a cheap condition until it holds or the deadline passes (tests only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {message or condition}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="sse-gateway-redis-")
+        self.proc: Optional[subprocess.Popen] = None
+        self.client = redis.Redis(port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; run the README's test command")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, message="redis-server to answer PING")
+
+    def _answers(self) -> bool:
+        try:
+            return self.client.ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """The session's redis-server, emptied, running, for one test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.client.flushall()
+    return redis_server
+
+
+class Gateway:
+    """One `sse-gateway serve` process."""
+
+    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tempfile.mktemp(prefix="sse-gateway-", suffix=".log")
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *args],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited early:\n{self.log()}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        self._log.flush()
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", errors="replace")
+
+    def publish(self, channel: str, body, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/publish/{channel}", json=body, timeout=10, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def start_gateway():
+    """Start gateways with given CLI args; all are killed at the end of the test."""
+    started: List[Gateway] = []
+
+    def start(*args: str, env: Optional[Dict[str, str]] = None) -> Gateway:
+        gateway = Gateway(list(args), env)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.cleanup()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def broker_args(request):
+    """CLI args selecting each broker in turn; the Redis one on a fresh database."""
+    if request.param == "embedded":
+        return []
+    server = request.getfixturevalue("redis_db")
+    return ["--redis-url", server.url]
+
+
+@pytest.fixture
+def gateway(start_gateway, broker_args):
+    """A gateway on each broker, with a short heartbeat."""
+    return start_gateway(*broker_args, "--heartbeat", "1")
