@@ -1,0 +1,2 @@
+/* Closes the closure opened by _head.js; `this` is the browser's window. */
+}(this));

@@ -1,0 +1,266 @@
+/* The EventSource facade: the standard interface, transport choice, reconnection and backoff.
+   Exported as SSEGateway.EventSource, and as window.EventSource where the browser has none. */
+
+var TRANSPORTS = {
+    "xhr-stream": xhrStream,
+    "xdr-stream": xdrStream,
+    "xhr-poll": xhrPoll,
+    "jsonp-poll": jsonpPoll
+  },
+  NS = window.SSEGateway || {};
+
+/* "auto": XHR streaming where XHR has CORS (IE10+, all others); on IE8/9, long-poll XHR on the
+   page's origin, XDomainRequest streaming across origins (it needs the page's scheme and cannot
+   send cookies); JSONP long-poll where none of these works. */
+function pickTransport(es, name) {
+  var X = window.XMLHttpRequest, scheme = window.location.protocol;
+  return TRANSPORTS[name] || TRANSPORTS[
+    X && "withCredentials" in new X() ? "xhr-stream" :
+      !es._cross ? (X && window.JSON ? "xhr-poll" : "jsonp-poll") :
+        window.XDomainRequest && !es.withCredentials &&
+          es._origin.slice(0, scheme.length) == scheme ? "xdr-stream" : "jsonp-poll"
+  ];
+}
+
+/* Calls one listener; an exception is reported asynchronously, as a browser would, and the
+   remaining listeners still run. */
+function invoke(target, listener, event) {
+  try {
+    if (typeof listener == "function") {
+      listener.call(target, event);
+    } else {
+      listener.handleEvent(event);
+    }
+  } catch (e) {
+    setTimeout(function () {
+      throw e;
+    }, 0);
+  }
+}
+
+/* options: withCredentials, transport ("auto", "xhr-stream", "xdr-stream", "xhr-poll",
+   "jsonp-poll"), heartbeatTimeout (ms without a byte before reconnecting, default 45000),
+   lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
+   path segment turned into "/poll"). */
+function EventSource(url, options) {
+  var me = this, a = window.document.createElement("a"), m;
+  options = options || {};
+  a.href = url;
+  me.url = a.href;
+  me.withCredentials = !!options.withCredentials;
+  me.readyState = CONNECTING;
+  me._origin = originOf(me.url);
+  me._cross = me._origin != originOf(window.location.href);
+  me._idParam = options.lastEventIdParam || "lastEventId";
+  me._heartbeat = +options.heartbeatTimeout || 45000;
+  m = /^([a-z][\w+.\-]*:)?\/\/[^\/?#]*/i.exec(me.url);
+  m = m ? m[0] : "";
+  me._pollBase = options.pollUrl || m + me.url.slice(m.length).replace(/\/events(?=[\/?#]|$)/, "/poll");
+  me._listeners = {};
+  me._retry = 3000;
+  me._failures = 0;
+  me._p = new Parser(function (type, data, id) {
+    me._event(type, data, id);
+  }, function (ms) {
+    me._retry = ms;
+  });
+  me._transport = pickTransport(me, options.transport);
+  /* Connect in a later task, so that listeners added right after construction see "open". */
+  me._wait(0);
+}
+
+EventSource.CONNECTING = CONNECTING;
+EventSource.OPEN = OPEN;
+EventSource.CLOSED = CLOSED;
+
+EventSource.prototype = {
+  constructor: EventSource,
+  CONNECTING: CONNECTING,
+  OPEN: OPEN,
+  CLOSED: CLOSED,
+  onopen: null,
+  onmessage: null,
+  onerror: null,
+
+  close: function () {
+    this._stop();
+    this.readyState = CLOSED;
+  },
+
+  addEventListener: function (type, listener) {
+    var list = this._listeners["$" + type] || [], i;
+    for (i = 0; i < list.length; i++) {
+      if (list[i].fn == listener) {
+        return;
+      }
+    }
+    if (listener) {
+      /* A new array: a dispatch under way keeps walking the one it started with. */
+      this._listeners["$" + type] = list.concat([{fn: listener}]);
+    }
+  },
+
+  removeEventListener: function (type, listener) {
+    var list = this._listeners["$" + type] || [], keep = [], i;
+    for (i = 0; i < list.length; i++) {
+      if (list[i].fn == listener) {
+        /* A listener removed during a dispatch is not called by it. */
+        list[i].fn = null;
+      } else {
+        keep.push(list[i]);
+      }
+    }
+    this._listeners["$" + type] = keep;
+  },
+
+  dispatchEvent: function (event) {
+    var me = this, type = event.type, list = me._listeners["$" + type] || [],
+      handler = /^(open|message|error)$/.test(type) && me["on" + type], i;
+    event.target = event.currentTarget = me;
+    if (typeof handler == "function") {
+      invoke(me, handler, event);
+    }
+    for (i = 0; i < list.length; i++) {
+      if (list[i].fn) {
+        invoke(me, list[i].fn, event);
+      }
+    }
+    return true;
+  },
+
+  _fire: function (type, event) {
+    event = event || {};
+    event.type = type;
+    this.dispatchEvent(event);
+  },
+
+  _streamUrl: function () {
+    return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
+  },
+
+  _pollUrl: function (kv) {
+    return withQuery(this._pollBase, [this._idParam, this._p.id].concat(kv));
+  },
+
+  _go: function () {
+    var me = this;
+    me._stop();
+    me._p.reset();
+    me._chunk();
+    try {
+      me._abort = me._transport(me);
+    } catch (e) {
+      /* This browser cannot make the request at all (a forced transport it lacks, a URL it refuses). */
+      me._end(-1);
+    }
+  },
+
+  _wait: function (ms) {
+    var me = this;
+    me._timer = setTimeout(function () {
+      me._go();
+    }, ms);
+  },
+
+  _stop: function () {
+    var abort = this._abort;
+    this._abort = null;
+    clearTimeout(this._timer);
+    clearTimeout(this._beat);
+    if (abort) {
+      abort();
+    }
+  },
+
+  /* The response is good: announce the connection (once; a rotation or the next poll is silent). */
+  _open: function () {
+    this._failures = 0;
+    if (this.readyState == CONNECTING) {
+      this.readyState = OPEN;
+      this._fire("open");
+    }
+  },
+
+  /* New text of a stream (none at connect time): restarts the heartbeat timer, then parses. */
+  _chunk: function (text) {
+    var me = this;
+    clearTimeout(me._beat);
+    me._beat = setTimeout(function () {
+      me._end(0);
+    }, me._heartbeat);
+    me._p.feed(text);
+  },
+
+  _event: function (type, data, id) {
+    if (this.readyState != CLOSED) {
+      this._fire(type, {data: data, lastEventId: id, origin: this._origin});
+    }
+  },
+
+  /* One long-poll answer: {"events": [{"id", "event", "data"}...], "lastEventId", "retry"},
+     as JSON text (XHR) or an object (JSONP). */
+  _poll: function (response) {
+    var me = this, p = me._p, events, event, i;
+    try {
+      if (typeof response == "string") {
+        response = parseJson(response);
+      }
+      events = response.events || [];
+    } catch (e) {
+      return me._end(0);
+    }
+    if (typeof response.retry == "number") {
+      me._retry = response.retry;
+    }
+    me._open();
+    for (i = 0; i < events.length; i++) {
+      event = events[i];
+      if (event.id != null) {
+        p.id = "" + event.id;
+      }
+      me._event(event.event || "message", "" + event.data, p.id);
+    }
+    if (response.lastEventId != null) {
+      p.id = "" + response.lastEventId;
+    }
+    me._end(200, true);
+  },
+
+  /* The request is over. status: the HTTP status, 0 for a network error or a heartbeat timeout,
+     -1 for a response that is no event stream. again: the server asked for the next request at
+     once (a ": rotate" comment, or a long-poll answer). */
+  _end: function (status, again) {
+    var me = this, retry = me._retry, delay;
+    me._stop();
+    if (status == 1223) {
+      status = 204; /* IE's XHR reports 204 No Content as 1223. */
+    }
+    if (me.readyState == CLOSED) {
+      return;
+    }
+    if (status == 200 && again) {
+      return me._wait(0);
+    }
+    if (status == 200 || !status || status > 499) {
+      /* WHATWG "reestablish the connection", with exponential backoff and jitter on top of the
+         retry time, reset by the next good response, so a restarting gateway is not stormed. */
+      me.readyState = CONNECTING;
+      me._fire("error");
+      if (me.readyState == CONNECTING) {
+        delay = Math.min(retry * Math.pow(2, me._failures++), Math.max(retry, 30000));
+        me._wait(delay + Math.random() * delay / 2);
+      }
+    } else {
+      /* WHATWG "fail the connection": 204, any other status, a wrong Content-Type. */
+      me.readyState = CLOSED;
+      me._fire("error");
+    }
+  }
+};
+
+NS.EventSource = EventSource;
+NS._cb = NS._cb || {};
+window.SSEGateway = NS;
+if (!window.EventSource) {
+  window.EventSource = EventSource;
+}

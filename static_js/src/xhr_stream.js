@@ -1,0 +1,40 @@
+/* Transport: the padded event stream over XMLHttpRequest (IE10+ and every modern browser),
+   feeding the parser only the part of responseText it has not seen yet. */
+
+function xhrStream(es) {
+  var xhr = openXhr(es, es._streamUrl()), seen = 0, opened = false;
+
+  function onChange() {
+    var state = xhr.readyState, text;
+    if (state < 2) {
+      return;
+    }
+    if (!opened) {
+      if (xhr.status != 200 || !isEventStream(xhr.getResponseHeader("Content-Type"))) {
+        return es._end(xhr.status == 200 ? -1 : xhr.status);
+      }
+      opened = true;
+      es._open();
+    }
+    if (state > 2) {
+      text = xhr.responseText;
+      es._chunk(text.slice(seen));
+      seen = text.length;
+    }
+    if (state == 4) {
+      es._end(xhr.status, es._p.rotate);
+    }
+  }
+
+  xhr.setRequestHeader("Accept", "text/event-stream");
+  /* An event stream is always UTF-8, whatever charset its Content-Type names. */
+  if (xhr.overrideMimeType) {
+    xhr.overrideMimeType("text/plain; charset=utf-8");
+  }
+  xhr.onreadystatechange = xhr.onprogress = onChange;
+  xhr.send(null);
+  return function () {
+    xhr.onreadystatechange = xhr.onprogress = noop;
+    xhr.abort();
+  };
+}
