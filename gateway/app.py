@@ -12,19 +12,23 @@ from werkzeug.exceptions import HTTPException
 
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
+from .cors import publish_policy, subscribe_policy
 from .hub import Hub
 from .ids import format_id
 from .message import InvalidMessage, build_message, check_channel, from_publish_body
-from .transports import Session, StreamOptions, event_stream
+from .transports import CALLBACK, Session, StreamOptions, encode_json, encode_jsonp, event_stream, poll
 
 log = logging.getLogger(__name__)
 
 LAST_EVENT_ID_PARAMS = ("lastEventId", "last_event_id", "evs_last_event_id")
 _FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
-_STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
+# Old IE caches GET responses unless told otherwise in every way it understands.
+_UNCACHEABLE = {
+    "Cache-Control": "no-cache, no-store",
+    "Pragma": "no-cache",
+    "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
 }
+_SUBSCRIBE_ENDPOINTS = ("events", "poll_events")
 
 
 class ApiError(Exception):
@@ -44,6 +48,24 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    subscribe_cors = subscribe_policy(config.cors_origins)
+    publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
+
+    @app.after_request
+    def _common_headers(response: Response) -> Response:
+        endpoint = request.endpoint
+        policy = subscribe_cors if endpoint in _SUBSCRIBE_ENDPOINTS else None
+        if endpoint == "publish":
+            policy = publish_cors
+        if policy is not None:
+            origin = request.headers.get("Origin")
+            extra = policy.preflight(origin) if request.method == "OPTIONS" else policy.headers(origin)
+            if extra.pop("Vary", None):
+                response.vary.add("Origin")
+            response.headers.update(extra)
+        if "Cache-Control" not in response.headers:
+            response.headers.update(_UNCACHEABLE)
+        return response
 
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
@@ -73,20 +95,43 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             retry_ms=config.retry,
             heartbeat=config.heartbeat,
             padded=padded,
-            rotate_bytes=128 * 1024 if padded else 0,
+            rotate_bytes=config.rotate_bytes if padded else 0,
+            rotate_seconds=config.rotate_seconds if padded else 0.0,
         )
+        session, backlog = _open_session(channels)
+        return Response(
+            event_stream(session, backlog, options),
+            content_type="text/event-stream; charset=utf-8",
+            headers={**_UNCACHEABLE, "X-Accel-Buffering": "no"},
+            direct_passthrough=True,
+        )
+
+    @app.get("/poll")
+    @app.get("/poll/<channel>")
+    def poll_events(channel: Optional[str] = None):
+        channels = _channels(channel, config.max_channels)
+        callback = request.args.get("callback")
+        if callback is not None and not CALLBACK.match(callback):
+            raise ApiError(400, "invalid callback",
+                           "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+        hold = _number_arg("timeout", config.poll_timeout, config.poll_timeout)
+        batch = int(_number_arg("batch", config.max_batch, config.max_batch, integer=True))
+        session, backlog = _open_session(channels)
+        body = poll(session, backlog, hold, batch, config.retry)
+        if callback is None:
+            return Response(encode_json(body), content_type="application/json; charset=utf-8")
+        return Response(encode_jsonp(callback, body),
+                        content_type="application/javascript; charset=utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+    def _open_session(channels: List[str]):
         session = Session(hub, channels, config.max_pending)
         try:
             backlog = session.open(_last_event_id())
         except BrokerUnavailable as error:
             raise ApiError(503, "broker unavailable", str(error)) from None
-        log.debug("subscriber connected to %s from %s", ",".join(channels), request.remote_addr)
-        return Response(
-            event_stream(session, backlog, options),
-            content_type="text/event-stream; charset=utf-8",
-            headers=_STREAM_HEADERS,
-            direct_passthrough=True,
-        )
+        log.debug("%s subscribed to %s", request.remote_addr, ",".join(channels))
+        return session, backlog
 
     @app.post("/publish/<channel>")
     def publish(channel: str):
@@ -137,6 +182,21 @@ def _channels(path_channel: Optional[str], limit: int) -> List[str]:
         raise ApiError(400, "too many channels", f"at most {limit} channels per request")
     unique = list(dict.fromkeys(_checked(name) for name in names))
     return unique
+
+
+def _number_arg(name: str, default: float, maximum: float, integer: bool = False) -> float:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    low = 1 if integer else 0
+    if not low <= value <= maximum:
+        raise ApiError(400, f"invalid {name}",
+                       f"{name} must be a {'whole ' if integer else ''}number from {low} to {maximum:g}")
+    return value
 
 
 def _last_event_id() -> Optional[str]:

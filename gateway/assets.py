@@ -8,8 +8,9 @@ A source checkout has it there; a package that ships the sources must keep that 
 wheel ships the bundle prebuilt as ``gateway/static/eventsource.min.js``; ``load_bundle`` prefers it
 unless the sources are newer (an edited checkout), and builds from the sources otherwise.
 
-This module imports neither gevent nor Flask. Run as a script (``python3 -P gateway/assets.py DIR``)
-it builds the bundle into DIR, as ``npm run build`` in static_js/ does.
+This module imports neither gevent nor Flask. Run as a script with a directory argument it builds
+the bundle there: ``npm run build`` in static_js/ does so through runpy (which keeps gateway/ off
+sys.path), into static_js/build/, which ``npm run lint`` then checks.
 """
 
 from __future__ import annotations

@@ -73,7 +73,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         values = {**defaults(), **from_environment()}
         values.update({o.name: getattr(args, o.name) for o in OPTIONS
                        if getattr(args, o.name) is not None})
-        values["publish_tokens"] = tuple(values["publish_tokens"])
+        for option in OPTIONS:
+            if option.repeatable:
+                values[option.name] = tuple(values[option.name])
         config = Config(**values)
     except ValueError as error:
         parser.error(str(error))

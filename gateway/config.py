@@ -19,6 +19,12 @@ class Config:
     max_message_size: int = 65536
     max_pending: int = 1000
     max_channels: int = 16
+    poll_timeout: float = 25.0
+    max_batch: int = 100
+    rotate_bytes: int = 128 * 1024
+    rotate_seconds: float = 55.0
+    cors_origins: Tuple[str, ...] = ()
+    publish_cors_origins: Tuple[str, ...] = ()
     history_length: int = 1000
     history_age: float = 3600.0
     shutdown_timeout: float = 5.0
@@ -30,9 +36,17 @@ class Config:
         if not 0 < self.heartbeat < 45:
             problems.append("heartbeat must be above 0 and below 45 seconds "
                             "(polyfills treat 45 s of silence as a dead connection)")
-        for name in ("max_message_size", "max_pending", "max_channels", "history_length"):
+        for name in ("max_message_size", "max_pending", "max_channels", "history_length",
+                     "max_batch", "rotate_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if not 0 < self.poll_timeout <= 300:
+            problems.append("poll-timeout must be above 0 and at most 300 seconds")
+        if self.rotate_seconds <= 0:
+            problems.append("rotate-seconds must be above 0")
+        for origin in self.cors_origins + self.publish_cors_origins:
+            if "://" not in origin or origin.endswith("/"):
+                problems.append(f"CORS origin {origin!r} must look like https://example.com")
         if self.history_age <= 0:
             problems.append("history-age must be above 0")
         if self.retry < 0:
@@ -77,6 +91,19 @@ OPTIONS: List[Option] = [
     Option("max_pending", "events a subscriber may fall behind before it is disconnected",
            parse=int),
     Option("max_channels", "most channels one request may subscribe to", parse=int),
+    Option("poll_timeout", "longest time a long-poll is held, in seconds (clients may ask "
+           "for less with ?timeout=)", parse=float),
+    Option("max_batch", "most events in one long-poll answer", parse=int),
+    Option("rotate_bytes", "bytes after which a padded (XHR/XDomainRequest) stream is ended "
+           "for the client to reconnect", parse=int),
+    Option("rotate_seconds", "seconds after which a padded stream is ended likewise",
+           parse=float),
+    Option("cors_origins", "origin allowed to subscribe with credentials (repeatable; env: "
+           "comma-separated); without any, every origin may subscribe without credentials",
+           flag="--cors-origin", repeatable=True, metavar="ORIGIN"),
+    Option("publish_cors_origins", "origin whose pages may publish from the browser "
+           "(repeatable); without any, the publish endpoint sends no CORS headers",
+           flag="--publish-cors-origin", repeatable=True, metavar="ORIGIN"),
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
