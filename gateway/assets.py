@@ -22,7 +22,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from webassets import Bundle, Environment
 
@@ -59,12 +58,12 @@ class BuiltAsset:
         return cls(
             body=body,
             gzipped=gzip.compress(body, compresslevel=9, mtime=0),
-            etag='"%s"' % sha[:32],
+            etag=f'"{sha[:32]}"',
             digest=sha[:12],
         )
 
 
-def source_paths(src_dir: Path = SRC_DIR) -> List[Path]:
+def source_paths(src_dir: Path = SRC_DIR) -> list[Path]:
     """The polyfill's source files, in bundle order."""
     return [src_dir / name for name in SOURCES]
 
@@ -74,7 +73,7 @@ def build_assets(output_dir: Path) -> Path:
     sources = source_paths()
     missing = [str(p) for p in sources if not p.is_file()]
     if missing:
-        raise FileNotFoundError("polyfill sources missing: %s" % ", ".join(missing))
+        raise FileNotFoundError(f"polyfill sources missing: {', '.join(missing)}")
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     # No webassets cache or manifest: they would leave files beside the output for one small bundle.
@@ -94,7 +93,7 @@ def _prebuilt_is_fresh() -> bool:
     return not sources or PREBUILT.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
 
 
-def load_bundle(build_dir: Optional[Path] = None) -> BuiltAsset:
+def load_bundle(build_dir: Path | None = None) -> BuiltAsset:
     """The bundle: the prebuilt file if fresh, else built into build_dir (else a temporary dir)."""
     if _prebuilt_is_fresh():
         log.debug("using prebuilt %s", PREBUILT)

@@ -146,7 +146,7 @@ EventSource.prototype = {
     var me = this;
     me._stop();
     me._p.reset();
-    me._chunk();
+    me._alive();
     try {
       me._abort = me._transport(me);
     } catch (e) {
@@ -181,14 +181,21 @@ EventSource.prototype = {
     }
   },
 
-  /* New text of a stream (none at connect time): restarts the heartbeat timer, then parses. */
-  _chunk: function (text) {
+  /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error. */
+  _alive: function () {
     var me = this;
     clearTimeout(me._beat);
     me._beat = setTimeout(function () {
       me._end(0);
     }, me._heartbeat);
-    me._p.feed(text);
+  },
+
+  /* The new text of a stream. */
+  _chunk: function (text) {
+    if (text) {
+      this._alive();
+      this._p.feed(text);
+    }
   },
 
   _event: function (type, data, id) {
