@@ -1,7 +1,6 @@
 """The Flask application: routes, request parsing, errors as JSON. Thin glue over the hub."""
 
 import hmac
-import ipaddress
 import json
 import logging
 from importlib import resources
@@ -13,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import publish_policy, subscribe_policy
+from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub
 from .ids import format_id
 from .message import InvalidMessage, build_message, check_channel, from_publish_body
@@ -21,7 +21,6 @@ from .transports import CALLBACK, Session, StreamOptions, encode_json, encode_js
 log = logging.getLogger(__name__)
 
 LAST_EVENT_ID_PARAMS = ("lastEventId", "last_event_id", "evs_last_event_id")
-_FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 # Old IE caches GET responses unless told otherwise in every way it understands.
 _UNCACHEABLE = {
     "Cache-Control": "no-cache, no-store",
@@ -48,6 +47,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    proxies = parse_networks(config.trusted_proxies)
     subscribe_cors = subscribe_policy(config.cors_origins)
     publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
 
@@ -130,12 +130,13 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             backlog = session.open(_last_event_id())
         except BrokerUnavailable as error:
             raise ApiError(503, "broker unavailable", str(error)) from None
-        log.debug("%s subscribed to %s", request.remote_addr, ",".join(channels))
+        log.debug("%s subscribed to %s", resolve(request.remote_addr or "", request.headers,
+                                                 proxies).address, ",".join(channels))
         return session, backlog
 
     @app.post("/publish/<channel>")
     def publish(channel: str):
-        _authorize_publisher(config.publish_tokens)
+        _authorize_publisher(config.publish_tokens, proxies)
         message = _read_message(_checked(channel))
         try:
             result = broker.publish(message)
@@ -218,7 +219,7 @@ def _wants_padding() -> bool:
     )
 
 
-def _authorize_publisher(tokens) -> None:
+def _authorize_publisher(tokens, proxies) -> None:
     if tokens:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -230,19 +231,10 @@ def _authorize_publisher(tokens) -> None:
         if not any(matches):
             raise ApiError(403, "forbidden", "the publish token is not valid")
         return
-    if not _is_local_request():
+    # A proxy on this host forwards requests from anywhere: only the original client counts.
+    if not is_loopback(resolve(request.remote_addr or "", request.headers, proxies)):
         raise ApiError(403, "forbidden", "no publish token is configured, so publishing is "
                        "allowed from loopback addresses only; set --publish-token")
-
-
-def _is_local_request() -> bool:
-    # A proxy on this host forwards requests from anywhere: forwarded ones are never local.
-    if any(name in request.headers for name in _FORWARDING_HEADERS):
-        return False
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
 
 
 def _read_message(channel: str):

@@ -25,6 +25,7 @@ class Config:
     rotate_seconds: float = 55.0
     cors_origins: Tuple[str, ...] = ()
     publish_cors_origins: Tuple[str, ...] = ()
+    trusted_proxies: Tuple[str, ...] = ()
     history_length: int = 1000
     history_age: float = 3600.0
     shutdown_timeout: float = 5.0
@@ -47,6 +48,12 @@ class Config:
         for origin in self.cors_origins + self.publish_cors_origins:
             if "://" not in origin or origin.endswith("/"):
                 problems.append(f"CORS origin {origin!r} must look like https://example.com")
+        from .forwarded import parse_networks
+
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as error:
+            problems.append(str(error))
         if self.history_age <= 0:
             problems.append("history-age must be above 0")
         if self.retry < 0:
@@ -104,6 +111,9 @@ OPTIONS: List[Option] = [
     Option("publish_cors_origins", "origin whose pages may publish from the browser "
            "(repeatable); without any, the publish endpoint sends no CORS headers",
            flag="--publish-cors-origin", repeatable=True, metavar="ORIGIN"),
+    Option("trusted_proxies", "proxy address or network whose X-Forwarded-For / X-Real-IP is "
+           "believed (repeatable; env: comma-separated)", flag="--trusted-proxy",
+           repeatable=True, metavar="ADDR"),
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
