@@ -430,9 +430,11 @@ def test_xhr_poll_uses_the_poll_url_and_polls_again_at_once_with_the_cursor(bund
         ["respond", 502, ""], ["tick", 3000],
     ], types=["note"])["log"]
     urls = [r[1] for r in only(log, "req")]
-    assert urls[0].startswith("http://app.test/poll/chat?_=")
+    # The first poll of a connection is answered at once (timeout=0), so "open" does not wait.
+    assert urls[0].startswith("http://app.test/poll/chat?timeout=0&_=")
     assert urls[1].startswith("http://app.test/poll/chat?lastEventId=8&_=")
     assert urls[2].startswith("http://app.test/poll/chat?lastEventId=9&_=")
+    assert urls[3].startswith("http://app.test/poll/chat?lastEventId=9&timeout=0&_=")
     # After the 502: the answer's retry (2000 ms) plus the jitter (Math.random() is 0.5 here).
     assert [r[0] for r in only(log, "req")] == [0, 0, 0, 2500]
     assert only(log, "ev") == [[0, "open", None, None, 1], [0, "message", "x", "7", 1],
@@ -446,7 +448,7 @@ def test_jsonp_poll_calls_back_through_ssegateway_and_removes_its_callback(bundl
         ["callbacks"], ["tick", 0], ["jsonp", {"events": [], "lastEventId": "2"}],
     ], xhr=False)["log"]
     scripts = [s[1] for s in only(log, "script")]
-    assert scripts[0].startswith("http://push.test/poll/chat?callback=SSEGateway._cb.c")
+    assert scripts[0].startswith("http://push.test/poll/chat?timeout=0&callback=SSEGateway._cb.c")
     assert "lastEventId=1&callback=SSEGateway._cb.c" in scripts[1]
     assert only(log, "callbacks")[0][1] == []
     assert only(log, "ev")[:2] == [[0, "open", None, None, 1], [0, "message", "hi", "1", 1]]

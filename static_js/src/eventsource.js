@@ -138,8 +138,11 @@ EventSource.prototype = {
     return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
   },
 
+  /* The first poll of a connection asks for an answer at once (timeout=0), so "open" comes
+     without waiting out a long-poll; the next ones hold for the gateway's default time. */
   _pollUrl: function (kv) {
-    return withQuery(this._pollBase, [this._idParam, this._p.id].concat(kv));
+    return withQuery(this._pollBase, [this._idParam, this._p.id,
+      "timeout", this.readyState == CONNECTING ? "0" : ""].concat(kv));
   },
 
   _go: function () {
