@@ -91,6 +91,8 @@ function bundle(spec) {
     });
   }
   if (spec.nativeEventSource) win.EventSource = function NativeEventSource() {};
+  // window.JSON is absent unless asked for, as in IE6/7 and IE8 in quirks mode.
+  if (spec.json) win.JSON = JSON;
   const before = Object.keys(win);
   const ctx = vm.createContext(win);
   vm.runInContext("Math.random = function () { return " + (spec.random ?? 0.5) + "; };", ctx);
@@ -139,6 +141,7 @@ function bundle(spec) {
     close() { es.close(); },
     state() { log.push(["state", now, es.readyState, es.url]); },
     callbacks() { log.push(["callbacks", now, Object.keys(win.SSEGateway._cb)]); },
+    probe(name) { log.push(["probe", now, win[name] ?? null]); },
   };
   for (const [name, ...args] of spec.actions || []) actions[name](...args);
   return {added, log, aborted: xhrs.filter((x) => x.aborted).length,
@@ -439,6 +442,26 @@ def test_xhr_poll_uses_the_poll_url_and_polls_again_at_once_with_the_cursor(bund
     assert [r[0] for r in only(log, "req")] == [0, 0, 0, 2500]
     assert only(log, "ev") == [[0, "open", None, None, 1], [0, "message", "x", "7", 1],
                                [0, "note", "y", "8", 1], [0, "error", None, None, 0]]
+
+
+@pytest.mark.parametrize("native_json", [True, False])
+def test_poll_answer_that_is_not_plain_json_is_an_error_and_never_runs(bundle_path, native_json):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, {"transport": "xhr-poll"}], ["tick", 0],
+        ["respond", 200, '{"events": [], "lastEventId": (window.pwned = "yes")}'],
+        ["probe", "pwned"], ["tick", 4500],
+    ], json=native_json)["log"]
+    assert only(log, "probe") == [[0, None]]
+    assert only(log, "ev") == [[0, "error", None, None, 0]]
+    assert [r[0] for r in only(log, "req")] == [0, 3750]
+
+
+def test_ie_status_1223_counts_as_204_and_closes(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, {"transport": "xhr-poll"}], ["tick", 0], ["respond", 1223, ""],
+        ["tick", 600000],
+    ])["log"]
+    assert len(only(log, "req")) == 1 and only(log, "ev") == [[0, "error", None, None, 2]]
 
 
 def test_jsonp_poll_calls_back_through_ssegateway_and_removes_its_callback(bundle_path):
