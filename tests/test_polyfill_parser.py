@@ -444,6 +444,16 @@ def test_xhr_poll_uses_the_poll_url_and_polls_again_at_once_with_the_cursor(bund
                                [0, "note", "y", "8", 1], [0, "error", None, None, 0]]
 
 
+@pytest.mark.parametrize("stream_url, poll_url", [
+    ("http://events/events/events?channel=a#f", "http://events/poll/events?channel=a&timeout=0&_="),
+    ("/gw/events-v2/events", "http://app.test/gw/events-v2/poll?timeout=0&_="),
+])
+def test_poll_url_turns_only_the_first_events_path_segment_into_poll(
+        bundle_path, stream_url, poll_url):
+    log = run_bundle(bundle_path, [["open", stream_url, {"transport": "xhr-poll"}], ["tick", 0]])
+    assert only(log["log"], "req")[0][1].startswith(poll_url)
+
+
 @pytest.mark.parametrize("native_json", [True, False])
 def test_poll_answer_that_is_not_plain_json_is_an_error_and_never_runs(bundle_path, native_json):
     log = run_bundle(bundle_path, [

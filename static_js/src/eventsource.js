@@ -43,7 +43,7 @@ function invoke(target, listener, event) {
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
    path segment turned into "/poll"). */
 function EventSource(url, options) {
-  var me = this, a = window.document.createElement("a"), m;
+  var me = this, a = window.document.createElement("a");
   options = options || {};
   a.href = url;
   me.url = a.href;
@@ -53,9 +53,7 @@ function EventSource(url, options) {
   me._cross = me._origin != originOf(window.location.href);
   me._idParam = options.lastEventIdParam || "lastEventId";
   me._heartbeat = +options.heartbeatTimeout || 45000;
-  m = /^([a-z][\w+.\-]*:)?\/\/[^\/?#]*/i.exec(me.url);
-  m = m ? m[0] : "";
-  me._pollBase = options.pollUrl || m + me.url.slice(m.length).replace(/\/events(?=[\/?#]|$)/, "/poll");
+  me._pollBase = options.pollUrl || pollUrlOf(me.url);
   me._listeners = {};
   me._retry = 3000;
   me._failures = 0;

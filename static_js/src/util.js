@@ -9,14 +9,23 @@ function uid() {
   return (+new Date()).toString(36) + uidCount++;
 }
 
+/* The scheme (1) and host (2) of a URL that has them: "http://user@Host:80" of "http://user@Host:80/x". */
+var URL_HEAD = /^([a-z][\w+.\-]*:)?\/\/(?:[^\/?#@]*@)?([^\/?#]*)/i;
+
 /* "scheme://host[:port]" of an absolute URL, default ports dropped; a relative URL has the page's origin. */
 function originOf(url) {
-  var m = /^([a-z][\w+.\-]*:)?\/\/(?:[^\/?#@]*@)?([^\/?#]*)/i.exec(url),
+  var m = URL_HEAD.exec(url),
     scheme = (m && m[1] || window.location.protocol).toLowerCase();
   if (!m) {
     return originOf(window.location.href);
   }
   return scheme + "//" + m[2].toLowerCase().replace(scheme == "https:" ? /:443$/ : /:80$/, "");
+}
+
+/* The gateway's long-poll URL for a stream URL: its "/events" path segment becomes "/poll". */
+function pollUrlOf(url) {
+  var m = URL_HEAD.exec(url), head = m ? m[0] : "";
+  return head + url.slice(head.length).replace(/\/events(?=[\/?#]|$)/, "/poll");
 }
 
 /* Sets query parameters from the name/value pairs in kv, replacing any of the same name.
