@@ -400,6 +400,18 @@ def test_server_errors_back_off_exponentially_with_a_cap_and_reset_after_success
     assert delays == [3000, 6000, 12000, 24000, 30000, 30000, 30000, 30000, 1000]
 
 
+def test_retry_zero_still_backs_off_from_half_a_second(bundle_path):
+    actions: list[list] = [["open", STREAM], ["tick", 0], ["head", 200], ["body", "retry: 0\n"],
+                           ["fail"]]
+    for _ in range(3):
+        actions += [["tick", 10000], ["fail"]]
+    actions += [["tick", 10000]]
+    log = run_bundle(bundle_path, actions, random=0)["log"]
+    errors = [e[0] for e in only(log, "ev") if e[1] == "error"]
+    requests = [r[0] for r in only(log, "req")]
+    assert [r - e for e, r in zip(errors, requests[1:])] == [500, 1000, 2000, 4000]
+
+
 def test_heartbeat_timeout_forces_a_reconnect(bundle_path):
     result = run_bundle(bundle_path, [
         ["open", STREAM, {"heartbeatTimeout": 5000}], ["tick", 0], ["head", 200],

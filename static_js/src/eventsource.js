@@ -251,11 +251,12 @@ EventSource.prototype = {
     }
     if (status == 200 || !status || status > 499) {
       /* WHATWG "reestablish the connection", with exponential backoff and jitter on top of the
-         retry time, reset by the next good response, so a restarting gateway is not stormed. */
+         retry time (at least 500 ms, even after "retry: 0"), capped at 30 s unless the retry time
+         is longer, reset by the next good response: a restarting gateway is not stormed. */
       me.readyState = CONNECTING;
       me._fire("error");
       if (me.readyState == CONNECTING) {
-        delay = Math.min(retry * Math.pow(2, me._failures++), Math.max(retry, 30000));
+        delay = Math.min(Math.max(retry, 500) * Math.pow(2, me._failures++), Math.max(retry, 30000));
         me._wait(delay + Math.random() * delay / 2);
       }
     } else {
