@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STATIC_JS = ROOT / "static_js"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 # Runs in node. argv: mode ("parser" or "bundle"), path of the script to load. stdin: JSON input.
 HARNESS = r"""
@@ -153,6 +152,8 @@ process.stdout.write(JSON.stringify(mode === "parser" ? parse(input) : bundle(in
 
 
 def run_node(mode: str, script: Path, payload: Any) -> Any:
+    if NODE is None:
+        pytest.skip("node is not installed")
     proc = subprocess.run(
         [NODE, "-e", HARNESS, mode, str(script)],
         input=json.dumps(payload).encode(),
@@ -500,9 +501,10 @@ def test_jsonp_poll_calls_back_through_ssegateway_and_removes_its_callback(bundl
 
 
 def test_npm_lint_passes_on_sources_and_built_bundle():
+    if NODE is None:
+        pytest.skip("node is not installed")
     npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed")
+    assert npm is not None, "node is installed but npm is not (Debian: apt-get install npm)"
     env = dict(os.environ, PYTHON=sys.executable)
     if not (STATIC_JS / "node_modules").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=STATIC_JS, env=env,
