@@ -441,7 +441,7 @@ def test_xhr_poll_uses_the_poll_url_and_polls_again_at_once_with_the_cursor(bund
               "lastEventId": "8", "retry": 2000}
     log = run_bundle(bundle_path, [
         ["open", STREAM, {"transport": "xhr-poll"}], ["tick", 0],
-        ["respond", 200, json.dumps(answer)], ["tick", 0],
+        ["respond", 200, "\n" + json.dumps(answer)], ["tick", 0],
         ["respond", 200, json.dumps({"events": [], "lastEventId": "9"})], ["tick", 0],
         ["respond", 502, ""], ["tick", 3000],
     ], types=["note"])["log"]

@@ -69,7 +69,7 @@ function parseJson(text) {
     return json.parse(text);
   }
   if (/^[\s\[\]{},:0]*$/.test(text.replace(/"(?:[^"\\\u0000-\u001f\u2028\u2029]|\\["\\\/bfnrt]|\\u[\da-fA-F]{4})*"|-?\d+(?:\.\d+)?(?:[eE][+\-]?\d+)?|true|false|null/g, "0"))) {
-    return new Function("return " + text)();
+    return new Function("return(" + text + ")")();
   }
   throw new Error("bad JSON");
 }
