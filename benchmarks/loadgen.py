@@ -74,6 +74,21 @@ def proc_rss_kb(pid: int) -> int | None:
     return 0
 
 
+def cores_cpu_seconds() -> list[tuple[float, float]]:
+    """Per CPU, from /proc/stat: (task time: user+nice+system+steal, irq+softirq time).
+
+    With IRQ time accounting (as here) softirq work, such as the loopback TCP receive path, is
+    charged to no process: a process's utime+stime leaves it out; the core's figure keeps it.
+    """
+    out = []
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"cpu") and line[3:4].isdigit():
+                v = [int(x) for x in line.split()[1:9]]
+                out.append(((v[0] + v[1] + v[2] + v[7]) / _CLK_TCK, (v[5] + v[6]) / _CLK_TCK))
+    return out
+
+
 def sum_readings(pids: list[int], read: Callable[[int], float | None]) -> float | None:
     values = [read(pid) for pid in pids]
     if not pids or any(v is None for v in values):
@@ -99,6 +114,8 @@ class Stats:
         self.last_delivery = 0
         self.latency_us = array("q")
         self.closing = False
+        # Set when publishing starts: subscribers whose headers come later count here instead.
+        self.late: Stats | None = None
 
     def fail(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
@@ -198,6 +215,10 @@ class Subscriber(asyncio.Protocol):
             return
         self.state = BODY
         stats = self.stats
+        if stats.late is not None:
+            # Headers after publishing began: its deliveries are not part of the measurement.
+            stats = self.stats = stats.late
+            self.lat_append = stats.latency_us.append
         stats.headers_ok += 1
         stats.last_header = time.monotonic()
         rest = head[end + 4 :]
@@ -542,6 +563,8 @@ class Run:
         }
         self.t_publish0 = 0
         self.cpu0: float | None = None
+        self.cores0: list[tuple[float, float]] = []
+        self.t_phase0 = 0.0
         self.ru0 = 0.0
 
     def make_publisher(self) -> Publisher:
@@ -684,8 +707,13 @@ class Run:
         a, stats, result = self.args, self.stats, self.result
         pids = a.server_pid
         cpu1 = sum_readings(pids, proc_cpu_seconds)
+        cores1 = cores_cpu_seconds()
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        result["loadgen_cpu_s"] = round(ru.ru_utime + ru.ru_stime - self.ru0, 3)
+        loadgen_cpu = ru.ru_utime + ru.ru_stime - self.ru0
+        result["loadgen_cpu_s"] = round(loadgen_cpu, 3)
+        result["phase_seconds"] = round(time.monotonic() - self.t_phase0, 3)
+        late = stats.late or Stats()
+        result.update(late_subscribers=late.headers_ok, late_deliveries=late.delivered)
         published = int(result.get("published", 0))  # type: ignore[call-overload]
         expected = stats.headers_ok * published
         result.update(
@@ -711,6 +739,16 @@ class Run:
             result["server_cpu_s"] = round(cpu, 3)
             if stats.delivered:
                 result["cpu_s_per_1k"] = round(cpu / stats.delivered * 1000, 5)
+            tasks = [c1[0] - c0[0] for c0, c1 in zip(self.cores0, cores1)]
+            irqs = [c1[1] - c0[1] for c0, c1 in zip(self.cores0, cores1)]
+            result["softirq_cpu_s"] = round(sum(irqs), 3)
+            # Task time on the machine that is neither the server nor this generator: other
+            # work sharing the cores. Large values make the run's figures suspect.
+            result["background_cpu_s"] = round(max(0.0, sum(tasks) - cpu - loadgen_cpu), 3)
+            if a.server_core is not None and a.server_core < len(tasks) and stats.delivered:
+                core = tasks[a.server_core] + irqs[a.server_core]
+                result["server_core_busy_s"] = round(core, 3)
+                result["core_cpu_s_per_1k"] = round(core / stats.delivered * 1000, 5)
         elif pids:
             result["server_gone"] = True
         rss = sum_readings(pids, proc_rss_kb)
@@ -734,7 +772,10 @@ class Run:
         if not self.stats.headers_ok:
             self.result["error"] = "no subscriber connected"
             return
+        self.stats.late = Stats()
+        self.t_phase0 = time.monotonic()
         self.cpu0 = sum_readings(pids, proc_cpu_seconds)
+        self.cores0 = cores_cpu_seconds()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.ru0 = ru.ru_utime + ru.ru_stime
         try:
@@ -744,6 +785,8 @@ class Run:
 
     def close(self) -> None:
         self.stats.closing = True
+        if self.stats.late is not None:
+            self.stats.late.closing = True
         for sub in self.subscribers:
             sub.close()
         if self.publisher is not None:
@@ -816,6 +859,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="server process to measure (repeat: server, its Redis, workers)",
+    )
+    p.add_argument(
+        "--server-core",
+        type=int,
+        help="CPU the server is pinned to: also report that core's busy time",
     )
     p.add_argument("--label", default="", help="copied into the JSON line")
     args = p.parse_args(argv)

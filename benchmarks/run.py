@@ -90,8 +90,9 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()],
-                   check=True)
+    subprocess.run(
+        [*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()], check=True
+    )
     stamp.write_text(digest)
     return python
 
@@ -140,9 +141,13 @@ def machine_facts(python: str) -> dict[str, object]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = command_output([
-        python, "-c", VERSIONS_SCRIPT,
-    ])
+    versions = command_output(
+        [
+            python,
+            "-c",
+            VERSIONS_SCRIPT,
+        ]
+    )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
@@ -154,6 +159,30 @@ def machine_facts(python: str) -> dict[str, object]:
         "nchan": command_output(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"]),
         "packages": dict(line.split(" ", 1) for line in versions.splitlines() if " " in line),
     }
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores' worth of task time the whole machine spent over ``seconds``."""
+
+    def total() -> float:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return (v[0] + v[1] + v[2] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+    before = total()
+    time.sleep(seconds)
+    return (total() - before) / seconds
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait up to max_wait seconds for the machine to be idle; return the last busy reading."""
+    deadline = time.monotonic() + max_wait
+    busy = busy_cores()
+    while busy > threshold and time.monotonic() < deadline:
+        log(f"   machine busy ({busy:.2f} cores used by other processes); waiting ...")
+        time.sleep(4)
+        busy = busy_cores()
+    return busy
 
 
 def log(message: str) -> None:
@@ -192,14 +221,19 @@ class Services:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     logs: list[IO[bytes]] = field(default_factory=list)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         out = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.logs.append(out)
         proc = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CORE), *argv],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.procs.append((name, proc))
         return proc
@@ -211,8 +245,9 @@ class Services:
             return ""
         return " | ".join(text.strip().splitlines()[-lines:])
 
-    def wait_ready(self, name: str, proc: subprocess.Popen, probe: Callable[[], bool],
-                   timeout: float = 20.0) -> None:
+    def wait_ready(
+        self, name: str, proc: subprocess.Popen, probe: Callable[[], bool], timeout: float = 20.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -254,8 +289,9 @@ def http_probe(port: int) -> bool:
     """True once something answers an HTTP request on port with a status line."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Connection: close\r\n\r\n")
+            s.sendall(
+                b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
             return s.recv(16).startswith(b"HTTP/1.")
     except OSError:
         return False
@@ -272,11 +308,26 @@ def redis_probe(port: int) -> bool:
 
 def start_redis(svc: Services) -> tuple[int, int]:
     port = free_port()
-    proc = svc.spawn("redis", [
-        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-        "--appendonly", "no", "--maxclients", "19000", "--protected-mode", "yes",
-        "--dir", str(svc.workdir),
-    ])
+    proc = svc.spawn(
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxclients",
+            "19000",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(svc.workdir),
+        ],
+    )
     svc.wait_ready("redis", proc, lambda: redis_probe(port))
     return port, proc.pid
 
@@ -294,13 +345,31 @@ class Started:
 def start_gateway(svc: Services, python: str) -> Started:
     redis_port, redis_pid = start_redis(svc)
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    proc = svc.spawn("sse-gateway", [
-        python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--log-level", "warning",
-        "--max-pending", "1000",
-    ], env=env, cwd=REPO)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    proc = svc.spawn(
+        "sse-gateway",
+        [
+            python,
+            "-m",
+            "gateway",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--redis-url",
+            f"redis://127.0.0.1:{redis_port}/0",
+            "--log-level",
+            "warning",
+            "--max-pending",
+            "1000",
+        ],
+        env=env,
+        cwd=REPO,
+    )
     svc.wait_ready("sse-gateway", proc, lambda: http_probe(port))
     base = f"http://127.0.0.1:{port}"
     return Started(
@@ -359,15 +428,21 @@ def start_nchan(svc: Services, python: str) -> Started:
     port = free_port()
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        prefix=prefix, module=NCHAN_MODULE, port=port, nofile=nofile,
-        connections=max(1024, nofile - 500),
-    ))
+    conf.write_text(
+        NGINX_CONF.format(
+            prefix=prefix,
+            module=NCHAN_MODULE,
+            port=port,
+            nofile=nofile,
+            connections=max(1024, nofile - 500),
+        )
+    )
     # Workers run as an unprivileged user: let them reach the prefix.
     prefix.chmod(0o755)
     svc.workdir.chmod(0o755)
-    proc = svc.spawn("nginx", ["nginx", "-p", str(prefix), "-c", str(conf),
-                               "-e", str(prefix / "error.log")])
+    proc = svc.spawn(
+        "nginx", ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    )
     svc.wait_ready("nginx", proc, lambda: http_probe(port))
     base = f"http://127.0.0.1:{port}"
     return Started(
@@ -382,17 +457,45 @@ def start_flask_sse(svc: Services, python: str) -> Started:
     port = free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    proc = svc.spawn("flask-sse", [
-        python, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
-        "--worker-connections", str(nofile), "--backlog", "4096",
-        "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "--timeout", "120",
-        "--chdir", str(BENCH), "flask_sse_app:app",
-    ], env=dict(os.environ, REDIS_URL=redis_url))
+    proc = svc.spawn(
+        "flask-sse",
+        [
+            python,
+            "-m",
+            "gunicorn",
+            "--worker-class",
+            "gevent",
+            "--workers",
+            "1",
+            "--worker-connections",
+            str(nofile),
+            "--backlog",
+            "4096",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "--timeout",
+            "120",
+            "--chdir",
+            str(BENCH),
+            "flask_sse_app:app",
+        ],
+        env=dict(os.environ, REDIS_URL=redis_url),
+    )
     svc.wait_ready("flask-sse", proc, lambda: http_probe(port))
     return Started(
         subscribe_url=f"http://127.0.0.1:{port}/stream?channel={CHANNEL}",
-        publish_args=["--publish", "redis", "--redis-url", redis_url, "--channel", CHANNEL,
-                      "--redis-envelope", "flask-sse"],
+        publish_args=[
+            "--publish",
+            "redis",
+            "--redis-url",
+            redis_url,
+            "--channel",
+            CHANNEL,
+            "--redis-envelope",
+            "flask-sse",
+        ],
         cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
     )
 
@@ -413,6 +516,7 @@ class Plan:
     seconds: float
     drain: float = 5.0
     settle: float = 1.0
+    quiet_wait: float = 0.0
 
 
 def connect_budget(subscribers: int) -> float:
@@ -430,6 +534,7 @@ def cell_dir() -> Iterator[Path]:
 
 def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str, object]:
     row: dict[str, object] = {"target": target, "subscribers": subscribers}
+    row["busy_cores_before"] = round(wait_quiet(plan.quiet_wait), 2)
     with cell_dir() as workdir:
         svc = Services(workdir)
         try:
@@ -437,18 +542,44 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
             connect_timeout = connect_budget(subscribers)
             timeout = connect_timeout + plan.settle + plan.seconds + plan.drain + 20
             argv = [
-                "taskset", "-c", str(LOADGEN_CORE), python, str(BENCH / "loadgen.py"),
-                "--url", started.subscribe_url, "--subscribers", str(subscribers),
-                *started.publish_args, "--rate", str(plan.rate),
-                "--duration", str(plan.seconds), "--drain", str(plan.drain),
-                "--settle", str(plan.settle), "--connect-timeout", str(connect_timeout),
-                "--timeout", str(timeout), "--label", target,
+                "taskset",
+                "-c",
+                str(LOADGEN_CORE),
+                python,
+                str(BENCH / "loadgen.py"),
+                "--url",
+                started.subscribe_url,
+                "--subscribers",
+                str(subscribers),
+                *started.publish_args,
+                "--rate",
+                str(plan.rate),
+                "--duration",
+                str(plan.seconds),
+                "--drain",
+                str(plan.drain),
+                "--settle",
+                str(plan.settle),
+                "--connect-timeout",
+                str(connect_timeout),
+                "--timeout",
+                str(timeout),
+                "--label",
+                target,
+                "--server-core",
+                str(SERVER_CORE),
             ]
             for pid in started.cpu_pids:
                 argv += ["--server-pid", str(pid)]
             try:
-                done = subprocess.run(argv, check=False, capture_output=True, text=True,
-                                      timeout=timeout + 45, stdin=subprocess.DEVNULL)
+                done = subprocess.run(
+                    argv,
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout + 45,
+                    stdin=subprocess.DEVNULL,
+                )
             except subprocess.TimeoutExpired as exc:
                 raise TargetError("loadgen did not exit in time") from exc
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -458,8 +589,7 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
             row["target"] = target
             for name, proc in svc.procs:
                 if proc.poll() is not None:
-                    row.setdefault("error", f"{name} died during the run: "
-                                            f"{svc.log_tail(name)}")
+                    row.setdefault("error", f"{name} died during the run: {svc.log_tail(name)}")
         except TargetError as exc:
             row["error"] = str(exc)
         finally:
@@ -485,13 +615,16 @@ COLUMNS = (
     ("p99 ms", "latency_p99_ms", "{:.1f}"),
     ("max ms", "latency_max_ms", "{:.1f}"),
     ("CPU s/1k", "cpu_s_per_1k", "{:.4f}"),
+    ("core s/1k", "core_cpu_s_per_1k", "{:.4f}"),
     ("RSS MB", "server_rss_mb", "{:.0f}"),
     ("KB/sub", "idle_kb_per_subscriber", "{:.1f}"),
     ("gen CPU s", "loadgen_cpu_s", "{:.1f}"),
+    ("bg CPU s", "background_cpu_s", "{:.1f}"),
 )
 
 RATIOS = (
     ("CPU/1k", "cpu_s_per_1k"),
+    ("core/1k", "core_cpu_s_per_1k"),
     ("p99", "latency_p99_ms"),
     ("KB/sub", "idle_kb_per_subscriber"),
     ("deliv/s", "deliveries_per_s"),
@@ -512,19 +645,51 @@ def render_table(rows: list[dict[str, object]]) -> str:
     errors = []
     for row in rows:
         table.append([cell(row, key, fmt) for _, key, fmt in COLUMNS])
+        where = f"  {row['target']} N={row['subscribers']}: "
         if row.get("error"):
-            errors.append(f"  {row['target']} N={row['subscribers']}: {row['error']}")
+            errors.append(where + str(row["error"]))
+        errors.extend(where + w for w in warnings(row))
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in
-                       enumerate(zip(r, widths))) for r in table]
+    lines = [
+        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        for r in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     ratio_lines = render_ratios(rows)
     if ratio_lines:
-        lines += ["", "ratios vs nchan at the same N (x1.00 = same; CPU and p99: lower is better)",
-                  *ratio_lines]
+        lines += [
+            "",
+            "ratios vs nchan at the same N (x1.00 = same; CPU and p99: lower is better)",
+            *ratio_lines,
+        ]
     if errors:
-        lines += ["", "errors:", *errors]
+        lines += ["", "errors and warnings:", *errors]
     return "\n".join(lines)
+
+
+def warnings(row: dict[str, object]) -> list[str]:
+    """Reasons to distrust a row's figures."""
+    out = []
+    phase = row.get("phase_seconds")
+    if not isinstance(phase, (int, float)) or phase <= 0:
+        return out
+    background = row.get("background_cpu_s")
+    if isinstance(background, (int, float)) and background > 0.1 * phase:
+        out.append(
+            f"other processes used {background:.1f} CPU-s of the {phase:.0f} s measured: "
+            "figures are suspect, rerun on a quiet machine"
+        )
+    gen = row.get("loadgen_cpu_s")
+    if isinstance(gen, (int, float)) and gen > 0.85 * phase:
+        out.append(
+            f"the load generator used {gen / phase:.0%} of its core: it may be the bottleneck"
+        )
+    late = row.get("late_subscribers")
+    if late:
+        out.append(
+            f"{late} subscribers got their headers only after publishing began (not measured)"
+        )
+    return out
 
 
 def render_ratios(rows: list[dict[str, object]]) -> list[str]:
@@ -550,16 +715,31 @@ def render_ratios(rows: list[dict[str, object]]) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help=f"comma-separated, from {', '.join(ALL_TARGETS)}")
+    p.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated, from {', '.join(ALL_TARGETS)}",
+    )
     p.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated N values")
     p.add_argument("--rate", type=float, default=20.0, help="published events per second")
     p.add_argument("--seconds", type=float, default=10.0, help="publish phase length")
     p.add_argument("--out", type=Path, help="JSON lines file (default benchmarks/results/)")
-    p.add_argument("--python", help="interpreter for servers and loadgen "
-                                     "(default: benchmarks/.venv, created on demand)")
-    p.add_argument("--smoke", action="store_true",
-                   help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered")
+    p.add_argument(
+        "--python",
+        help="interpreter for servers and loadgen (default: benchmarks/.venv, created on demand)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each cell, wait up to this many seconds for other processes "
+        "to leave the cores idle (the busy reading is recorded either way)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.targets, args.subscribers = "sse-gateway", "100"
@@ -589,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     nofile = raise_fd_limit()
     python = choose_python(args)
-    plan = Plan(rate=args.rate, seconds=args.seconds)
+    plan = Plan(rate=args.rate, seconds=args.seconds, quiet_wait=args.quiet_wait)
     if args.smoke:
         plan.drain, plan.settle = 2.0, 0.5
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -610,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.flush()
                 summary = row.get("error") or (
                     f"delivered {row.get('delivered')}/{row.get('expected')}, "
-                    f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}")
+                    f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}"
+                )
                 log(f"   {summary}")
     print(render_table(rows))
     print(f"\nJSON lines: {out}")
