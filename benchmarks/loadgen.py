@@ -760,9 +760,14 @@ class Run:
         pids = a.server_pid
         self.publisher = self.make_publisher()
         rss0 = sum_readings(pids, proc_rss_kb)
+        cpu_before = sum_readings(pids, proc_cpu_seconds)
         await self.connect_all()
         await asyncio.sleep(a.settle)
         rss1 = sum_readings(pids, proc_rss_kb)
+        cpu_after = sum_readings(pids, proc_cpu_seconds)
+        if cpu_before is not None and cpu_after is not None and self.stats.headers_ok:
+            per_sub = (cpu_after - cpu_before) / self.stats.headers_ok * 1000
+            self.result["connect_cpu_ms_per_subscriber"] = round(per_sub, 3)
         if rss0 is not None and rss1 is not None:
             self.result["rss_idle_mb"] = round(rss0 / 1024, 1)
             self.result["rss_connected_mb"] = round(rss1 / 1024, 1)

@@ -607,6 +607,7 @@ COLUMNS = (
     ("conn", "connected", "{}"),
     ("fail", "failed", "{}"),
     ("conn s", "connect_seconds", "{:.2f}"),
+    ("conn ms/sub", "connect_cpu_ms_per_subscriber", "{:.2f}"),
     ("delivered", "delivered", "{}"),
     ("expected", "expected", "{}"),
     ("loss %", "loss", "pct"),
