@@ -4,6 +4,8 @@ publish -> broker -> hub -> event stream -> socket, on both brokers where the be
 the broker's business too.
 """
 
+from __future__ import annotations
+
 import json
 import re
 import resource
@@ -11,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
 import pytest
 import requests
@@ -28,7 +30,7 @@ class LiveStream(Stream):
     away; the response's first chunk (the `id:` line) usually comes with the head.
     """
 
-    def __init__(self, url: str, headers: Optional[Dict[str, str]] = None,
+    def __init__(self, url: str, headers: dict[str, str] | None = None,
                  timeout: float = 10.0) -> None:
         super().__init__(url, headers, timeout)
         body = self._take_body()
@@ -45,9 +47,9 @@ def subscribed(stream: Stream) -> bool:
 @pytest.fixture
 def open_stream():
     """Open a stream and wait until its subscription is live; all are closed after the test."""
-    opened: List[Stream] = []
+    opened: list[Stream] = []
 
-    def open_(url: str, headers: Optional[Dict[str, str]] = None) -> LiveStream:
+    def open_(url: str, headers: dict[str, str] | None = None) -> LiveStream:
         stream = LiveStream(url, headers)
         opened.append(stream)
         assert stream.status == 200, stream.body
@@ -101,7 +103,7 @@ def rss_kib(pid: int) -> int:
 class RawSubscriber:
     """A bare socket that sends one GET and reads only when told to."""
 
-    def __init__(self, port: int, path: str, receive_buffer: Optional[int] = None) -> None:
+    def __init__(self, port: int, path: str, receive_buffer: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:
             # Before connect, so the advertised window stays small.
@@ -229,6 +231,15 @@ def test_publisher_id_follows_the_event_id_after_one_space(gateway, open_stream)
     assert event.last_event_id.split(" ", 1)[1] == "order-42"
 
 
+def test_retry_field_reaches_the_client_with_its_event(gateway, open_stream):
+    stream = open_stream(gateway.url + "/events/chat")
+    assert stream.parser.retry == 3000
+    publish_ok(gateway, "chat", {"data": "slow down", "retry": 45000})
+    [event] = stream.wait_events(1)
+    assert event.data == "slow down"
+    assert stream.parser.retry == 45000
+
+
 BAD_FIELDS = [
     ("event", "new\nline"), ("event", "carriage\rreturn"), ("event", "nul\0byte"),
     ("id", "new\nline"), ("id", "carriage\rreturn"), ("id", "nul\0byte"), ("type", "a\r\nb"),
@@ -277,7 +288,7 @@ def test_500_subscribers_share_one_redis_connection_and_all_receive(start_gatewa
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(FDS_NEEDED, hard), hard))
     client = redis_db.client
     gateway = start_gateway("--redis-url", redis_db.url, "--heartbeat", "1")
-    streams: List[LiveStream] = []
+    streams: list[LiveStream] = []
     try:
         for _ in range(500):
             stream = LiveStream(gateway.url + "/events/crowd")

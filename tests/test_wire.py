@@ -4,10 +4,12 @@ The parser cases follow the WHATWG HTML "interpret an event stream" algorithm
 (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
 """
 
+from __future__ import annotations
+
 import json
 import random
 import re
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import pytest
 
@@ -25,19 +27,19 @@ from gateway.wire import (
 )
 
 
-def parse(*chunks: bytes) -> Tuple[List[ParsedEvent], EventStreamParser]:
+def parse(*chunks: bytes) -> tuple[list[ParsedEvent], EventStreamParser]:
     parser = EventStreamParser()
-    events: List[ParsedEvent] = []
+    events: list[ParsedEvent] = []
     for chunk in chunks:
         events.extend(parser.feed(chunk))
     return events, parser
 
 
-def parse_bytewise(data: bytes) -> Tuple[List[ParsedEvent], EventStreamParser]:
+def parse_bytewise(data: bytes) -> tuple[list[ParsedEvent], EventStreamParser]:
     return parse(*[data[i:i + 1] for i in range(len(data))])
 
 
-def as_tuples(events: Sequence[ParsedEvent]) -> List[Tuple[str, str, str]]:
+def as_tuples(events: Sequence[ParsedEvent]) -> list[tuple[str, str, str]]:
     return [(e.type, e.data, e.last_event_id) for e in events]
 
 
@@ -238,7 +240,7 @@ def test_lone_cr_as_blank_line_dispatches():
 
 def test_multibyte_utf8_split_across_chunks_is_decoded_whole():
     text = "é日本🎉ü"
-    events, _ = parse_bytewise(f"data: {text}\n\n".encode("utf-8"))
+    events, _ = parse_bytewise(f"data: {text}\n\n".encode())
     assert as_tuples(events) == [("message", text, "")]
 
 
@@ -336,7 +338,7 @@ def test_retry_of_ascii_digits_sets_the_reconnection_time(value):
     "value", ["15x", "-1", "1.5", "1e3", " 100", "100 ", "+5", "\u0661\u0662", "\u00b2", "５"]
 )
 def test_retry_that_is_not_only_ascii_digits_is_ignored(value):
-    _, parser = parse(b"retry: 700\n", f"retry: {value}\n".encode("utf-8"))
+    _, parser = parse(b"retry: 700\n", f"retry: {value}\n".encode())
     assert parser.retry == 700
 
 
@@ -356,7 +358,7 @@ SPEC_STREAMS = [
     b"\xef\xbb\xbfdata: bom\r\n\r\n",
     b": c\r\nevent: e\rdata: x\ndata: y\r\nid: 4\r\n\r\ndata: z\r\r",
     b"data:\n\ndata\ndata\n\nid: a\x00b\nretry: 12\ndata: \xe2\x82\xac\n\n",
-    "event: ü\ndata: 日本\rdata: 🎉\r\n\r\n".encode("utf-8"),
+    "event: ü\ndata: 日本\rdata: 🎉\r\n\r\n".encode(),
     b"retry: 5x\nretry: 30\nid\nevent\ndata:  s\r\n\r\ndata: tail",
 ]
 
