@@ -20,6 +20,8 @@ from .transports import CALLBACK, Session, StreamOptions, encode_json, encode_js
 
 log = logging.getLogger(__name__)
 
+#: The WSGI environ key under which the server may hand a stream its connection.
+CONNECTION_KEY = "gateway.connection"
 LAST_EVENT_ID_PARAMS = ("lastEventId", "last_event_id", "evs_last_event_id")
 # Old IE caches GET responses unless told otherwise in every way it understands.
 _UNCACHEABLE = {
@@ -100,7 +102,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         )
         session, backlog = _open_session(channels)
         return Response(
-            event_stream(session, backlog, options),
+            event_stream(session, backlog, options, request.environ.get(CONNECTION_KEY)),
             content_type="text/event-stream; charset=utf-8",
             headers={**_UNCACHEABLE, "X-Accel-Buffering": "no"},
             direct_passthrough=True,
@@ -111,7 +113,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     def poll_events(channel: Optional[str] = None):
         channels = _channels(channel, config.max_channels)
         callback = request.args.get("callback")
-        if callback is not None and not CALLBACK.match(callback):
+        if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
                            "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
         hold = _number_arg("timeout", config.poll_timeout, config.poll_timeout)

@@ -1,14 +1,18 @@
 """Per-process fan-out: channel -> local subscribers. The only place that knows both sides.
 
-The broker hands each message to `Hub.dispatch` once; the hub appends that same object to the
-bounded queue of every local subscriber of its channel and wakes them. A subscriber whose
-queue is full has fallen too far behind: it is dropped and counted, so one slow client never
-costs memory without bound nor slows the others.
+The broker hands each message to `Hub.dispatch` once. For a subscriber whose writer is idle
+and whose socket was handed over (`Subscriber.sock`), the hub writes the message's shared,
+pre-framed bytes straight to the socket with a non-blocking send: no greenlet switch, no copy.
+Everything else (a full socket buffer, a partial send, per-connection framing) goes to the
+subscriber's bounded queue and wakes its writer. A subscriber whose queue is full has fallen
+too far behind: it is dropped and counted, so one slow client never costs memory without
+bound nor slows the others.
 """
 
 import logging
+import socket
 from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Set
+from typing import Deque, Dict, List, Optional, Sequence, Set, Union
 
 import gevent
 import gevent.event
@@ -21,20 +25,28 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    """One client connection's share of the hub: its channels, a bounded queue, a wake-up."""
+    """One client connection's share of the hub: its channels, a bounded queue, a wake-up.
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "reason", "writer", "_wakeup")
+    The queue holds messages, and bytes already framed for the socket (the rest of a
+    partial direct send). `sock` is set, by the writer, only while it is idle and only for a
+    one-channel connection whose bytes are the shared ones: then the hub may write directly.
+    """
+
+    __slots__ = ("channels", "queue", "max_pending", "closed", "reason", "writer", "sock",
+                 "chunked", "_wakeup")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
-        self.queue: Deque[Message] = deque()
+        self.queue: Deque[Union[Message, bytes]] = deque()
         self.max_pending = max_pending
         self.closed = False
         self.reason = ""
         self.writer: Optional[gevent.Greenlet] = None
+        self.sock: Optional[socket.socket] = None
+        self.chunked = True
         self._wakeup = gevent.event.Event()
 
-    def push(self, message: Message) -> bool:
+    def push(self, message: Union[Message, bytes]) -> bool:
         """Queue a message; False when the queue is full."""
         if len(self.queue) >= self.max_pending:
             return False
@@ -42,13 +54,31 @@ class Subscriber:
         self._wakeup.set()
         return True
 
+    def send(self, message: Message) -> bool:
+        """Write a shared message straight to the idle socket, queueing what does not fit."""
+        data = message.chunk if self.chunked else message.frame
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # a timeout of 0: never wait, never switch
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            # The client is gone; its writer finds out on its next write and ends.
+            self.sock = None
+            self.close(f"socket error: {error}")
+            return True
+        if sent == len(data):
+            return True
+        # From now on the writer owns the socket until it has sent the rest.
+        self.sock = None
+        return self.push(data[sent:])
+
     def wait(self, timeout: Optional[float]) -> bool:
         """Block until there is something to send or the subscriber is closed."""
         if self.queue or self.closed:
             return True
         return self._wakeup.wait(timeout)
 
-    def drain(self) -> List[Message]:
+    def drain(self) -> List[Union[Message, bytes]]:
         self._wakeup.clear()
         items = list(self.queue)
         self.queue.clear()
@@ -58,6 +88,7 @@ class Subscriber:
         if not self.closed:
             self.closed = True
             self.reason = reason
+            self.sock = None
             self._wakeup.set()
 
 
@@ -134,7 +165,14 @@ class Hub:
             return
         if message.event_id is not None:
             self._tails[channel] = message.event_id
-        slow = [s for s in subscribers if not s.push(message)]
+        shared = message.shared
+        slow = []
+        for subscriber in subscribers:
+            if subscriber.sock is not None and shared:
+                if not subscriber.send(message):
+                    slow.append(subscriber)
+            elif not subscriber.push(message):
+                slow.append(subscriber)
         self.delivered += len(subscribers) - len(slow)
         for subscriber in slow:
             self._drop_slow(subscriber)
@@ -144,12 +182,17 @@ class Hub:
         log.info("dropped a subscriber of %s: %d messages behind", ",".join(subscriber.channels),
                  len(subscriber.queue))
         subscriber.close("slow")
+        subscriber.sock = None
         subscriber.queue.clear()
         self.detach(subscriber)
         writer = subscriber.writer
         # Its writer may be stuck sending to a client that does not read: end it now.
         if writer is not None and writer is not gevent.getcurrent():
             writer.kill(block=False)
+
+    def tail(self, channel: str) -> EventId:
+        """The id of the last event dispatched on a channel (or current when it was attached)."""
+        return self._tails[channel]
 
     def history(self, channel: str, after: EventId) -> History:
         return self._broker.history(channel, after)

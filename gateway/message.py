@@ -31,7 +31,8 @@ def check_channel(name: str) -> str:
 class Message:
     """One event on one channel. Immutable once built; its wire bytes are computed once."""
 
-    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "_body", "_frame")
+    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "_body", "_frame",
+                 "_chunk")
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Message:
         self.event_id = event_id
         self._body: Optional[bytes] = None
         self._frame: Optional[bytes] = None
+        self._chunk: Optional[bytes] = None
 
     def with_id(self, event_id: EventId) -> "Message":
         return Message(self.channel, self.data, self.event, self.source_id, self.retry, event_id)
@@ -71,6 +73,19 @@ class Message:
                                                     self.source_id))
             self._frame = self.body + tail + b"\n"
         return self._frame
+
+    @property
+    def shared(self) -> bool:
+        """Whether `frame` is what every one-channel subscriber gets (a raw message with a
+        publisher's id needs each connection's own cursor in its `id:` line)."""
+        return self.event_id is not None or self.source_id is None
+
+    @property
+    def chunk(self) -> bytes:
+        """`frame` in HTTP/1.1 chunked framing, for writing straight to a socket."""
+        if self._chunk is None:
+            self._chunk = wire.http_chunk(self.frame)
+        return self._chunk
 
     def to_json(self) -> str:
         """The broker payload, without the gateway id (the broker adds it)."""

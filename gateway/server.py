@@ -2,17 +2,32 @@
 
 import logging
 import signal
+import socket
 
 import gevent
 import gevent.event
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
-from .app import create_app
+from .app import CONNECTION_KEY, create_app
 from .brokers import create_broker
 from .config import Config
 from .hub import Hub
 
 log = logging.getLogger("gateway")
+
+
+class Handler(WSGIHandler):
+    """pywsgi's handler, handing itself to the app so streams can write to their socket."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ[CONNECTION_KEY] = self
+        return environ
+
+    def handle(self):
+        # Events are small writes that must leave at once, not wait for Nagle's algorithm.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return super().handle()
 
 
 def serve(config: Config) -> None:
@@ -27,6 +42,8 @@ def serve(config: Config) -> None:
         app,
         log=LoggingLogAdapter(logging.getLogger("gateway.access"), logging.DEBUG),
         error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
+        handler_class=Handler,
+        backlog=4096,
     )
     server.start()
     host, port = server.address[:2]

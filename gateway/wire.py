@@ -74,6 +74,11 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")
 
 
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of an HTTP/1.1 chunked body (RFC 9112, section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 @dataclass(frozen=True)
 class ParsedEvent:
     type: str

@@ -32,6 +32,7 @@ class Stream:
         self.status, self.headers = self._read_head(time.monotonic() + timeout)
         self._chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
         self._chunk_left = 0
+        self._parse(self._take_body())  # body bytes that came with the head
 
     def _recv(self, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
@@ -96,10 +97,13 @@ class Stream:
             self.ended = True
         self._raw += data
         body = self._take_body()
-        self.body += body
-        self.events.extend(self.parser.feed(body))
+        self._parse(body)
         if self.ended and not body:
             raise StreamClosed("the response ended")
+
+    def _parse(self, body: bytes) -> None:
+        self.body += body
+        self.events.extend(self.parser.feed(body))
 
     def wait_for(self, condition: Callable[["Stream"], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -268,10 +268,6 @@ def test_native_stream_never_rotates(start_gateway, broker_args):
         assert not stream.body.startswith(b":")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/transports/stream.py:51 checks rotate_bytes only after chunks sent in the loop, "
-    "never after the first chunk (preamble + backlog, line 40), so a resume whose backlog "
-    "passes the limit is held open until the next event or heartbeat"))
 def test_padded_stream_rotates_right_after_a_backlog_larger_than_rotate_bytes(start_gateway):
     gateway = start_gateway("--rotate-bytes", "4096", "--heartbeat", "10")
     channel = "big-backlog"
@@ -510,9 +506,6 @@ def test_jsonp_refuses_unsafe_callbacks_without_reflecting_them(start_gateway):
         assert_uncacheable(response.headers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/transports/poll.py:16 CALLBACK ends in `$`, which also matches before a trailing "
-    "newline, and app.py:114 / poll.py:54 use .match: 'cb\\n' is accepted and echoed"))
 def test_jsonp_refuses_a_callback_ending_in_a_newline(start_gateway):
     gateway = start_gateway()
     response = get(gateway, "/poll/newline", timeout=0, callback="cb\n")

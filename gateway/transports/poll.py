@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 from ..message import Message
 from .session import Session
 
-CALLBACK = re.compile(r"^[A-Za-z_$][\w$.]{0,63}$", re.ASCII)
+CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,63}", re.ASCII)
 
 
 def poll(session: Session, backlog: List[Message], hold: float, batch: int,
@@ -51,7 +51,7 @@ def encode_json(body: Dict[str, Any]) -> bytes:
 
 def encode_jsonp(callback: str, body: Dict[str, Any]) -> bytes:
     """`callback` must match CALLBACK. ASCII-only JSON: U+2028/2029 break old JS parsers."""
-    if not CALLBACK.match(callback):
+    if not CALLBACK.fullmatch(callback):
         raise ValueError("invalid callback name")
     # The leading comment keeps the response from starting with attacker-chosen bytes.
     return f"/**/{callback}({json.dumps(body, separators=(',', ':'))});".encode("ascii")

@@ -52,6 +52,9 @@ class Session:
             history = self.hub.history(channel, after)
             if history.gap:
                 lost.append(channel)
+                # A position history never reached (e.g. from before Redis lost its data)
+                # must not hide the events to come: start from the channel's end instead.
+                after = min(after, self.positions[channel])
             self.positions[channel] = after
             histories.append(history.messages)
         backlog = [self._reset(lost, "history-lost")] if lost else []
