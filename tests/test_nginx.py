@@ -1,0 +1,586 @@
+"""The nginx files users copy (nginx/), proven with a real nginx in front of real gateways.
+
+Each nginx runs from its own temporary prefix on free ports. Its configuration is the example
+nginx/nginx.conf and nginx/upstream.conf with the {{...}} placeholders filled in, plus lines
+that keep its logs and temporary files inside the prefix; the other snippets are the shipped
+files themselves, symlinked. A test that needs one value changed (a short read timeout, gzip
+for every type, an exposed publish endpoint) changes exactly that and says why.
+"""
+
+import http.client
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+import requests
+from conftest import ROOT, Gateway, free_port, wait_until
+from sse_client import Stream, StreamClosed
+
+from gateway import Publisher
+from gateway.config import Config
+from gateway.redis_schema import history_key
+
+NGINX_DIR = Path(ROOT) / "nginx"
+# Snippets without placeholders: the tests use the shipped files unchanged.
+SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf")
+EVENTS_READ_TIMEOUT = "proxy_read_timeout 60s;"
+GZIP_TYPES = "gzip_types text/css text/plain application/json application/javascript text/javascript;"
+SHORT_READ_TIMEOUT = 3  # seconds, for the tests of idle streams
+ONE_YEAR = 365 * 24 * 3600
+
+# A server block appended for the tests of forwarded clients, never to be copied: a public
+# server that forwards /publish/ with no allow/deny in front, as a careless configuration would.
+# Only the gateway's own rule (no token: loopback clients only) then stands in the way.
+EXPOSED_PUBLISH_SERVER = """
+    server {{
+        {listens}
+        location ^~ /publish/ {{
+            proxy_pass http://sse_gateway;
+            include sse-gateway/proxy.conf;
+        }}
+    }}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.fail("nginx is not installed: run the README's test command (bash tests/run.sh), "
+                    "which installs the Debian package nginx")
+    return found
+
+
+def outside_address() -> Optional[str]:
+    """A non-loopback IPv4 address of this machine: a client bound to it is not local."""
+    candidates = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("198.51.100.1", 9))  # UDP: sends nothing, only picks a source address
+            candidates.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        candidates += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None,
+                                                                  socket.AF_INET)]
+    except OSError:
+        pass
+    for address in candidates:
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    return None
+
+
+class Nginx:
+    """One nginx master (and its workers) with its own prefix, public and internal ports."""
+
+    def __init__(self, gateway_ports: Sequence[int], *,
+                 snippet_edits: Optional[Dict[str, Tuple[str, str]]] = None,
+                 http_edits: Sequence[Tuple[str, str]] = (),
+                 extra_servers: str = "") -> None:
+        self.binary = nginx_binary()
+        self.public_port, self.internal_port = free_port(), free_port()
+        self.public_url = f"http://127.0.0.1:{self.public_port}"
+        self.internal_url = f"http://127.0.0.1:{self.internal_port}"
+        self.prefix = Path(tempfile.mkdtemp(prefix="sse-gateway-nginx-"))
+        # nginx's workers run as an unprivileged user and create temporary files in here.
+        self.prefix.chmod(0o755)
+        self.conf = self.prefix / "conf" / "nginx.conf"
+        self.error_log = self.prefix / "logs" / "error.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self._render(list(gateway_ports), snippet_edits or {}, http_edits, extra_servers)
+
+    def _render(self, ports: List[int], snippet_edits, http_edits, extra_servers: str) -> None:
+        include_dir = self.prefix / "conf" / "sse-gateway"
+        include_dir.mkdir(parents=True)
+        (self.prefix / "logs").mkdir()
+        (self.prefix / "tmp").mkdir()
+        for name in SNIPPETS:
+            shipped = NGINX_DIR / name
+            if name in snippet_edits:
+                old, new = snippet_edits[name]
+                (include_dir / name).write_text(_replace_once(shipped.read_text(), old, new))
+            else:
+                (include_dir / name).symlink_to(shipped)
+        # One {{GATEWAY_PORT_n}} per upstream line; with fewer gateways, they are repeated
+        # (nginx takes a repeated server line as two peers of the same process).
+        upstream = re.sub(r"\{\{GATEWAY_PORT_(\d+)\}\}",
+                          lambda m: str(ports[(int(m.group(1)) - 1) % len(ports)]),
+                          (NGINX_DIR / "upstream.conf").read_text())
+        (include_dir / "upstream.conf").write_text(_filled(upstream))
+
+        conf = (NGINX_DIR / "nginx.conf").read_text()
+        conf = conf.replace("{{PUBLIC_PORT}}", str(self.public_port))
+        conf = conf.replace("{{INTERNAL_PORT}}", str(self.internal_port))
+        for old, new in http_edits:
+            conf = _replace_once(conf, old, new)
+        tmp = self.prefix / "tmp"
+        environment = "\n".join([
+            "http {",
+            "    # Test environment: logs and temporary files inside this nginx's own prefix.",
+            f"    access_log {self.prefix / 'logs' / 'access.log'};",
+            *(f"    {kind}_temp_path {tmp / kind};"
+              for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
+        ])
+        conf = _replace_once(conf, "\nhttp {", "\n" + environment)
+        if extra_servers:
+            end = conf.rstrip().rindex("}")  # the end of the http {} block
+            conf = conf[:end] + extra_servers + conf[end:]
+        self.conf.write_text(_filled(conf))
+
+    def _command(self, *extra: str) -> List[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e",
+                str(self.error_log), "-g", f"daemon off; pid {self.prefix / 'nginx.pid'};",
+                *extra]
+
+    def check_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30)
+
+    def start(self) -> "Nginx":
+        self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(self._listening, 10, message=f"nginx on {self.public_port} and "
+                                                f"{self.internal_port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nginx exited with {self.proc.returncode}:\n{self.errors()}")
+        try:
+            for port in (self.public_port, self.internal_port):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def errors(self) -> str:
+        try:
+            return self.error_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            workers = _children(self.proc.pid)
+            self.proc.terminate()  # SIGTERM: nginx's fast shutdown, open streams included
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                for pid in workers:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(part) for part in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"expected {old!r} exactly once in the shipped file"
+    return text.replace(old, new)
+
+
+def _filled(text: str) -> str:
+    left = re.findall(r"^[^#\n]*\{\{[A-Z_0-9]+\}\}", text, flags=re.MULTILINE)
+    assert not left, f"placeholders left unfilled: {left}"
+    return text
+
+
+@pytest.fixture
+def nginx_factory():
+    """Start nginx instances for one test; each is stopped and its prefix removed at the end."""
+    started: List[Nginx] = []
+
+    def start(gateway_ports: Sequence[int], **options) -> Nginx:
+        proxy = Nginx(gateway_ports, **options)
+        started.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in started:
+        proxy.cleanup()
+
+
+@pytest.fixture(scope="module")
+def gateways(redis_server):
+    """Two gateway processes on one Redis, trusting the local nginx, with a 1 s heartbeat."""
+    started: List[Gateway] = []
+    try:
+        for _ in range(2):
+            started.append(Gateway(["--redis-url", redis_server.url, "--trusted-proxy",
+                                    "127.0.0.1", "--heartbeat", "1"]))
+        yield started
+    finally:
+        for gateway in started:
+            gateway.cleanup()
+
+
+@pytest.fixture(scope="module")
+def proxy(gateways):
+    """The example nginx.conf, as shipped, in front of the two gateways."""
+    proxy = Nginx([g.port for g in gateways])
+    try:
+        yield proxy.start()
+    finally:
+        proxy.cleanup()
+
+
+def subscribers(gateway: Gateway) -> int:
+    return requests.get(gateway.url + "/healthz", timeout=5).json()["subscribers"]
+
+
+def no_subscribers(gateways: Sequence[Gateway]) -> None:
+    """Wait until earlier tests' connections have left the gateways."""
+    wait_until(lambda: sum(subscribers(g) for g in gateways) == 0, 10,
+               message="the gateways to have no subscribers left")
+
+
+def publish_internal(proxy: Nginx, channel: str, data: str) -> dict:
+    response = requests.post(f"{proxy.internal_url}/publish/{channel}", json={"data": data},
+                             timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def open_stream(url: str, headers: Optional[Dict[str, str]] = None) -> Stream:
+    """A stream whose head has arrived: it is subscribed and has its first cursor."""
+    stream = Stream(url, headers)
+    assert stream.status == 200, stream.status
+    stream.wait_for(lambda s: s.parser.last_event_id, 10)
+    return stream
+
+
+def max_age(cache_control: str) -> Optional[int]:
+    found = re.search(r"max-age=(\d+)", cache_control)
+    return int(found.group(1)) if found else None
+
+
+def post_from(source: str, port: int, path: str, headers: Dict[str, str]):
+    """POST a small JSON message to nginx from a given local address; (status, type, body)."""
+    connection = http.client.HTTPConnection(source, port, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("POST", path, body=json.dumps({"data": "x"}),
+                           headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
+# The configuration itself.
+
+def test_example_config_with_the_shipped_snippets_passes_nginx_t(gateways):
+    proxy = Nginx([g.port for g in gateways])
+    try:
+        result = proxy.check_config()
+        assert result.returncode == 0, result.stderr
+        assert "test is successful" in result.stderr
+    finally:
+        proxy.cleanup()
+
+
+def test_example_config_includes_every_shipped_snippet():
+    text = "".join((NGINX_DIR / name).read_text() for name in ("nginx.conf", *SNIPPETS))
+    included = set(re.findall(r"^\s*include sse-gateway/([\w.-]+);", text, flags=re.MULTILINE))
+    assert included == {"upstream.conf", *SNIPPETS}
+
+
+def test_shipped_read_timeouts_exceed_the_gateway_defaults():
+    def read_timeout(name: str) -> int:
+        found = re.search(r"^\s*proxy_read_timeout (\d+)s;", (NGINX_DIR / name).read_text(),
+                          flags=re.MULTILINE)
+        assert found, f"{name} sets no proxy_read_timeout"
+        return int(found.group(1))
+
+    defaults = Config()
+    # Two lost heartbeats in a row must not be enough for nginx to cut a stream.
+    assert read_timeout("events.conf") > 2 * defaults.heartbeat
+    assert read_timeout("poll.conf") > defaults.poll_timeout
+
+
+# Delivery without buffering.
+
+@pytest.mark.parametrize("query", ["", "?transport=stream"], ids=["native", "padded"])
+def test_event_stream_through_nginx_delivers_each_event_within_a_second(proxy, query):
+    channel = f"deliver-{'padded' if query else 'native'}"
+    # Accept-Encoding as browsers send it: the stream must still come through uncompressed.
+    with open_stream(f"{proxy.public_url}/events/{channel}{query}",
+                     {"Accept-Encoding": "gzip, deflate"}) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert "content-encoding" not in stream.headers
+        assert "content-length" not in stream.headers
+        if query:
+            assert stream.body.startswith(b":" + b" " * 2048 + b"\n")
+        for count, data in enumerate(("first", "second"), start=1):
+            publish_internal(proxy, channel, data)
+            stream.wait_events(count, timeout=1.0)  # the deadline is the claim
+        assert [e.data for e in stream.events] == ["first", "second"]
+
+
+def test_long_poll_through_nginx_answers_within_a_second_of_a_publish(gateways, proxy):
+    no_subscribers(gateways)
+    answers: List[requests.Response] = []
+    poller = threading.Thread(target=lambda: answers.append(
+        requests.get(f"{proxy.public_url}/poll/deliver-poll", timeout=60)), daemon=True)
+    poller.start()
+    wait_until(lambda: sum(subscribers(g) for g in gateways) == 1, 10,
+               message="the long-poll to be held by a gateway")
+    publish_internal(proxy, "deliver-poll", "polled")
+    poller.join(1.0)
+    assert not poller.is_alive(), "the held long-poll did not answer within 1 s of the publish"
+    assert answers[0].status_code == 200
+    assert [e["data"] for e in answers[0].json()["events"]] == ["polled"]
+
+
+def test_long_poll_held_for_the_whole_default_hold_is_answered_not_cut_by_nginx(proxy):
+    hold = Config().poll_timeout  # the gateways run with the default
+    started = time.monotonic()
+    response = requests.get(f"{proxy.public_url}/poll/held-poll", timeout=hold + 30)
+    held = time.monotonic() - started
+    assert response.status_code == 200, (
+        f"{response.status_code}: poll.conf's read timeout must exceed the {hold:g} s hold")
+    assert response.json()["events"] == []
+    assert held >= hold - 1, f"answered after {held:.1f} s: the poll was not held"
+
+
+def test_event_stream_is_not_gzipped_even_when_nginx_gzips_every_type(gateways, nginx_factory):
+    # A server-wide "gzip_types *" is a common way to break event streams; events.conf's
+    # "gzip off" must win over it.
+    proxy = nginx_factory([g.port for g in gateways], http_edits=[(GZIP_TYPES, "gzip_types *;")])
+    poll = requests.get(f"{proxy.public_url}/poll/gzip-everything?timeout=0",
+                        headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert poll.headers.get("Content-Encoding") == "gzip", "the variant should gzip everything"
+    with open_stream(f"{proxy.public_url}/events/gzip-everything",
+                     {"Accept-Encoding": "gzip"}) as stream:
+        assert "content-encoding" not in stream.headers
+        publish_internal(proxy, "gzip-everything", "plain")
+        assert stream.wait_events(1, timeout=1.0)[0].data == "plain"
+
+
+# Several processes behind one nginx.
+
+def test_killed_process_streams_resume_through_nginx_on_the_other_missing_nothing(
+        redis_db, start_gateway, nginx_factory):
+    args = ("--redis-url", redis_db.url, "--trusted-proxy", "127.0.0.1", "--heartbeat", "1")
+    doomed, survivor = start_gateway(*args), start_gateway(*args)
+    proxy = nginx_factory([doomed.port, survivor.port])
+    url = f"{proxy.public_url}/events/failover"
+    streams: List[Stream] = []
+    on_doomed: List[bool] = []
+    try:
+        for _ in range(4):
+            before = subscribers(doomed)
+            streams.append(open_stream(url))
+            on_doomed.append(subscribers(doomed) == before + 1)
+        assert subscribers(doomed) + subscribers(survivor) == 4
+        assert 0 < sum(on_doomed) < 4, "nginx should spread the streams over both processes"
+
+        for data in ("e1", "e2"):
+            publish_internal(proxy, "failover", data)
+        for stream in streams:
+            stream.wait_events(2, timeout=5)
+
+        doomed.stop(signal.SIGKILL)
+        dropped = [s for s, lost in zip(streams, on_doomed) if lost]
+        for stream in dropped:
+            stream.read_to_end(timeout=10)  # nginx ends the stream when its process dies
+            assert stream.ended
+
+        # Published while those clients are away; they must get these on their return.
+        publisher = Publisher(redis_db.url)
+        for data in ("e3", "e4"):
+            publisher.publish("failover", data)
+
+        resumed = {}
+        for stream in dropped:
+            again = open_stream(url, {"Last-Event-ID": stream.parser.last_event_id})
+            resumed[id(stream)] = again
+        assert subscribers(survivor) == 4
+        publish_internal(proxy, "failover", "e5")
+
+        for stream in streams:
+            again = resumed.get(id(stream))
+            if again is None:
+                stream.wait_events(5, timeout=5)
+                received = stream.events
+            else:
+                again.wait_for(lambda s: len(stream.events) + len(s.events) >= 5, timeout=5)
+                received = stream.events + again.events
+            assert [e.data for e in received] == ["e1", "e2", "e3", "e4", "e5"]
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+# Heartbeats against nginx's read timeout.
+
+def test_idle_stream_outlives_nginx_read_timeout_thanks_to_the_heartbeat(gateways, nginx_factory):
+    proxy = nginx_factory([g.port for g in gateways], snippet_edits={
+        "events.conf": (EVENTS_READ_TIMEOUT, f"proxy_read_timeout {SHORT_READ_TIMEOUT}s;")})
+    with open_stream(f"{proxy.public_url}/events/idle") as stream:
+        comments = stream.parser.comments
+        idle = 2 * SHORT_READ_TIMEOUT + 1
+        until = time.monotonic() + idle
+        try:
+            stream.wait_for(lambda s: time.monotonic() >= until, timeout=idle + 5)
+        except StreamClosed:
+            pytest.fail(f"nginx cut the idle stream despite the heartbeat:\n{proxy.errors()}")
+        assert stream.events == []
+        assert stream.parser.comments - comments >= idle - 2, "heartbeats should keep arriving"
+        publish_internal(proxy, "idle", "still here")
+        assert stream.wait_events(1, timeout=1.0)[0].data == "still here"
+
+
+def test_without_heartbeat_nginx_cuts_an_idle_stream_at_its_read_timeout(start_gateway,
+                                                                         nginx_factory):
+    # The control for the test above: the shortened read timeout is really in force.
+    quiet = start_gateway("--heartbeat", "30")
+    proxy = nginx_factory([quiet.port], snippet_edits={
+        "events.conf": (EVENTS_READ_TIMEOUT, f"proxy_read_timeout {SHORT_READ_TIMEOUT}s;")})
+    with open_stream(f"{proxy.public_url}/events/quiet") as stream:
+        started = time.monotonic()
+        stream.read_to_end(timeout=SHORT_READ_TIMEOUT + 15)
+        assert time.monotonic() - started >= SHORT_READ_TIMEOUT - 0.5
+    assert "upstream timed out" in proxy.errors()
+
+
+# The static bundle.
+
+def test_static_bundle_comes_through_nginx_gzipped_with_the_gateways_cache_headers(gateways,
+                                                                                  proxy):
+    direct = requests.get(f"{gateways[0].url}/static/eventsource.js",
+                          headers={"Accept-Encoding": "identity"}, timeout=10)
+    if direct.status_code == 404:
+        pytest.skip("the gateway does not serve /static yet")
+    assert direct.status_code == 200
+
+    from gateway.assets import BuiltAsset
+
+    digest = BuiltAsset.from_body(direct.content).digest
+    short = requests.get(f"{proxy.public_url}/static/eventsource.js",
+                         headers={"Accept-Encoding": "gzip"}, timeout=10)
+    hashed = requests.get(f"{proxy.public_url}/static/eventsource.{digest}.js",
+                          headers={"Accept-Encoding": "gzip"}, timeout=10)
+    for response in (short, hashed):
+        assert response.status_code == 200
+        assert "javascript" in response.headers["Content-Type"]
+        assert response.headers.get("Content-Encoding") == "gzip"
+        assert "accept-encoding" in response.headers.get("Vary", "").lower()
+        assert response.content == direct.content  # requests has gunzipped it
+    # nginx passes the gateway's own cache policy through.
+    assert short.headers["Cache-Control"] == direct.headers["Cache-Control"]
+    short_age, long_age = max_age(short.headers["Cache-Control"]), max_age(
+        hashed.headers["Cache-Control"])
+    assert short_age is not None and "immutable" not in short.headers["Cache-Control"]
+    assert "immutable" in hashed.headers["Cache-Control"]
+    assert long_age is not None and long_age >= ONE_YEAR > short_age
+
+
+# Publishing: who may, through nginx.
+
+def test_publish_is_refused_by_nginx_on_the_public_server(proxy, redis_server):
+    response = requests.post(f"{proxy.public_url}/publish/public-refused", json={"data": "x"},
+                             timeout=10)
+    assert response.status_code == 403
+    # nginx's own error page: the request never reached a gateway.
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert not redis_server.client.exists(history_key("", "public-refused"))
+
+
+def test_publish_is_accepted_on_the_internal_listener_which_is_on_loopback_only(proxy,
+                                                                                redis_server):
+    answer = publish_internal(proxy, "internal-ok", "x")
+    assert answer["channel"] == "internal-ok" and answer["id"]
+    assert redis_server.client.exists(history_key("", "internal-ok"))
+    outside = outside_address()
+    if outside is not None:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((outside, proxy.internal_port), timeout=5).close()
+
+
+@pytest.fixture
+def exposed(gateways, nginx_factory):
+    """The example nginx plus a server that exposes /publish/ on loopback and, when this
+    machine has one, on a non-loopback address."""
+    port = free_port()
+    outside = outside_address()
+    listens = f"listen 127.0.0.1:{port};" + (f" listen {outside}:{port};" if outside else "")
+    proxy = nginx_factory([g.port for g in gateways],
+                          extra_servers=EXPOSED_PUBLISH_SERVER.format(listens=listens))
+    return proxy, port, outside  # nginx binds every listener before it accepts on any
+
+
+@pytest.mark.parametrize("claim", [
+    {},
+    {"X-Forwarded-For": "127.0.0.1"},
+    {"X-Real-IP": "127.0.0.1"},
+    {"X-Forwarded-For": "127.0.0.1, 127.0.0.1", "Forwarded": "for=127.0.0.1"},
+], ids=["plain", "forged-x-forwarded-for", "forged-x-real-ip", "forged-chain"])
+def test_publish_forwarded_by_nginx_from_a_non_loopback_client_is_refused_by_the_gateway(
+        exposed, claim):
+    # The client really is elsewhere: its socket is bound to this machine's non-loopback
+    # address, so nginx's $remote_addr is that address. The gateway's peer is nginx on
+    # 127.0.0.1, a trusted proxy, so it believes the X-Forwarded-For that nginx appended to:
+    # reading from the right, the first address that is not a trusted proxy is the client's
+    # real one, whatever loopback addresses the client itself put to the left.
+    proxy, port, outside = exposed
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to send from")
+    status, content_type, body = post_from(outside, port, "/publish/outside", claim)
+    assert status == 403
+    assert content_type.startswith("application/json"), "the gateway, not nginx, must refuse"
+    assert json.loads(body)["error"] == "forbidden"
+
+
+def test_publish_forwarded_with_a_chain_naming_an_outside_client_is_refused(exposed):
+    # Without another machine: the sender is local, but the chain it arrives with names an
+    # outside client first (as a front proxy would have written it), and nginx appends
+    # 127.0.0.1. The gateway must take the original client from the chain, not nginx's hop.
+    proxy, port, _ = exposed
+    status, content_type, body = post_from("127.0.0.1", port, "/publish/chain",
+                                           {"X-Forwarded-For": "203.0.113.9"})
+    assert status == 403
+    assert content_type.startswith("application/json")
+
+
+def test_publish_forwarded_by_trusted_nginx_from_loopback_is_allowed(exposed):
+    proxy, port, _ = exposed
+    status, content_type, body = post_from("127.0.0.1", port, "/publish/local", {})
+    assert status == 200, body
+    assert json.loads(body)["channel"] == "local"
+
+
+def test_publish_forwarded_by_nginx_is_refused_when_the_gateway_trusts_no_proxy(
+        start_gateway, nginx_factory):
+    # Without --trusted-proxy, nginx's forwarding headers come from an unknown party: the
+    # request is not local, even though nginx and the publisher are both on loopback.
+    gateway = start_gateway()
+    proxy = nginx_factory([gateway.port])
+    response = requests.post(f"{proxy.internal_url}/publish/untrusted", json={"data": "x"},
+                             timeout=10)
+    assert response.status_code == 403
+    assert response.json()["error"] == "forbidden"
+    assert gateway.publish("untrusted", {"data": "x"}).status_code == 200  # direct: local
