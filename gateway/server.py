@@ -14,10 +14,15 @@ from .config import Config
 from .hub import Hub
 
 log = logging.getLogger("gateway")
+READ_BUFFER = 2048
 
 
 class Handler(WSGIHandler):
     """pywsgi's handler, handing itself to the app so streams can write to their socket."""
+
+    def __init__(self, sock, address, server):
+        # Request heads are small, and every idle stream keeps this buffer for its lifetime.
+        super().__init__(sock, address, server, rfile=sock.makefile("rb", READ_BUFFER))
 
     def get_environ(self):
         environ = super().get_environ()
