@@ -9,6 +9,7 @@ from typing import List, Optional
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import publish_policy, subscribe_policy
@@ -30,6 +31,7 @@ _UNCACHEABLE = {
     "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
 }
 _SUBSCRIBE_ENDPOINTS = ("events", "poll_events")
+SHORT_CACHE = 300  # seconds: how soon a new release reaches pages that use the plain URL
 
 
 class ApiError(Exception):
@@ -160,6 +162,8 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             return jsonify(status="unavailable", detail=str(error), **body), 503
         return jsonify(status="ok", **body)
 
+    _static_routes(app)
+
     if config.demo:
         demo_page = resources.files(__package__).joinpath("demo.html").read_bytes()
 
@@ -168,6 +172,45 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             return Response(demo_page, content_type="text/html; charset=utf-8")
 
     return app
+
+
+def _static_routes(app: Flask) -> None:
+    """The polyfill bundle: a short-cached URL for script tags, and an immutable hashed one."""
+    try:
+        bundle = load_bundle()
+    except (OSError, ValueError) as error:
+        log.error("the polyfill bundle is not available (%s); /static answers 503", error)
+        bundle = None
+    else:
+        log.debug("polyfill bundle: %d bytes, %d gzipped, /static/eventsource.%s.js",
+                  len(bundle.body), len(bundle.gzipped), bundle.digest)
+
+    def serve(cache_control: str) -> Response:
+        if bundle is None:
+            raise ApiError(503, "unavailable", "the polyfill bundle could not be built; see the log")
+        if bundle.etag in request.headers.get("If-None-Match", ""):
+            response = Response(status=304)
+        elif "gzip" in request.headers.get("Accept-Encoding", ""):
+            response = Response(bundle.gzipped)
+            response.headers["Content-Encoding"] = "gzip"
+        else:
+            response = Response(bundle.body)
+        response.content_type = "application/javascript; charset=utf-8"
+        response.headers["ETag"] = bundle.etag
+        response.headers["Cache-Control"] = cache_control
+        response.vary.add("Accept-Encoding")
+        return response
+
+    @app.get("/static/eventsource.js")
+    def polyfill():
+        return serve(f"public, max-age={SHORT_CACHE}")
+
+    @app.get("/static/eventsource.<digest>.js")
+    def polyfill_hashed(digest: str):
+        if bundle is not None and digest != bundle.digest:
+            raise ApiError(404, "not found", "no such version of the bundle; load "
+                           "/static/eventsource.js or the hashed URL it was published under")
+        return serve("public, max-age=31536000, immutable")
 
 
 def _checked(channel: str) -> str:

@@ -51,12 +51,22 @@ def _publish_parser(subparsers) -> None:
                                                 "(env SSE_GATEWAY_PUBLISH_TOKEN)")
 
 
+def _build_assets_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-assets", help="build the EventSource polyfill bundle ahead of time",
+        description="Minify the polyfill into DIR/eventsource.min.js (default: the package's "
+                    "static/ folder, which the gateway serves from when it is up to date).",
+    )
+    parser.add_argument("dir", nargs="?", help="output directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-gateway",
                                      description="A Server-Sent Events push gateway.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _serve_parser(subparsers)
     _publish_parser(subparsers)
+    _build_assets_parser(subparsers)
     return parser
 
 
@@ -65,7 +75,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(parser, args)
+    if args.command == "build-assets":
+        return _build_assets(args)
     return _publish(parser, args)
+
+
+def _build_assets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .assets import PREBUILT, build_assets
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path = build_assets(Path(args.dir) if args.dir else PREBUILT.parent)
+    print(path)
+    return 0
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
