@@ -182,7 +182,7 @@ def _static_routes(app: Flask) -> None:
         log.error("the polyfill bundle is not available (%s); /static answers 503", error)
         bundle = None
     else:
-        log.debug("polyfill bundle: %d bytes, %d gzipped, /static/eventsource.%s.js",
+        log.info("polyfill bundle: %d bytes, %d gzipped, at /static/eventsource.%s.js",
                   len(bundle.body), len(bundle.gzipped), bundle.digest)
 
     def serve(cache_control: str) -> Response:

@@ -82,7 +82,7 @@ def build_assets(output_dir: Path) -> Path:
     env.register("eventsource", bundle)
     bundle.build(force=True)
     out = output_dir / OUTPUT_NAME
-    log.info("built %s (%d bytes)", out, out.stat().st_size)
+    log.debug("built %s (%d bytes)", out, out.stat().st_size)
     return out
 
 
