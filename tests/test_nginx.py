@@ -7,11 +7,14 @@ files themselves, symlinked. A test that needs one value changed (a short read t
 for every type, an exposed publish endpoint) changes exactly that and says why.
 """
 
+from __future__ import annotations
+
 import http.client
 import ipaddress
 import json
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -19,8 +22,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import requests
@@ -32,6 +35,7 @@ from gateway.config import Config
 from gateway.redis_schema import history_key
 
 NGINX_DIR = Path(ROOT) / "nginx"
+DOCS = Path(ROOT) / "docs" / "nginx.md"
 # Snippets without placeholders: the tests use the shipped files unchanged.
 SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf")
 EVENTS_READ_TIMEOUT = "proxy_read_timeout 60s;"
@@ -61,7 +65,7 @@ def nginx_binary() -> str:
     return found
 
 
-def outside_address() -> Optional[str]:
+def outside_address() -> str | None:
     """A non-loopback IPv4 address of this machine: a client bound to it is not local."""
     candidates = []
     try:
@@ -85,8 +89,8 @@ class Nginx:
     """One nginx master (and its workers) with its own prefix, public and internal ports."""
 
     def __init__(self, gateway_ports: Sequence[int], *,
-                 snippet_edits: Optional[Dict[str, Tuple[str, str]]] = None,
-                 http_edits: Sequence[Tuple[str, str]] = (),
+                 snippet_edits: dict[str, tuple[str, str]] | None = None,
+                 http_edits: Sequence[tuple[str, str]] = (),
                  extra_servers: str = "") -> None:
         self.binary = nginx_binary()
         self.public_port, self.internal_port = free_port(), free_port()
@@ -97,10 +101,10 @@ class Nginx:
         self.prefix.chmod(0o755)
         self.conf = self.prefix / "conf" / "nginx.conf"
         self.error_log = self.prefix / "logs" / "error.log"
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self._render(list(gateway_ports), snippet_edits or {}, http_edits, extra_servers)
 
-    def _render(self, ports: List[int], snippet_edits, http_edits, extra_servers: str) -> None:
+    def _render(self, ports: list[int], snippet_edits, http_edits, extra_servers: str) -> None:
         include_dir = self.prefix / "conf" / "sse-gateway"
         include_dir.mkdir(parents=True)
         (self.prefix / "logs").mkdir()
@@ -138,15 +142,16 @@ class Nginx:
             conf = conf[:end] + extra_servers + conf[end:]
         self.conf.write_text(_filled(conf))
 
-    def _command(self, *extra: str) -> List[str]:
+    def _command(self, *extra: str) -> list[str]:
         return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e",
                 str(self.error_log), "-g", f"daemon off; pid {self.prefix / 'nginx.pid'};",
                 *extra]
 
     def check_config(self) -> subprocess.CompletedProcess:
-        return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30)
+        return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30,
+                              check=False)
 
-    def start(self) -> "Nginx":
+    def start(self) -> Nginx:
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_until(self._listening, 10, message=f"nginx on {self.public_port} and "
@@ -190,7 +195,7 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def _children(pid: int) -> List[int]:
+def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
             return [int(part) for part in handle.read().split()]
@@ -212,7 +217,7 @@ def _filled(text: str) -> str:
 @pytest.fixture
 def nginx_factory():
     """Start nginx instances for one test; each is stopped and its prefix removed at the end."""
-    started: List[Nginx] = []
+    started: list[Nginx] = []
 
     def start(gateway_ports: Sequence[int], **options) -> Nginx:
         proxy = Nginx(gateway_ports, **options)
@@ -227,7 +232,7 @@ def nginx_factory():
 @pytest.fixture(scope="module")
 def gateways(redis_server):
     """Two gateway processes on one Redis, trusting the local nginx, with a 1 s heartbeat."""
-    started: List[Gateway] = []
+    started: list[Gateway] = []
     try:
         for _ in range(2):
             started.append(Gateway(["--redis-url", redis_server.url, "--trusted-proxy",
@@ -265,7 +270,7 @@ def publish_internal(proxy: Nginx, channel: str, data: str) -> dict:
     return response.json()
 
 
-def open_stream(url: str, headers: Optional[Dict[str, str]] = None) -> Stream:
+def open_stream(url: str, headers: dict[str, str] | None = None) -> Stream:
     """A stream whose head has arrived: it is subscribed and has its first cursor."""
     stream = Stream(url, headers)
     assert stream.status == 200, stream.status
@@ -273,12 +278,12 @@ def open_stream(url: str, headers: Optional[Dict[str, str]] = None) -> Stream:
     return stream
 
 
-def max_age(cache_control: str) -> Optional[int]:
+def max_age(cache_control: str) -> int | None:
     found = re.search(r"max-age=(\d+)", cache_control)
     return int(found.group(1)) if found else None
 
 
-def post_from(source: str, port: int, path: str, headers: Dict[str, str]):
+def post_from(source: str, port: int, path: str, headers: dict[str, str]):
     """POST a small JSON message to nginx from a given local address; (status, type, body)."""
     connection = http.client.HTTPConnection(source, port, timeout=10, source_address=(source, 0))
     try:
@@ -342,7 +347,7 @@ def test_event_stream_through_nginx_delivers_each_event_within_a_second(proxy, q
 
 def test_long_poll_through_nginx_answers_within_a_second_of_a_publish(gateways, proxy):
     no_subscribers(gateways)
-    answers: List[requests.Response] = []
+    answers: list[requests.Response] = []
     poller = threading.Thread(target=lambda: answers.append(
         requests.get(f"{proxy.public_url}/poll/deliver-poll", timeout=60)), daemon=True)
     poller.start()
@@ -380,6 +385,47 @@ def test_event_stream_is_not_gzipped_even_when_nginx_gzips_every_type(gateways, 
         assert stream.wait_events(1, timeout=1.0)[0].data == "plain"
 
 
+def test_event_stream_is_unbuffered_by_the_snippet_alone_without_x_accel_buffering(
+        gateways, nginx_factory):
+    # The gateway's "X-Accel-Buffering: no" switches nginx's buffering off by itself; with
+    # nginx told to ignore that header, events.conf's "proxy_buffering off" must do it alone.
+    proxy = nginx_factory([g.port for g in gateways], snippet_edits={"events.conf": (
+        "proxy_buffering off;", "proxy_buffering off;\n    proxy_ignore_headers X-Accel-Buffering;")})
+    with open_stream(f"{proxy.public_url}/events/no-accel") as stream:
+        publish_internal(proxy, "no-accel", "unbuffered")
+        assert stream.wait_events(1, timeout=1.0)[0].data == "unbuffered"
+
+
+def test_client_that_stops_reading_is_dropped_by_the_gateway_not_absorbed_by_nginx(
+        redis_db, start_gateway, nginx_factory):
+    # With buffering on, nginx would read the stream into memory and temporary files for a
+    # client that stopped reading, and the gateway would never notice it (tried: 60 MB went
+    # by without a drop). With events.conf, the backpressure reaches the gateway, which drops
+    # the subscriber once it is --max-pending events behind, as it does without nginx.
+    gateway = start_gateway("--redis-url", redis_db.url, "--trusted-proxy", "127.0.0.1",
+                            "--max-pending", "10", "--history-length", "20")
+    proxy = nginx_factory([gateway.port])
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no autotuning
+    try:
+        stalled.settimeout(10)
+        stalled.connect(("127.0.0.1", proxy.public_port))
+        stalled.sendall(b"GET /events/stalled HTTP/1.1\r\nHost: push.example.com\r\n\r\n")
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_until(lambda: subscribers(gateway) == 1, 10, message="the stream to be subscribed")
+        publisher = Publisher(redis_db.url, history_length=20)
+        event = "x" * 60000
+        for sent in range(1, 1001):  # at most 60 MB, several times what socket buffers hold
+            publisher.publish("stalled", event)
+            if sent % 10 == 0 and requests.get(f"{gateway.url}/healthz",
+                                               timeout=5).json()["dropped_slow"]:
+                break
+        else:
+            pytest.fail("60 MB later, the gateway still had not seen the client fall behind")
+    finally:
+        stalled.close()
+
+
 # Several processes behind one nginx.
 
 def test_killed_process_streams_resume_through_nginx_on_the_other_missing_nothing(
@@ -388,8 +434,8 @@ def test_killed_process_streams_resume_through_nginx_on_the_other_missing_nothin
     doomed, survivor = start_gateway(*args), start_gateway(*args)
     proxy = nginx_factory([doomed.port, survivor.port])
     url = f"{proxy.public_url}/events/failover"
-    streams: List[Stream] = []
-    on_doomed: List[bool] = []
+    streams: list[Stream] = []
+    on_doomed: list[bool] = []
     try:
         for _ in range(4):
             before = subscribers(doomed)
@@ -427,7 +473,8 @@ def test_killed_process_streams_resume_through_nginx_on_the_other_missing_nothin
                 stream.wait_events(5, timeout=5)
                 received = stream.events
             else:
-                again.wait_for(lambda s: len(stream.events) + len(s.events) >= 5, timeout=5)
+                before = len(stream.events)
+                again.wait_for(lambda s, before=before: before + len(s.events) >= 5, timeout=5)
                 received = stream.events + again.events
             assert [e.data for e in received] == ["e1", "e2", "e3", "e4", "e5"]
     finally:
@@ -546,7 +593,7 @@ def test_publish_forwarded_by_nginx_from_a_non_loopback_client_is_refused_by_the
     # 127.0.0.1, a trusted proxy, so it believes the X-Forwarded-For that nginx appended to:
     # reading from the right, the first address that is not a trusted proxy is the client's
     # real one, whatever loopback addresses the client itself put to the left.
-    proxy, port, outside = exposed
+    _proxy, port, outside = exposed
     if outside is None:
         pytest.skip("this machine has no non-loopback IPv4 address to send from")
     status, content_type, body = post_from(outside, port, "/publish/outside", claim)
@@ -559,16 +606,16 @@ def test_publish_forwarded_with_a_chain_naming_an_outside_client_is_refused(expo
     # Without another machine: the sender is local, but the chain it arrives with names an
     # outside client first (as a front proxy would have written it), and nginx appends
     # 127.0.0.1. The gateway must take the original client from the chain, not nginx's hop.
-    proxy, port, _ = exposed
-    status, content_type, body = post_from("127.0.0.1", port, "/publish/chain",
+    _proxy, port, _ = exposed
+    status, content_type, _body = post_from("127.0.0.1", port, "/publish/chain",
                                            {"X-Forwarded-For": "203.0.113.9"})
     assert status == 403
     assert content_type.startswith("application/json")
 
 
 def test_publish_forwarded_by_trusted_nginx_from_loopback_is_allowed(exposed):
-    proxy, port, _ = exposed
-    status, content_type, body = post_from("127.0.0.1", port, "/publish/local", {})
+    _proxy, port, _ = exposed
+    status, _content_type, body = post_from("127.0.0.1", port, "/publish/local", {})
     assert status == 200, body
     assert json.loads(body)["channel"] == "local"
 
@@ -584,3 +631,65 @@ def test_publish_forwarded_by_nginx_is_refused_when_the_gateway_trusts_no_proxy(
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
     assert gateway.publish("untrusted", {"data": "x"}).status_code == 200  # direct: local
+
+
+# TLS and HTTP/2, as docs/nginx.md shows them.
+
+def docs_block(containing: str) -> str:
+    """The fenced nginx block of docs/nginx.md that contains the given text."""
+    blocks = re.findall(r"```nginx\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    found = [block for block in blocks if containing in block]
+    assert len(found) == 1, f"docs/nginx.md should have one nginx block with {containing!r}"
+    return found[0]
+
+
+def read_until(proc: subprocess.Popen, wanted: bytes, timeout: float, seen: bytearray) -> None:
+    """Read a child's stdout into `seen` until it contains `wanted`, within the timeout."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while wanted not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise AssertionError(f"no {wanted!r} within {timeout} s; got {bytes(seen)!r}")
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"the stream ended before {wanted!r}; got {bytes(seen)!r}")
+            seen += chunk
+
+
+def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, nginx_factory,
+                                                                 tmp_path):
+    curl = shutil.which("curl")
+    openssl = shutil.which("openssl")
+    if curl is None or openssl is None:
+        pytest.skip("curl and openssl are needed to speak HTTP/2 over TLS")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=push.example.com", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    port = free_port()
+    server = docs_block("listen 443 ssl http2;")
+    for old, new in (("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
+                     ("/etc/ssl/certs/push.example.com.pem", str(cert)),
+                     ("/etc/ssl/private/push.example.com.key", str(key))):
+        server = _replace_once(server, old, new)
+    proxy = nginx_factory([g.port for g in gateways], extra_servers="\n" + server)
+    client = subprocess.Popen(
+        [curl, "--http2", "--insecure", "--silent", "--show-error", "--no-buffer", "--include",
+         "--compressed", "--max-time", "30",
+         "--resolve", f"push.example.com:{port}:127.0.0.1",
+         f"https://push.example.com:{port}/events/over-h2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        seen = bytearray()
+        read_until(client, b"\nid:", 10, seen)  # the head: subscribed
+        head = bytes(seen).split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/2 200"), head
+        assert b"content-encoding" not in head
+        publish_internal(proxy, "over-h2", "multiplexed")
+        read_until(client, b"data: multiplexed\n", 1.0, seen)
+    finally:
+        client.terminate()
+        client.wait(10)
