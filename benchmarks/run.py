@@ -668,6 +668,18 @@ def render_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def background_share(row: dict[str, object]) -> float:
+    """Other processes' CPU as a share of the measured window (0 = a quiet machine)."""
+    phase, background = row.get("phase_seconds"), row.get("background_cpu_s")
+    if isinstance(phase, (int, float)) and isinstance(background, (int, float)) and phase > 0:
+        return background / phase
+    return 0.0
+
+
+def busy_run(row: dict[str, object]) -> bool:
+    return background_share(row) > 0.1
+
+
 def warnings(row: dict[str, object]) -> list[str]:
     """Reasons to distrust a row's figures."""
     out = []
@@ -675,7 +687,7 @@ def warnings(row: dict[str, object]) -> list[str]:
     if not isinstance(phase, (int, float)) or phase <= 0:
         return out
     background = row.get("background_cpu_s")
-    if isinstance(background, (int, float)) and background > 0.1 * phase:
+    if isinstance(background, (int, float)) and busy_run(row):
         out.append(
             f"other processes used {background:.1f} CPU-s of the {phase:.0f} s measured: "
             "figures are suspect, rerun on a quiet machine"
@@ -737,6 +749,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to leave the cores idle (the busy reading is recorded either way)",
     )
     p.add_argument(
+        "--attempts",
+        type=int,
+        default=1,
+        help="run a cell up to this many times while other processes disturb it; keep the "
+        "least disturbed",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
         help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered",
@@ -762,8 +781,13 @@ def choose_python(args: argparse.Namespace) -> str:
     return str(ensure_venv())
 
 
+def on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every cell's cleanup
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
     for tool in ("taskset", "redis-server", "nginx"):
         if shutil.which(tool) is None and (tool != "nginx" or "nchan" in args.targets):
             log(f"error: {tool} not found")
@@ -786,6 +810,13 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.subscribers:
                 log(f"-- {target} N={n} ...")
                 row = run_cell(target, n, plan, python)
+                for _ in range(args.attempts - 1):
+                    if row.get("error") or not busy_run(row):
+                        break
+                    log("   the machine was busy during the run: again ...")
+                    again = run_cell(target, n, plan, python)
+                    if not again.get("error") and background_share(again) < background_share(row):
+                        row = again
                 rows.append(row)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
