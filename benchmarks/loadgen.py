@@ -89,6 +89,23 @@ def cores_cpu_seconds() -> list[tuple[float, float]]:
     return out
 
 
+def kernel_threads_cpu_seconds() -> float:
+    """CPU of all kernel threads (children of kthreadd): ksoftirqd takes over softirq work
+    under load, and that work is network traffic, not another program."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == b"2":
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
 def sum_readings(pids: list[int], read: Callable[[int], float | None]) -> float | None:
     values = [read(pid) for pid in pids]
     if not pids or any(v is None for v in values):
@@ -564,6 +581,7 @@ class Run:
         self.t_publish0 = 0
         self.cpu0: float | None = None
         self.cores0: list[tuple[float, float]] = []
+        self.kthreads0 = 0.0
         self.t_phase0 = 0.0
         self.ru0 = 0.0
 
@@ -709,6 +727,7 @@ class Run:
         pids = a.server_pid
         cpu1 = sum_readings(pids, proc_cpu_seconds)
         cores1 = cores_cpu_seconds()
+        kthreads = kernel_threads_cpu_seconds() - self.kthreads0
         ru = resource.getrusage(resource.RUSAGE_SELF)
         loadgen_cpu = ru.ru_utime + ru.ru_stime - self.ru0
         result["loadgen_cpu_s"] = round(loadgen_cpu, 3)
@@ -743,9 +762,11 @@ class Run:
             tasks = [c1[0] - c0[0] for c0, c1 in zip(self.cores0, cores1)]
             irqs = [c1[1] - c0[1] for c0, c1 in zip(self.cores0, cores1)]
             result["softirq_cpu_s"] = round(sum(irqs), 3)
-            # Task time on the machine that is neither the server nor this generator: other
-            # work sharing the cores. Large values make the run's figures suspect.
-            result["background_cpu_s"] = round(max(0.0, sum(tasks) - cpu - loadgen_cpu), 3)
+            result["kernel_threads_cpu_s"] = round(kthreads, 3)
+            # Task time of processes that are neither the server nor this generator: other
+            # programs sharing the cores. Large values make the run's figures suspect.
+            other = sum(tasks) - cpu - loadgen_cpu - kthreads
+            result["background_cpu_s"] = round(max(0.0, other), 3)
             if a.server_core is not None and a.server_core < len(tasks) and stats.delivered:
                 core = tasks[a.server_core] + irqs[a.server_core]
                 result["server_core_busy_s"] = round(core, 3)
@@ -782,6 +803,7 @@ class Run:
         self.t_phase0 = time.monotonic()
         self.cpu0 = sum_readings(pids, proc_cpu_seconds)
         self.cores0 = cores_cpu_seconds()
+        self.kthreads0 = kernel_threads_cpu_seconds()
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.ru0 = ru.ru_utime + ru.ru_stime
         try:
