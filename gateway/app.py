@@ -48,7 +48,6 @@ def error_response(status: int, error: str, detail: str) -> Response:
 
 def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_message_size
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     proxies = parse_networks(config.trusted_proxies)
@@ -78,8 +77,6 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
         detail = error.description or ""
-        if error.code == 413:
-            detail = f"the body is larger than the maximum message size of {config.max_message_size} bytes"
         response = error_response(error.code or 500, (error.name or "error").lower(), detail)
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
@@ -141,7 +138,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     @app.post("/publish/<channel>")
     def publish(channel: str):
         _authorize_publisher(config.publish_tokens, proxies)
-        message = _read_message(_checked(channel))
+        message = _read_message(_checked(channel), config.max_message_size)
         try:
             result = broker.publish(message)
         except BrokerUnavailable as error:
@@ -282,28 +279,41 @@ def _authorize_publisher(tokens, proxies) -> None:
                        "allowed from loopback addresses only; set --publish-token")
 
 
-def _read_message(channel: str):
+def _read_body(limit: int) -> bytes:
+    too_large = ApiError(413, "request entity too large",
+                         f"the body is larger than the maximum message size of {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # Read one byte more than allowed: a chunked body has no length to check beforehand.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def _read_message(channel: str, limit: int):
     mimetype = request.mimetype
+    if mimetype not in ("application/json", "text/plain"):
+        raise ApiError(415, "unsupported media type",
+                       "send application/json (a message object) or text/plain (the data)")
+    raw = _read_body(limit)
     if mimetype == "application/json":
         try:
-            body = json.loads(request.get_data(cache=False))
-        except ValueError as error:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as error:
             raise ApiError(400, "invalid json", f"the body is not valid JSON: {error}") from None
         try:
             return from_publish_body(channel, body)
         except InvalidMessage as error:
             raise ApiError(400, "invalid message", str(error)) from None
-    if mimetype == "text/plain":
-        try:
-            text = request.get_data(cache=False).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, "invalid text", "a text/plain body must be UTF-8") from None
-        args = request.args
-        retry = args.get("retry")
-        try:
-            return build_message(channel, text, args.get("event"), args.get("id"),
-                                 int(retry) if retry is not None else None)
-        except (InvalidMessage, ValueError) as error:
-            raise ApiError(400, "invalid message", str(error)) from None
-    raise ApiError(415, "unsupported media type",
-                   "send application/json (a message object) or text/plain (the data)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid text", "a text/plain body must be UTF-8") from None
+    args = request.args
+    retry = args.get("retry")
+    try:
+        return build_message(channel, text, args.get("event"), args.get("id"),
+                             int(retry) if retry is not None else None)
+    except (InvalidMessage, ValueError) as error:
+        raise ApiError(400, "invalid message", str(error)) from None

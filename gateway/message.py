@@ -13,7 +13,7 @@ from . import wire
 from .ids import EventId, format_cursor, format_id, parse_id
 
 
-_CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class InvalidMessage(ValueError):
@@ -21,7 +21,7 @@ class InvalidMessage(ValueError):
 
 
 def check_channel(name: str) -> str:
-    if not _CHANNEL.match(name):
+    if not _CHANNEL.fullmatch(name):
         raise InvalidMessage(
             f"invalid channel name {name[:140]!r}: use 1-128 of A-Z a-z 0-9 _ . : -"
         )

@@ -23,21 +23,6 @@ from sse_client import Stream
 FDS_NEEDED = 2048
 
 
-class LiveStream(Stream):
-    """A Stream that also parses the body bytes that arrived in the same read as the head.
-
-    `Stream.__init__` leaves them unparsed until the next read, which may be a whole heartbeat
-    away; the response's first chunk (the `id:` line) usually comes with the head.
-    """
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0) -> None:
-        super().__init__(url, headers, timeout)
-        body = self._take_body()
-        self.body += body
-        self.events.extend(self.parser.feed(body))
-
-
 def subscribed(stream: Stream) -> bool:
     # Every stream's first chunk ends with an `id:` line: once it is parsed, the hub has the
     # subscription and every later publish reaches this stream.
@@ -49,8 +34,8 @@ def open_stream():
     """Open a stream and wait until its subscription is live; all are closed after the test."""
     opened: list[Stream] = []
 
-    def open_(url: str, headers: dict[str, str] | None = None) -> LiveStream:
-        stream = LiveStream(url, headers)
+    def open_(url: str, headers: dict[str, str] | None = None) -> Stream:
+        stream = Stream(url, headers)
         opened.append(stream)
         assert stream.status == 200, stream.body
         stream.wait_for(subscribed, 10)
@@ -288,10 +273,10 @@ def test_500_subscribers_share_one_redis_connection_and_all_receive(start_gatewa
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(FDS_NEEDED, hard), hard))
     client = redis_db.client
     gateway = start_gateway("--redis-url", redis_db.url, "--heartbeat", "1")
-    streams: list[LiveStream] = []
+    streams: list[Stream] = []
     try:
         for _ in range(500):
-            stream = LiveStream(gateway.url + "/events/crowd")
+            stream = Stream(gateway.url + "/events/crowd")
             streams.append(stream)
             assert stream.status == 200
         for stream in streams:

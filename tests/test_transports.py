@@ -110,16 +110,7 @@ def assert_subscribe_preflight(response: requests.Response) -> None:
 
 
 def open_stream(url: str, headers: dict[str, str] | None = None) -> Stream:
-    """A Stream whose first body bytes, read along with the response head, are parsed at once.
-
-    sse_client.Stream leaves body bytes that arrived with the head unparsed until more data
-    comes, so a wait on the head's content alone would hang until the next heartbeat.
-    """
-    stream = Stream(url, headers)
-    body = stream._take_body()
-    stream.body += body
-    stream.events.extend(stream.parser.feed(body))
-    return stream
+    return Stream(url, headers)
 
 
 def padded(gateway, channel: str, last_id: str | None = None,
