@@ -119,7 +119,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import os
 
-    from .publisher import PublishError, Publisher
+    from .publisher import Publisher, PublishError
 
     data = args.data
     if args.json:

@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional
 from . import wire
 from .ids import EventId, format_cursor, format_id, parse_id
 
-
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
