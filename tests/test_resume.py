@@ -185,6 +185,7 @@ def test_clients_reconnecting_during_heavy_publishing_see_every_event_exactly_on
     last_value = str(HAMMER_EVENTS - 1)
     all_live = threading.Barrier(HAMMER_CLIENTS + 1, timeout=60)
     published = threading.Event()
+    failed = threading.Event()  # ends every thread early once one of them has failed
 
     def publisher() -> None:
         try:
@@ -195,7 +196,9 @@ def test_clients_reconnecting_during_heavy_publishing_see_every_event_exactly_on
                 response = requests.post(f"{gateway.url}/publish/hammer",
                                          json={"data": value}, timeout=10)
                 assert response.status_code == 200, response.text
+                assert not failed.is_set()
         except BaseException:
+            failed.set()
             all_live.abort()
             raise
         finally:
@@ -207,7 +210,8 @@ def test_clients_reconnecting_during_heavy_publishing_see_every_event_exactly_on
         def enough(s: Stream) -> bool:
             got = messages(s)
             latest = got[-1].data if got else newest
-            return len(got) >= want or (published.is_set() and latest == last_value)
+            done = published.is_set() and latest == last_value
+            return len(got) >= want or done or failed.is_set()
 
         try:
             stream.wait_for(enough, 30)
@@ -226,6 +230,7 @@ def test_clients_reconnecting_during_heavy_publishing_see_every_event_exactly_on
                 rounds += 1
                 overlapping += rounds > 1 and not published.is_set()
                 assert rounds <= 1000 and time.monotonic() < deadline, "too many rounds"
+                assert not failed.is_set(), "another thread failed"
                 target, headers = resume_target(url, cursor)
                 with Stream(target, headers, timeout=20) as stream:
                     assert stream.status == 200
@@ -237,16 +242,22 @@ def test_clients_reconnecting_during_heavy_publishing_see_every_event_exactly_on
                     (resets_seen if event.type == RESET else values).append(event.data)
                 cursor = stream.parser.last_event_id or cursor
         except BaseException:
+            failed.set()
             all_live.abort()
             raise
         return {"values": values, "resets": resets_seen, "rounds": rounds,
                 "overlapping": overlapping}
 
+    # Every thread ends by itself: socket timeouts, a barrier timeout, bounded rounds.
     with ThreadPoolExecutor(HAMMER_CLIENTS + 1) as pool:
         publishing = pool.submit(publisher)
         clients = [pool.submit(client, n) for n in range(HAMMER_CLIENTS)]
-        results = [future.result(timeout=120) for future in clients]
-        publishing.result(timeout=60)
+    errors = [f.exception() for f in [publishing, *clients] if f.exception() is not None]
+    # Report the first failure itself, not the others that it stopped.
+    for error in sorted(errors, key=lambda e: isinstance(e, threading.BrokenBarrierError)
+                        or "another thread failed" in str(e)):
+        raise error
+    results = [future.result() for future in clients]
     expected = [str(i) for i in range(HAMMER_EVENTS)]
     for number, result in enumerate(results):
         assert result["resets"] == [], f"client {number} was told history was lost"
@@ -532,48 +543,50 @@ def pubsub_connections(client) -> list[dict]:
 def test_killed_pubsub_connection_loses_no_event_and_duplicates_none(start_gateway, redis_db):
     gateway = start_gateway(*redis_args(redis_db))
     client = redis_db.client
-    one = open_stream(gateway.url + "/events/kill")
-    several = open_stream(gateway.url + "/events?channel=kill&channel=other")
-    total = 400
     publisher = Publisher(redis_db.url)
     stop = threading.Event()
+    kills = 5
 
-    def publish_steadily() -> None:
-        for value in range(total):
+    def publish_steadily() -> int:
+        """Publish in quick bursts until told to stop: events land inside every reconnect."""
+        for value in range(6000):
             if stop.is_set():
-                return
+                return value
             publisher.publish("kill", value)
-            time.sleep(0.004)  # pacing, so that publishing spans the kills
+            if value % 10 == 9:
+                time.sleep(0.002)  # let the gateway and the readers keep up
+        return 6000
 
-    killed: list[str] = []
-    with ThreadPoolExecutor(1) as pool:
+    with open_stream(gateway.url + "/events/kill") as one, open_stream(
+        gateway.url + "/events?channel=kill&channel=other"
+    ) as several, ThreadPoolExecutor(1) as pool:
         publishing = pool.submit(publish_steadily)
+        killed: list[str] = []
         try:
-            for _ in range(4):
-                [connection] = wait_until(lambda: pubsub_connections(client) or None, 10,
-                                          "the gateway's pub/sub connection")
-                assert connection["id"] not in killed
+            for _ in range(kills):
+                # The gateway's one subscribed connection (resubscribed after the last kill).
+                [connection] = wait_until(
+                    lambda: [c for c in pubsub_connections(client)
+                             if c["id"] not in killed] or None,
+                    15, "the gateway's pub/sub connection")
                 assert client.execute_command("CLIENT", "KILL", "ID", connection["id"]) == 1
                 killed.append(connection["id"])
-                # Resubscribed on a new connection before the next kill.
-                wait_until(lambda: [c for c in pubsub_connections(client)
-                                    if c["id"] not in killed], 15, "a new pub/sub connection")
-                wanted = min(len(one.events) + 10, total)
-                one.wait_for(lambda s, wanted=wanted: len(s.events) >= wanted, 15)
-        except BaseException:
+                # Events flow again through the new connection before the next kill.
+                for stream in (one, several):
+                    wanted = len(stream.events) + 50
+                    stream.wait_for(lambda s, wanted=wanted: len(s.events) >= wanted, 15)
+        finally:
             stop.set()
-            raise
-        publishing.result(timeout=30)
-    expected = [str(i) for i in range(total)]
-    for stream in (one, several):
-        stream.wait_for(lambda s: len(s.events) >= total, 20)
-        assert resets(stream) == []
-        assert [e.data for e in stream.events] == expected
-        assert stream.events[-1].data == str(total - 1)
-    one.close()
-    several.close()
-    assert len(killed) == 4
-    assert gateway.log().count("lost the Redis pub/sub connection") >= 4
+        total = publishing.result(timeout=30)
+        assert total < 6000, "the kills took longer than the publisher's budget"
+        expected = [str(i) for i in range(total)]
+        for stream in (one, several):
+            stream.wait_for(lambda s: len(s.events) >= total, 20)
+            assert resets(stream) == []
+            received = [e.data for e in stream.events]
+            assert len(received) == len(set(received)), "duplicates"
+            assert received == expected
+    assert gateway.log().count("lost the Redis pub/sub connection") >= kills
 
 
 @contextmanager
