@@ -232,6 +232,8 @@ def nginx_factory():
 @pytest.fixture(scope="module")
 def gateways(redis_server):
     """Two gateway processes on one Redis, trusting the local nginx, with a 1 s heartbeat."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()  # another module may have stopped it
     started: list[Gateway] = []
     try:
         for _ in range(2):
