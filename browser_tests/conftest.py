@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -371,6 +371,19 @@ class Harness:
 
     def requests_to(self, prefix: str) -> List:
         return [request for request in self.requests if request.url.startswith(prefix)]
+
+    def wait_requests(self, prefix: str, count: int, timeout: float = 20.0,
+                      where: Callable = lambda request: True) -> List:
+        """Wait until the page made at least `count` requests to URLs starting with `prefix`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [request for request in self.requests_to(prefix) if where(request)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {count} requests "
+                                     f"to {prefix}: {[r.url for r in found]}")
+            self.page.wait_for_timeout(50)  # lets Playwright deliver the page's request events
 
     def observe(self, seconds: float) -> None:
         """Let the page run for a bounded time (used to show that something does NOT happen)."""

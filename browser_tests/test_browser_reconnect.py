@@ -1,0 +1,132 @@
+"""Connection management seen from a page: resume across a gateway restart, close(), a 204, and
+backoff on 5xx."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from conftest import POLYFILL_TRANSPORTS, TRANSPORTS, wait_until
+
+from gateway import Publisher
+
+CHANNEL = "reconnect"
+
+
+def resume_ids(harness):
+    """The last event ids the page sent to the gateway: query parameter or Last-Event-ID header."""
+    found = []
+    for request in harness.requests_to(harness.gateway_url):
+        url = urlsplit(request.url)
+        if url.path not in (f"/events/{CHANNEL}", f"/poll/{CHANNEL}"):
+            continue
+        query = parse_qs(url.query)
+        found.append(query.get("lastEventId", [None])[0]
+                     or request.all_headers().get("last-event-id"))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_after_a_gateway_restart_the_page_resumes_from_its_last_id_and_misses_nothing(
+        transport, sig, redis_db, pinned_gateways, open_harness, publisher):
+    args = ["--redis-url", redis_db.url, "--retry", "500", "--heartbeat", "2"]
+    first = pinned_gateways(args)
+    harness = open_harness(first.url, transport)
+    url = harness.events_url(CHANNEL)
+    harness.listen(url, transport)
+    harness.wait_open()
+    before = [publisher(first).publish(CHANNEL, f"before {i}") for i in range(3)]
+    harness.wait_received(3)
+
+    first.stop(sig)
+    # Published while no gateway runs: straight into Redis (history and pub/sub) with the API.
+    redis_publisher = Publisher(redis_db.url)
+    down = [redis_publisher.publish(CHANNEL, f"while down {i}")["id"] for i in range(3)]
+    harness.wait("() => window.errors.length >= 1")
+
+    second = pinned_gateways(args, port=first.port)
+    after = [publisher(second).publish(CHANNEL, f"after {i}") for i in range(3)]
+    got = harness.wait_received(9, timeout=30)
+    harness.observe(0.3)  # a duplicate would arrive within this
+    got = harness.received()
+    assert [e["data"] for e in got] == (
+        [f"before {i}" for i in range(3)] + [f"while down {i}" for i in range(3)]
+        + [f"after {i}" for i in range(3)])
+    assert [e["lastEventId"] for e in got] == before + down + after
+    assert all(e["type"] == "message" for e in got)  # no gateway-reset
+    assert harness.ready_state() == 1
+    assert harness.errors() and set(harness.errors()) == {0}  # CONNECTING while it retried
+    assert harness.opens() == [1, 1]
+    assert before[-1] in resume_ids(harness)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_close_stops_all_network_activity(
+        transport, pinned_gateways, open_harness, publisher):
+    # Short holds and heartbeats: a source still alive would poll or be noticed within the wait.
+    gateway = pinned_gateways(["--poll-timeout", "1", "--heartbeat", "1"])
+    harness = open_harness(gateway.url, transport)
+    harness.listen(harness.events_url(CHANNEL), transport)
+    harness.wait_open()
+    pub = publisher(gateway)
+    pub.publish(CHANNEL, "before close")
+    harness.wait_received(1)
+
+    harness.page.evaluate("() => window.source.close()")
+    # The page reports its requests in the order it makes them, and before the answer to this
+    # evaluate: any request from here on was made after close().
+    made_before = len(harness.requests)
+    assert harness.ready_state() == 2
+    for i in range(3):
+        pub.publish(CHANNEL, f"after close {i}")
+    harness.observe(1.5)
+    assert [r.url for r in harness.requests[made_before:]] == []
+    if transport != "jsonp-poll":  # a script element's request cannot be cancelled
+        last = harness.requests_to(gateway.url)[-1]
+        assert last.failure is not None and "ABORTED" in last.failure, (last.url, last.failure)
+    assert [e["data"] for e in harness.received()] == ["before close"]
+    assert harness.errors() == []
+    assert harness.ready_state() == 2
+    # The gateway saw the connection go (a held long-poll ends within its 1 s hold).
+    wait_until(lambda: gateway.health()["subscribers"] == 0, 10,
+               message="the gateway to have no subscriber left")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_204_closes_the_source_for_good(transport, shared_gateway, open_harness, other_origin):
+    prefix = f"/status/204/{uuid.uuid4().hex}/"
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport)
+    harness.wait("() => window.source.readyState == 2")
+    harness.observe(1.5)  # a reconnection would be under way within this
+    assert len(other_origin.hits_under(prefix)) == 1
+    assert harness.errors() == [2]
+    assert harness.opens() == []
+    assert harness.received() == []
+
+
+@pytest.mark.parametrize("transport", POLYFILL_TRANSPORTS)
+def test_backoff_between_attempts_grows_while_the_server_answers_503(
+        transport, shared_gateway, open_harness, other_origin):
+    # The first answer is good and sets a 100 ms retry (the polyfill waits at least 500 ms);
+    # every later one is a 503. The waits after each failure double, with up to 50% jitter.
+    prefix = f"/flaky/{uuid.uuid4().hex}/"
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport)
+
+    def backoff_gaps():
+        hits = other_origin.hits_under(prefix)
+        return [b.at - a.at for a, b in zip(hits, hits[1:]) if a.kind != "poll"]
+
+    gaps = wait_until(lambda: len(backoff_gaps()) >= 3 and backoff_gaps(), 20,
+                      message="three attempts after failures")[:3]
+    assert gaps[0] >= 0.45, gaps  # the retry time, raised to the 500 ms floor
+    assert gaps[1] > 1.2 * gaps[0], gaps
+    assert gaps[2] > 1.2 * gaps[1], gaps
+    assert harness.opens() == [1]
+    errors = harness.errors()
+    assert len(errors) >= 3 and set(errors) == {0}, errors
+    assert harness.ready_state() == 0
