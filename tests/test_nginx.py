@@ -546,6 +546,34 @@ def test_static_bundle_comes_through_nginx_gzipped_with_the_gateways_cache_heade
     assert short_age is not None and "immutable" not in short.headers["Cache-Control"]
     assert "immutable" in hashed.headers["Cache-Control"]
     assert long_age is not None and long_age >= ONE_YEAR > short_age
+    # Revalidation goes through to the gateway: its ETag comes back as a 304.
+    etag = short.headers["ETag"]
+    again = requests.get(f"{proxy.public_url}/static/eventsource.js",
+                         headers={"Accept-Encoding": "gzip", "If-None-Match": etag}, timeout=10)
+    assert again.status_code == 304
+
+
+def test_optional_nginx_cache_of_the_bundle_keeps_gzip_and_plain_apart(gateways, nginx_factory):
+    # static.conf's commented-out cache, switched on as its comment says (with the cache in
+    # this nginx's prefix), plus a header that shows whether nginx answered from its cache.
+    if requests.get(f"{gateways[0].url}/static/eventsource.js", timeout=10).status_code == 404:
+        pytest.skip("the gateway does not serve /static yet")
+    static = (NGINX_DIR / "static.conf").read_text()
+    cache_path = re.search(r"#\s+(proxy_cache_path \S+ (.*);)", static)
+    assert cache_path, "static.conf should show the proxy_cache_path to add"
+    zone_line = f"    proxy_cache_path cache {cache_path.group(2)};"  # relative to the prefix
+    proxy = nginx_factory([g.port for g in gateways], snippet_edits={"static.conf": (
+        "#     proxy_cache sse_gateway_static;",
+        "proxy_cache sse_gateway_static;\n    add_header X-Cache $upstream_cache_status;")},
+        http_edits=[("    include sse-gateway/upstream.conf;",
+                     "    include sse-gateway/upstream.conf;\n" + zone_line)])
+    seen = []
+    for encoding in ("gzip", "gzip", "identity", "identity"):
+        response = requests.get(f"{proxy.public_url}/static/eventsource.js",
+                                headers={"Accept-Encoding": encoding}, timeout=10)
+        assert response.status_code == 200
+        seen.append((response.headers.get("X-Cache"), response.headers.get("Content-Encoding")))
+    assert seen == [("MISS", "gzip"), ("HIT", "gzip"), ("MISS", None), ("HIT", None)]
 
 
 # Publishing: who may, through nginx.
