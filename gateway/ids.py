@@ -16,11 +16,11 @@ from typing import Dict, Optional, Sequence, Tuple
 EventId = Tuple[int, int]
 
 ZERO: EventId = (0, 0)
-_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 def parse_id(text: str) -> Optional[EventId]:
-    match = _ID.match(text)
+    match = _ID.fullmatch(text)
     if match is None:
         return None
     return int(match.group(1)), int(match.group(2))

@@ -7,7 +7,7 @@ with `event` accepted as an alias of `type`. The gateway adds `stream_id`, the i
 
 import json
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from . import wire
 from .ids import EventId, format_cursor, format_id, parse_id
@@ -107,6 +107,15 @@ class Message:
     def __repr__(self) -> str:
         ident = format_id(self.event_id) if self.event_id else None
         return f"Message({self.channel!r}, id={ident}, event={self.event!r}, {len(self.data)} chars)"
+
+
+#: The event that tells a client that events it asked for are gone from history.
+RESET_EVENT = "gateway-reset"
+
+
+def reset_message(channels: Sequence[str], reason: str) -> Message:
+    data = json.dumps({"channels": list(channels), "reason": reason}, separators=(",", ":"))
+    return Message(channels[0], data, event=RESET_EVENT)
 
 
 def build_message(

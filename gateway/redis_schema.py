@@ -18,13 +18,28 @@ from .ids import ZERO, EventId, HistoryBounds, parse_id
 HISTORY_KEY = "sse-gateway:history:"
 
 PUBLISH_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'm', ARGV[2])
-local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
-if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
+local key, maxlen, age = KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local id = redis.call('XADD', key, '*', 'm', ARGV[2])
+-- Redis records only XDEL in max-deleted-entry-id, not trimming; resume needs to know what
+-- was trimmed, so the script trims exactly and records the largest trimmed id itself.
+local trimmed = nil
+local excess = redis.call('XLEN', key) - maxlen
+if excess > 0 then
+  local doomed = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+  trimmed = doomed[#doomed][1]
+  redis.call('XTRIM', key, 'MAXLEN', maxlen)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local now = redis.call('TIME')
+local oldest = string.format('%d-0', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age)
+local expired = redis.call('XREVRANGE', key, '(' .. oldest, '-', 'COUNT', 1)
+if #expired > 0 then
+  trimmed = expired[1][1]
+  redis.call('XTRIM', key, 'MINID', oldest)
+end
+if trimmed then
+  redis.call('XSETID', key, id, 'MAXDELETEDID', trimmed)
+end
+redis.call('PEXPIRE', key, age)
 local receivers = redis.call('PUBLISH', ARGV[1], '{"stream_id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
 return {id, receivers}
 """

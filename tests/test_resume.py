@@ -364,20 +364,7 @@ def test_trimmed_history_sends_reset_first_then_what_still_exists_then_live(
         assert datas(stream)[-1] == "live"
 
 
-REDIS_TRIM_BUG = (
-    "gateway bug: redis_schema.bounds_from_xinfo takes XINFO STREAM's max-deleted-entry-id as "
-    "the largest trimmed id, but Redis only updates it on XDEL, never on XADD MAXLEN / XTRIM, so "
-    "it stays 0-0 and ids.history_gap misjudges trimmed history"
-)
-
-
-def xfail_on_redis(request, broker_args, reason: str) -> None:
-    if "--redis-url" in broker_args:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
-def test_resume_from_the_last_trimmed_event_is_not_a_reset(request, start_gateway, broker_args):
-    xfail_on_redis(request, broker_args, REDIS_TRIM_BUG)
+def test_resume_from_the_last_trimmed_event_is_not_a_reset(start_gateway, broker_args):
     gateway = start_gateway(*broker_args, "--heartbeat", "1", "--history-length", "10")
     ids = publish(gateway, "edge", range(11))  # exactly one trimmed: ids[0], which the client saw
     with open_stream(gateway.url + "/events/edge", ids[0]) as stream:
@@ -385,8 +372,7 @@ def test_resume_from_the_last_trimmed_event_is_not_a_reset(request, start_gatewa
         assert datas(stream) == [str(i) for i in range(1, 11)]
 
 
-def test_empty_channel_cursor_after_trimming_sends_reset(request, start_gateway, broker_args):
-    xfail_on_redis(request, broker_args, REDIS_TRIM_BUG)
+def test_empty_channel_cursor_after_trimming_sends_reset(start_gateway, broker_args):
     gateway = start_gateway(*broker_args, "--heartbeat", "1", "--history-length", "10")
     url = gateway.url + "/events/edge"
     with open_stream(url) as first:
@@ -440,9 +426,6 @@ def test_bare_id_on_a_several_channel_connection_is_an_unknown_id(gateway):
         assert stream.events[0].type == RESET
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug vs. the issue: Session.open (gateway/transports/session.py) returns only the "
-    "unknown-id reset on CursorError and never replays what history still holds"))
 def test_malformed_last_event_id_sends_reset_then_the_events_that_still_exist(
     start_gateway, broker_args
 ):
@@ -627,9 +610,6 @@ def test_events_published_while_the_pubsub_connection_is_down_are_filled_in(
         assert [e.last_event_id for e in stream.events] == ids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: RedisBroker._fill_gaps (gateway/brokers/redis.py) ignores History.gap, so "
-    "open streams silently miss events trimmed while the pub/sub connection was down"))
 def test_events_trimmed_while_the_pubsub_connection_is_down_reset_open_streams(
     start_gateway, redis_db
 ):

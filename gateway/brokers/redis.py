@@ -19,7 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, history_gap
-from ..message import InvalidMessage, Message, from_broker_payload
+from ..message import InvalidMessage, Message, from_broker_payload, reset_message
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,12 @@ class RedisBroker(Broker):
     def _fill_gaps(self) -> None:
         """Deliver what was published while the pub/sub connection was down."""
         for channel, last in list(self._channels.items()):
-            for message in self.history(channel, last).messages:
+            history = self.history(channel, last)
+            if history.gap:
+                log.warning("events of channel %r were trimmed from history while the pub/sub "
+                            "connection was down; its subscribers are told to reload", channel)
+                self._deliver(reset_message([channel], "history-lost"))
+            for message in history.messages:
                 self._deliver(message)
 
     def _read_forever(self) -> None:

@@ -6,16 +6,14 @@ only if they are newer than what was replayed.
 """
 
 import heapq
-import json
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import wire
 from ..hub import Hub, Subscriber
-from ..ids import CursorError, EventId, format_cursor, parse_cursor
-from ..message import Message
+from ..ids import ZERO, CursorError, EventId, format_cursor, parse_cursor
+from ..message import RESET_EVENT, Message, reset_message
 
-#: The event that tells a client that events it asked for are gone from history.
-RESET_EVENT = "gateway-reset"
+__all__ = ["RESET_EVENT", "Session"]
 
 
 class Session:
@@ -39,13 +37,17 @@ class Session:
             try:
                 requested = parse_cursor(last_event_id, self.channels)
             except CursorError:
-                return [self._reset(self.channels, "unknown-id")]
-            return self._replay(requested)
+                # Treated like lost history: say so, then send everything history holds.
+                _, events = self._replay({channel: ZERO for channel in self.channels})
+                return [reset_message(self.channels, "unknown-id"), *events]
+            lost, events = self._replay(requested)
+            return [reset_message(lost, "history-lost"), *events] if lost else events
         except BaseException:
             self.close()
             raise
 
-    def _replay(self, requested: Dict[str, EventId]) -> List[Message]:
+    def _replay(self, requested: Dict[str, EventId]) -> Tuple[List[str], List[Message]]:
+        """The channels whose history has a gap, and the events after each position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
         for channel, after in requested.items():
@@ -57,13 +59,7 @@ class Session:
                 after = min(after, self.positions[channel])
             self.positions[channel] = after
             histories.append(history.messages)
-        backlog = [self._reset(lost, "history-lost")] if lost else []
-        backlog.extend(heapq.merge(*histories, key=lambda m: m.event_id))
-        return backlog
-
-    def _reset(self, channels: Sequence[str], reason: str) -> Message:
-        data = json.dumps({"channels": list(channels), "reason": reason}, separators=(",", ":"))
-        return Message(channels[0], data, event=RESET_EVENT)
+        return lost, list(heapq.merge(*histories, key=lambda m: m.event_id))
 
     def accept(self, message: Message) -> bool:
         """Whether the client still needs this message; advances its position if so."""
