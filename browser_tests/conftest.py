@@ -324,8 +324,10 @@ class Harness:
         self.page = page
         self.gateway_url = gateway_url
         self.requests: List = []
+        self.answered: List = []  # requests whose response head arrived
         self.console: List[str] = []
         page.on("request", lambda request: self.requests.append(request))
+        page.on("response", lambda response: self.answered.append(response.request))
         page.on("console", lambda message: self.console.append(message.text))
         page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
         query = f"gateway={quote(gateway_url, safe='')}&shims={','.join(shims)}"

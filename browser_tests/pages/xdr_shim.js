@@ -10,7 +10,9 @@
    - Like IE's XDR, nothing of the body is shown until about 2 KB arrived or the response ended.
    window.xdrShim.opened counts the requests made through it, for the tests. */
 (function (window) {
-  var RealXHR = window.XMLHttpRequest, THRESHOLD = 2048;
+  /* The browser's own XHR, even when legacy_xhr.js already replaced it. */
+  var RealXHR = (window.legacyXhrShim && window.legacyXhrShim.real) || window.XMLHttpRequest,
+    THRESHOLD = 2048;
 
   function fire(xdr, name) {
     var handler = xdr["on" + name];
