@@ -328,6 +328,39 @@ def test_shipped_read_timeouts_exceed_the_gateway_defaults():
     assert read_timeout("poll.conf") > defaults.poll_timeout
 
 
+def connections_to(port: int) -> set[int]:
+    """The TCP connections to a local port, in any state but listening, by their other port."""
+    peers = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, remote, state = row.split()[1:4]
+            local_port, remote_port = (int(a.rsplit(":", 1)[1], 16) for a in (local, remote))
+            if state != "0A" and port in (local_port, remote_port):  # 0A: LISTEN
+                peers.add(remote_port if local_port == port else local_port)
+    return peers
+
+
+def test_requests_through_nginx_reuse_keepalive_connections_to_the_gateway(start_gateway,
+                                                                            nginx_factory):
+    # HTTP/1.1 and an empty Connection header (proxy.conf) are what let the upstream's
+    # keepalive pool work; without them nginx opens one connection per request.
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("counting connections needs Linux's /proc/net/tcp")
+    gateway = start_gateway("--trusted-proxy", "127.0.0.1")
+    proxy = nginx_factory([gateway.port])
+    before = connections_to(gateway.port)
+    with requests.Session() as client:  # one client connection: one nginx worker
+        for _ in range(20):
+            response = client.get(f"{proxy.public_url}/poll/keepalive?timeout=0", timeout=10)
+            assert response.status_code == 200
+    assert len(connections_to(gateway.port) - before) <= 2
+
+
 # Delivery without buffering.
 
 @pytest.mark.parametrize("query", ["", "?transport=stream"], ids=["native", "padded"])
