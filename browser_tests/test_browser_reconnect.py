@@ -3,6 +3,7 @@ backoff on 5xx."""
 
 from __future__ import annotations
 
+import json
 import signal
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -28,8 +29,11 @@ def resume_ids(harness):
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport, sig", [
+    *((name, signal.SIGTERM) for name in TRANSPORTS),
+    # Killed outright: the response ends without its last chunk, a network error to the page.
+    ("native", signal.SIGKILL), ("xhr-stream", signal.SIGKILL), ("xhr-poll", signal.SIGKILL),
+])
 def test_after_a_gateway_restart_the_page_resumes_from_its_last_id_and_misses_nothing(
         transport, sig, redis_db, pinned_gateways, open_harness, publisher):
     args = ["--redis-url", redis_db.url, "--retry", "500", "--heartbeat", "2"]
@@ -61,6 +65,29 @@ def test_after_a_gateway_restart_the_page_resumes_from_its_last_id_and_misses_no
     assert harness.errors() and set(harness.errors()) == {0}  # CONNECTING while it retried
     assert harness.opens() == [1, 1]
     assert before[-1] in resume_ids(harness)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_after_a_restart_that_lost_history_the_page_gets_gateway_reset_then_live_events(
+        transport, pinned_gateways, open_harness, publisher):
+    # The embedded broker keeps history in memory: a new process has none.
+    args = ["--retry", "500"]
+    first = pinned_gateways(args)
+    harness = open_harness(first.url, transport)
+    harness.listen(harness.events_url(CHANNEL), transport)
+    harness.wait_open()
+    before = publisher(first).publish(CHANNEL, "before")
+    harness.wait_received(1)
+    first.stop()
+    harness.wait("() => window.errors.length >= 1")
+    second = pinned_gateways(args, port=first.port)
+    harness.wait("() => window.opens.length >= 2", timeout=30)
+    after = publisher(second).publish(CHANNEL, "after")
+    got = harness.wait_received(3)
+    assert [(e["type"], e["lastEventId"]) for e in got] == [
+        ("message", before), ("gateway-reset", got[1]["lastEventId"]), ("message", after)]
+    assert json.loads(got[1]["data"]) == {"channels": [CHANNEL], "reason": "history-lost"}
+    assert got[2]["data"] == "after"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -130,3 +157,91 @@ def test_backoff_between_attempts_grows_while_the_server_answers_503(
     errors = harness.errors()
     assert len(errors) >= 3 and set(errors) == {0}, errors
     assert harness.ready_state() == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_close_in_an_error_listener_stops_reconnection(
+        transport, shared_gateway, open_harness, other_origin):
+    # The first answer is good (a stream that then ends, or a long-poll answer); then 503s.
+    prefix = f"/flaky/{uuid.uuid4().hex}/"
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport)
+    harness.page.evaluate("() => window.source.addEventListener('error', function () {"
+                          " window.source.close(); })")
+    harness.wait("() => window.errors.length >= 1")
+    made = len(other_origin.hits_under(prefix))
+    harness.observe(1.5)  # a retry (at least 500 ms later) would be under way within this
+    assert len(other_origin.hits_under(prefix)) == made
+    assert harness.errors() == [0]  # CONNECTING when it fired; close() made it CLOSED
+    assert harness.ready_state() == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_no_event_is_dispatched_after_close_in_a_message_listener(
+        transport, shared_gateway, open_harness, publisher):
+    name = "close-in-listener-" + uuid.uuid4().hex[:8]
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(harness.events_url(name), transport)
+    harness.page.evaluate("() => window.source.addEventListener('message', function () {"
+                          " window.source.close(); })")
+    harness.wait_open()
+    pub = publisher(shared_gateway)
+    for i in range(5):  # a burst: most likely several in one chunk or one long-poll answer
+        pub.publish(name, f"burst {i}")
+    harness.wait_received(1)
+    harness.observe(0.5)
+    assert [e["data"] for e in harness.received()] == ["burst 0"]
+    assert harness.ready_state() == 2
+    assert harness.errors() == []
+
+
+@pytest.mark.parametrize("transport", ["xhr-stream", "xdr-stream"])
+def test_a_silent_stream_is_dropped_after_the_heartbeat_timeout_and_resumed(
+        transport, pinned_gateways, open_harness, publisher):
+    gateway = pinned_gateways(["--heartbeat", "20", "--retry", "500"])
+    harness = open_harness(gateway.url, transport)
+    harness.listen(harness.events_url(CHANNEL), transport, heartbeatTimeout=1000)
+    harness.wait_open()
+    first = publisher(gateway).publish(CHANNEL, "first")
+    harness.wait_received(1)
+    # No byte for a second: the request is dropped (error) and a new one resumes.
+    harness.wait("() => window.errors.length >= 1 && window.opens.length >= 2", timeout=10)
+    second = publisher(gateway).publish(CHANNEL, "second")
+    got = harness.wait_received(2)
+    assert [(e["data"], e["lastEventId"]) for e in got] == [("first", first), ("second", second)]
+    streams = harness.requests_to(harness.events_url(CHANNEL))
+    assert f"lastEventId={first}" in streams[1].url
+
+
+@pytest.mark.parametrize("transport", ["xhr-stream", "xdr-stream"])
+def test_keepalive_comments_keep_a_silent_stream_open(
+        transport, pinned_gateways, open_harness):
+    gateway = pinned_gateways(["--heartbeat", "0.3"])
+    harness = open_harness(gateway.url, transport)
+    harness.listen(harness.events_url(CHANNEL), transport, heartbeatTimeout=1200)
+    harness.wait_open()
+    harness.observe(3)
+    assert harness.errors() == []
+    assert harness.opens() == [1]
+    assert len(harness.requests_to(harness.events_url(CHANNEL))) == 1
+
+
+@pytest.mark.parametrize("transport", POLYFILL_TRANSPORTS)
+def test_the_last_event_id_param_option_names_the_resume_parameter(
+        transport, pinned_gateways, open_harness, publisher):
+    # Streams resume on rotation (every second here); long-polls with every poll.
+    gateway = pinned_gateways(["--rotate-seconds", "1"])
+    harness = open_harness(gateway.url, transport)
+    harness.listen(harness.events_url(CHANNEL), transport, lastEventIdParam="evs_last_event_id")
+    harness.wait_open()
+    pub = publisher(gateway)
+    first = pub.publish(CHANNEL, "first")
+    harness.wait_received(1)
+    resumed = harness.wait_requests(
+        gateway.url, 1, timeout=10, where=lambda r: f"evs_last_event_id={first}" in r.url)
+    second = pub.publish(CHANNEL, "second")
+    got = harness.wait_received(2)
+    harness.observe(0.3)  # a duplicate would arrive within this
+    assert [e["lastEventId"] for e in harness.received()] == [first, second]
+    assert got[1]["data"] == "second"
+    assert resumed and not any("lastEventId=" in r.url for r in harness.requests)

@@ -15,7 +15,7 @@
   }
   document.write('<script src="' + params.gateway + '/static/eventsource.js"><\/script>');
 
-  /* Every event delivered, in order: {type, data, lastEventId, readyState}. */
+  /* Every event delivered, in order: {type, data, lastEventId, origin, readyState}. */
   window.received = [];
   /* readyState seen by each open and each error listener call. */
   window.opens = [];
@@ -33,7 +33,8 @@
     source = new Source(url, options);
     function record(e) {
       window.received.push({
-        type: e.type, data: e.data, lastEventId: e.lastEventId, readyState: source.readyState
+        type: e.type, data: e.data, lastEventId: e.lastEventId, origin: e.origin,
+        readyState: source.readyState
       });
     }
     source.onopen = function () {
