@@ -185,15 +185,18 @@ def _static_routes(app: Flask) -> None:
     def serve(cache_control: str) -> Response:
         if bundle is None:
             raise ApiError(503, "unavailable", "the polyfill bundle could not be built; see the log")
-        if bundle.etag in request.headers.get("If-None-Match", ""):
+        gzipped = request.accept_encodings["gzip"] > 0
+        # Each encoding is its own representation, so each gets its own strong ETag.
+        etag = bundle.etag[:-1] + '-gzip"' if gzipped else bundle.etag
+        if etag in request.headers.get("If-None-Match", ""):
             response = Response(status=304)
-        elif "gzip" in request.headers.get("Accept-Encoding", ""):
+        elif gzipped:
             response = Response(bundle.gzipped)
             response.headers["Content-Encoding"] = "gzip"
         else:
             response = Response(bundle.body)
         response.content_type = "application/javascript; charset=utf-8"
-        response.headers["ETag"] = bundle.etag
+        response.headers["ETag"] = etag
         response.headers["Cache-Control"] = cache_control
         response.vary.add("Accept-Encoding")
         return response
