@@ -12,13 +12,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import urlencode
 
 import pytest
 import requests
+from conftest import wait_until
 from sse_client import Stream, StreamClosed
 
 from gateway import Publisher
@@ -32,17 +33,6 @@ _CURSOR_LINE = re.compile(rb"\n\nid: ([^\n]*)\n\n")
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def resume_target(url: str, cursor: str | None, how: str = "header"):
@@ -466,7 +456,7 @@ def test_expired_history_sends_reset(start_gateway, broker_args):
             return list(stream.events) if resets(stream) else None
 
     # Bounded polling: the events expire about a second after they were published.
-    events = wait_until(resumed_with_reset, 15, "history to expire", interval=0.2)
+    events = wait_until(resumed_with_reset, 15, message="history to expire", interval=0.2)
     assert events[0].type == RESET
     assert json.loads(events[0].data) == {"channels": ["short"], "reason": "history-lost"}
     assert [e for e in events if e.type == "message"] == []
@@ -551,7 +541,7 @@ def test_killed_pubsub_connection_loses_no_event_and_duplicates_none(start_gatew
                 [connection] = wait_until(
                     lambda: [c for c in pubsub_connections(client)
                              if c["id"] not in killed] or None,
-                    15, "the gateway's pub/sub connection")
+                    15, message="the gateway's pub/sub connection")
                 assert client.execute_command("CLIENT", "KILL", "ID", connection["id"]) == 1
                 killed.append(connection["id"])
                 # Events flow again through the new connection before the next kill.
@@ -575,19 +565,19 @@ def test_killed_pubsub_connection_loses_no_event_and_duplicates_none(start_gatew
 @contextmanager
 def pubsub_connection_down(gateway, client):
     """Kill the gateway's pub/sub connection and refuse its reconnects until the block ends."""
-    [connection] = wait_until(lambda: pubsub_connections(client) or None, 10,
+    [connection] = wait_until(lambda: pubsub_connections(client) or None, 10, message=
                               "the gateway's pub/sub connection")
     original = client.config_get("maxclients")["maxclients"]
     # Connections already open stay; a new one would exceed the limit once the kill is done.
     client.config_set("maxclients", len(client.client_list()) - 1)
     try:
         assert client.execute_command("CLIENT", "KILL", "ID", connection["id"]) == 1
-        body = wait_until(lambda: health(gateway, 503), 10, "/healthz to report 503")
+        body = wait_until(lambda: health(gateway, 503), 10, message="/healthz to report 503")
         assert "pub/sub" in body["detail"]
         yield
     finally:
         client.config_set("maxclients", original)
-    wait_until(lambda: health(gateway, 200), 30, "the pub/sub connection to come back")
+    wait_until(lambda: health(gateway, 200), 30, message="the pub/sub connection to come back")
 
 
 def test_events_published_while_the_pubsub_connection_is_down_are_filled_in(
@@ -661,7 +651,7 @@ def test_redis_restart_keeps_streams_open_and_health_recovers(start_gateway, red
     wait_for_data(stream, "before")
     try:
         server.stop()
-        body = wait_until(lambda: health(gateway, 503), 15, "/healthz to report 503")
+        body = wait_until(lambda: health(gateway, 503), 15, message="/healthz to report 503")
         assert body["status"] == "unavailable"
 
         response = gateway.publish("outage", {"data": "during"})
@@ -679,7 +669,7 @@ def test_redis_restart_keeps_streams_open_and_health_recovers(start_gateway, red
         stream.wait_for(lambda s: s.parser.comments >= comments + 2, 10)
     finally:
         server.start()
-    body = wait_until(lambda: health(gateway, 200), 30, "/healthz to recover")
+    body = wait_until(lambda: health(gateway, 200), 30, message="/healthz to recover")
     assert body["status"] == "ok"
     assert gateway.proc.poll() is None
 
