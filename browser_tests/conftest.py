@@ -166,6 +166,8 @@ class PageServer:
     - `/flaky/<key>/...`: the first request of each key gets a good but short answer that sets a
       100 ms retry (an event stream that then ends, or an empty long-poll answer, as JSON or as
       JSONP when there is a `callback`); every later one gets 503.
+    - `/partial/<key>/...`: the first request of each key gets an event stream with one complete
+      event (id 1) and one cut off before its blank line (id 2), then ends; later ones get 204.
 
     Every request is recorded in `hits`.
     """
@@ -218,6 +220,19 @@ class PageServer:
             status = int(parts[2])
             self._record(request, status, "status")
             self._send(request, status, b"", {"Access-Control-Allow-Origin": "*"})
+        elif len(parts) > 2 and parts[1] == "partial":
+            with self._lock:
+                first = parts[2] not in self._flaky_seen
+                self._flaky_seen.add(parts[2])
+            if first:
+                self._record(request, 200, "stream-end")
+                self._send(request, 200,
+                           b"retry: 100\n\nid: 1\ndata: complete\n\nid: 2\ndata: unfinished\n",
+                           {"Access-Control-Allow-Origin": "*",
+                            "Content-Type": "text/event-stream"})
+            else:
+                self._record(request, 204, "status")
+                self._send(request, 204, b"", {"Access-Control-Allow-Origin": "*"})
         elif len(parts) > 2 and parts[1] == "flaky":
             with self._lock:
                 first = parts[2] not in self._flaky_seen

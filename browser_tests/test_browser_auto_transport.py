@@ -59,3 +59,14 @@ def test_auto_falls_back_to_jsonp_long_polling(
         assert harness.page.evaluate("() => window.xdrShim.opened") == 0
     # Each callback is removed once used (the one of the poll still held stays).
     assert harness.page.evaluate("() => Object.keys(window.SSEGateway._cb).length") <= 1
+
+
+def test_forcing_a_transport_the_browser_lacks_fails_the_connection(shared_gateway, open_harness):
+    # No XDomainRequest here (no shim): the source closes at once and requests nothing.
+    harness = open_harness(shared_gateway.url)
+    harness.listen(harness.events_url(channel()), "xdr-stream")
+    harness.wait("() => window.source.readyState == 2")
+    harness.observe(0.5)
+    assert harness.errors() == [2]
+    assert harness.opens() == []
+    assert not harness.requests_to(f"{shared_gateway.url}/events")

@@ -16,17 +16,16 @@ from gateway import Publisher
 CHANNEL = "reconnect"
 
 
-def resume_ids(harness):
-    """The last event ids the page sent to the gateway: query parameter or Last-Event-ID header."""
-    found = []
-    for request in harness.requests_to(harness.gateway_url):
-        url = urlsplit(request.url)
-        if url.path not in (f"/events/{CHANNEL}", f"/poll/{CHANNEL}"):
-            continue
-        query = parse_qs(url.query)
-        found.append(query.get("lastEventId", [None])[0]
-                     or request.all_headers().get("last-event-id"))
-    return found
+def resume_id(request):
+    """The last event id a request carried: query parameter (polyfill) or header (native)."""
+    query = parse_qs(urlsplit(request.url).query)
+    return query.get("lastEventId", [None])[0] or request.all_headers().get("last-event-id")
+
+
+def subscriptions(harness, base: str):
+    """The page's requests for CHANNEL to the server at `base`, as a stream or a long-poll."""
+    return [r for r in harness.requests_to(base)
+            if urlsplit(r.url).path.endswith((f"/events/{CHANNEL}", f"/poll/{CHANNEL}"))]
 
 
 @pytest.mark.parametrize("transport, sig", [
@@ -64,7 +63,7 @@ def test_after_a_gateway_restart_the_page_resumes_from_its_last_id_and_misses_no
     assert harness.ready_state() == 1
     assert harness.errors() and set(harness.errors()) == {0}  # CONNECTING while it retried
     assert harness.opens() == [1, 1]
-    assert before[-1] in resume_ids(harness)
+    assert before[-1] in [resume_id(r) for r in subscriptions(harness, first.url)]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -213,17 +212,30 @@ def test_a_silent_stream_is_dropped_after_the_heartbeat_timeout_and_resumed(
     assert f"lastEventId={first}" in streams[1].url
 
 
-@pytest.mark.parametrize("transport", ["xhr-stream", "xdr-stream"])
-def test_keepalive_comments_keep_a_silent_stream_open(
+HEARTBEAT_VS_HOLD = (
+    "a long-poll is held without a byte for the gateway's hold time (--poll-timeout, 25 s by "
+    "default), yet the polyfill arms its heartbeatTimeout on poll requests too "
+    "(static_js/src/eventsource.js, _go -> _alive): with a heartbeatTimeout above the gateway's "
+    "--heartbeat but below its hold, every idle poll is dropped as dead, fires `error` and "
+    "reconnects after the retry time")
+
+
+@pytest.mark.parametrize("transport", [
+    "xhr-stream", "xdr-stream",
+    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=HEARTBEAT_VS_HOLD))
+      for name in ("xhr-poll", "jsonp-poll")),
+])
+def test_an_idle_connection_stays_open_when_heartbeat_timeout_exceeds_the_gateway_heartbeat(
         transport, pinned_gateways, open_harness):
-    gateway = pinned_gateways(["--heartbeat", "0.3"])
+    # Keep-alive comments every 0.3 s, a 1.2 s heartbeat timeout, and a 5 s long-poll hold.
+    gateway = pinned_gateways(["--heartbeat", "0.3", "--poll-timeout", "5"])
     harness = open_harness(gateway.url, transport)
     harness.listen(harness.events_url(CHANNEL), transport, heartbeatTimeout=1200)
     harness.wait_open()
     harness.observe(3)
     assert harness.errors() == []
     assert harness.opens() == [1]
-    assert len(harness.requests_to(harness.events_url(CHANNEL))) == 1
+    assert harness.ready_state() == 1
 
 
 @pytest.mark.parametrize("transport", POLYFILL_TRANSPORTS)
@@ -245,3 +257,30 @@ def test_the_last_event_id_param_option_names_the_resume_parameter(
     assert [e["lastEventId"] for e in harness.received()] == [first, second]
     assert got[1]["data"] == "second"
     assert resumed and not any("lastEventId=" in r.url for r in harness.requests)
+
+
+@pytest.mark.parametrize("transport", ["native", "xhr-stream", "xhr-poll"])
+def test_a_4xx_from_the_gateway_closes_the_source(transport, shared_gateway, open_harness):
+    # An invalid channel name: 400. (XDomainRequest and JSONP cannot see a status: they retry.)
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(f"{shared_gateway.url}/events/not!valid", transport)
+    harness.wait("() => window.source.readyState == 2")
+    harness.observe(1)  # a retry would be under way within this
+    assert len(harness.requests_to(f"{shared_gateway.url}/events/")
+               + harness.requests_to(f"{shared_gateway.url}/poll/")) == 1
+    assert harness.errors() == [2]
+    assert harness.opens() == []
+
+
+@pytest.mark.parametrize("transport", ["native", "xhr-stream", "xdr-stream"])
+def test_an_event_cut_off_by_the_end_of_the_stream_is_not_dispatched(
+        transport, shared_gateway, open_harness, other_origin):
+    # The first answer holds a complete event and an unfinished one, then ends; the next is 204.
+    prefix = f"/partial/{uuid.uuid4().hex}/"
+    harness = open_harness(shared_gateway.url, transport)
+    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport)
+    harness.wait("() => window.source.readyState == 2")
+    assert [(e["data"], e["lastEventId"]) for e in harness.received()] == [("complete", "1")]
+    assert [hit.status for hit in other_origin.hits_under(prefix)] == [200, 204]
+    # The reconnection resumed from the complete event's id, not the unfinished one's.
+    assert resume_id(subscriptions(harness, other_origin.origin)[-1]) == "1"
