@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -110,6 +111,30 @@ def shared_gateway():
         yield gateway
     finally:
         gateway.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_gateway(redis_server):
+    """One Redis-broker gateway for tests that need no gateway of their own. (Other tests'
+    `redis_db` empties Redis between tests; tests on this gateway use channels of their own.)"""
+    gateway = PinnedGateway(free_port(), ["--redis-url", redis_server.url])
+    try:
+        yield gateway
+    finally:
+        gateway.cleanup()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def any_gateway(request):
+    """The session's gateway on each broker in turn."""
+    return request.getfixturevalue("shared_gateway" if request.param == "embedded"
+                                   else "redis_gateway")
+
+
+@pytest.fixture
+def channel() -> str:
+    """A channel name no other test uses (for the gateways shared between tests)."""
+    return "ch-" + uuid.uuid4().hex[:16]
 
 
 class FastPublisher:
