@@ -374,9 +374,14 @@ class Harness:
         page.goto(f"{page_server.origin}/pages/harness.html?{query}")
         page.wait_for_function("() => !!(window.SSEGateway && window.listen)")
 
-    def listen(self, url: str, transport: str, types: Sequence[str] = (), **options) -> None:
-        self.page.evaluate("([url, transport, options, types]) => listen(url, transport, options,"
-                           " types)", [url, transport, options, list(types)])
+    def listen(self, url: str, transport: str, types: Sequence[str] = (), then: str = "",
+               **options) -> None:
+        """Create window.source. `then`: JavaScript run right after, in the same task, with
+        `source` in scope (so that it runs before the source connects)."""
+        self.page.evaluate(
+            "([url, transport, options, types, then]) => { listen(url, transport, options, types);"
+            " if (then) { new Function('source', then)(window.source); } }",
+            [url, transport, options, list(types), then])
 
     def events_url(self, channel: str) -> str:
         return f"{self.gateway_url}/events/{channel}"

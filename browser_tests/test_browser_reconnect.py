@@ -164,9 +164,8 @@ def test_close_in_an_error_listener_stops_reconnection(
     # The first answer is good (a stream that then ends, or a long-poll answer); then 503s.
     prefix = f"/flaky/{uuid.uuid4().hex}/"
     harness = open_harness(shared_gateway.url, transport)
-    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport)
-    harness.page.evaluate("() => window.source.addEventListener('error', function () {"
-                          " window.source.close(); })")
+    harness.listen(f"{other_origin.origin}{prefix}events/{CHANNEL}", transport,
+                   then="source.addEventListener('error', function () { source.close(); });")
     harness.wait("() => window.errors.length >= 1")
     made = len(other_origin.hits_under(prefix))
     harness.observe(1.5)  # a retry (at least 500 ms later) would be under way within this
@@ -180,9 +179,8 @@ def test_no_event_is_dispatched_after_close_in_a_message_listener(
         transport, shared_gateway, open_harness, publisher):
     name = "close-in-listener-" + uuid.uuid4().hex[:8]
     harness = open_harness(shared_gateway.url, transport)
-    harness.listen(harness.events_url(name), transport)
-    harness.page.evaluate("() => window.source.addEventListener('message', function () {"
-                          " window.source.close(); })")
+    harness.listen(harness.events_url(name), transport,
+                   then="source.addEventListener('message', function () { source.close(); });")
     harness.wait_open()
     pub = publisher(shared_gateway)
     for i in range(5):  # a burst: most likely several in one chunk or one long-poll answer
