@@ -1,43 +1,33 @@
-"""The Flask application: routes, request parsing, errors as JSON. Thin glue over the hub."""
+"""The web application: the bare-WSGI event-stream endpoint in front of a Flask app for the rest
+(long-poll, publish, health, the polyfill bundle, the demo). Errors are JSON."""
 
 import hmac
 import json
 import logging
 from importlib import resources
-from typing import List, Optional
+from typing import Optional
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import subscribe
 from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import publish_policy, subscribe_policy
+from .events_endpoint import CONNECTION_KEY, EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub
 from .ids import format_id
-from .message import InvalidMessage, build_message, check_channel, from_publish_body
-from .transports import CALLBACK, Session, StreamOptions, encode_json, encode_jsonp, event_stream, poll
+from .message import InvalidMessage, build_message, from_publish_body
+from .subscribe import UNCACHEABLE, ApiError
+from .transports import CALLBACK, encode_json, encode_jsonp, poll
 
 log = logging.getLogger(__name__)
 
-#: The WSGI environ key under which the server may hand a stream its connection.
-CONNECTION_KEY = "gateway.connection"
-LAST_EVENT_ID_PARAMS = ("lastEventId", "last_event_id", "evs_last_event_id")
-# Old IE caches GET responses unless told otherwise in every way it understands.
-_UNCACHEABLE = {
-    "Cache-Control": "no-cache, no-store",
-    "Pragma": "no-cache",
-    "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
-}
-_SUBSCRIBE_ENDPOINTS = ("events", "poll_events")
+__all__ = ["CONNECTION_KEY", "create_app"]
+
 SHORT_CACHE = 300  # seconds: how soon a new release reaches pages that use the plain URL
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
 
 
 def error_response(status: int, error: str, detail: str) -> Response:
@@ -46,7 +36,20 @@ def error_response(status: int, error: str, detail: str) -> Response:
     return response
 
 
-def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
+def create_app(config: Config, hub: Hub, broker: Broker):
+    """The WSGI application: /events served bare, everything else by Flask."""
+    flask_app = create_flask_app(config, hub, broker)
+    events = EventsEndpoint(config, hub, subscribe_policy(config.cors_origins))
+
+    def application(environ, start_response):
+        if events.handles(environ.get("PATH_INFO", "")):
+            return events(environ, start_response)
+        return flask_app(environ, start_response)
+
+    return application
+
+
+def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     app = Flask(__name__)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
@@ -57,7 +60,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     @app.after_request
     def _common_headers(response: Response) -> Response:
         endpoint = request.endpoint
-        policy = subscribe_cors if endpoint in _SUBSCRIBE_ENDPOINTS else None
+        policy = subscribe_cors if endpoint == "poll_events" else None
         if endpoint == "publish":
             policy = publish_cors
         if policy is not None:
@@ -67,7 +70,7 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
                 response.vary.add("Origin")
             response.headers.update(extra)
         if "Cache-Control" not in response.headers:
-            response.headers.update(_UNCACHEABLE)
+            response.headers.update(UNCACHEABLE)
         return response
 
     @app.errorhandler(ApiError)
@@ -87,37 +90,22 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal server error", "the gateway failed; see its log")
 
-    @app.get("/events")
-    @app.get("/events/<channel>")
-    def events(channel: Optional[str] = None):
-        channels = _channels(channel, config.max_channels)
-        padded = _wants_padding()
-        options = StreamOptions(
-            retry_ms=config.retry,
-            heartbeat=config.heartbeat,
-            padded=padded,
-            rotate_bytes=config.rotate_bytes if padded else 0,
-            rotate_seconds=config.rotate_seconds if padded else 0.0,
-        )
-        session, backlog = _open_session(channels)
-        return Response(
-            event_stream(session, backlog, options, request.environ.get(CONNECTION_KEY)),
-            content_type="text/event-stream; charset=utf-8",
-            headers={**_UNCACHEABLE, "X-Accel-Buffering": "no"},
-            direct_passthrough=True,
-        )
-
     @app.get("/poll")
     @app.get("/poll/<channel>")
     def poll_events(channel: Optional[str] = None):
-        channels = _channels(channel, config.max_channels)
-        callback = request.args.get("callback")
+        args = request.args
+        channels = subscribe.channels(channel, args, config.max_channels)
+        callback = args.get("callback")
         if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
                            "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
-        hold = _number_arg("timeout", config.poll_timeout, config.poll_timeout)
-        batch = int(_number_arg("batch", config.max_batch, config.max_batch, integer=True))
-        session, backlog = _open_session(channels)
+        hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
+        batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
+                                         integer=True))
+        cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
+        session, backlog = subscribe.open_session(hub, channels, config.max_pending, cursor)
+        log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
+                                         proxies).address, ",".join(channels))
         body = poll(session, backlog, hold, batch, config.retry)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
@@ -125,20 +113,10 @@ def create_app(config: Config, hub: Hub, broker: Broker) -> Flask:
                         content_type="application/javascript; charset=utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
-    def _open_session(channels: List[str]):
-        session = Session(hub, channels, config.max_pending)
-        try:
-            backlog = session.open(_last_event_id())
-        except BrokerUnavailable as error:
-            raise ApiError(503, "broker unavailable", str(error)) from None
-        log.debug("%s subscribed to %s", resolve(request.remote_addr or "", request.headers,
-                                                 proxies).address, ",".join(channels))
-        return session, backlog
-
     @app.post("/publish/<channel>")
     def publish(channel: str):
         _authorize_publisher(config.publish_tokens, proxies)
-        message = _read_message(_checked(channel), config.max_message_size)
+        message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
         try:
             result = broker.publish(message)
         except BrokerUnavailable as error:
@@ -211,57 +189,6 @@ def _static_routes(app: Flask) -> None:
             raise ApiError(404, "not found", "no such version of the bundle; load "
                            "/static/eventsource.js or the hashed URL it was published under")
         return serve("public, max-age=31536000, immutable")
-
-
-def _checked(channel: str) -> str:
-    try:
-        return check_channel(channel)
-    except InvalidMessage as error:
-        raise ApiError(400, "invalid channel", str(error)) from None
-
-
-def _channels(path_channel: Optional[str], limit: int) -> List[str]:
-    names = [path_channel] if path_channel is not None else request.args.getlist("channel")
-    if not names:
-        raise ApiError(400, "no channel", "name a channel: /events/<channel> or ?channel=a&channel=b")
-    if len(names) > limit:
-        raise ApiError(400, "too many channels", f"at most {limit} channels per request")
-    unique = list(dict.fromkeys(_checked(name) for name in names))
-    return unique
-
-
-def _number_arg(name: str, default: float, maximum: float, integer: bool = False) -> float:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = -1
-    low = 1 if integer else 0
-    if not low <= value <= maximum:
-        raise ApiError(400, f"invalid {name}",
-                       f"{name} must be a {'whole ' if integer else ''}number from {low} to {maximum:g}")
-    return value
-
-
-def _last_event_id() -> Optional[str]:
-    value = request.headers.get("Last-Event-ID")
-    if value is None:
-        for name in LAST_EVENT_ID_PARAMS:
-            value = request.args.get(name)
-            if value is not None:
-                break
-    return value or None
-
-
-def _wants_padding() -> bool:
-    args = request.args
-    return (
-        args.get("transport") == "stream"
-        or args.get("padding", "").lower() in ("1", "true")
-        or "evs_preamble" in args
-    )
 
 
 def _authorize_publisher(tokens, proxies) -> None:

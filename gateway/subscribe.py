@@ -1,0 +1,107 @@
+"""What a subscribe request asks for, read from its query and headers without any web framework.
+
+Shared by the event-stream endpoint (bare WSGI) and the long-poll routes (Flask).
+"""
+
+import json
+import logging
+from typing import List, Optional, Protocol, Tuple
+
+from .brokers import BrokerUnavailable
+from .hub import Hub
+from .message import InvalidMessage, Message, check_channel
+from .transports import Session
+
+log = logging.getLogger(__name__)
+
+LAST_EVENT_ID_PARAMS = ("lastEventId", "last_event_id", "evs_last_event_id")
+# Old IE caches GET responses unless told otherwise in every way it understands.
+UNCACHEABLE = {
+    "Cache-Control": "no-cache, no-store",
+    "Pragma": "no-cache",
+    "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
+}
+
+
+class Args(Protocol):
+    """A multi-valued query mapping, as werkzeug's MultiDict."""
+
+    def get(self, key: str, default: Optional[str] = None) -> Optional[str]: ...
+
+    def getlist(self, key: str) -> List[str]: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+
+class ApiError(Exception):
+    """A request the client must fix (or a service that cannot serve): status and JSON body."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error, "detail": self.detail},
+                          ensure_ascii=False).encode("utf-8")
+
+
+def checked_channel(name: str) -> str:
+    try:
+        return check_channel(name)
+    except InvalidMessage as error:
+        raise ApiError(400, "invalid channel", str(error)) from None
+
+
+def channels(path_channel: Optional[str], args: Args, limit: int) -> List[str]:
+    names = [path_channel] if path_channel is not None else args.getlist("channel")
+    if not names:
+        raise ApiError(400, "no channel", "name a channel: /events/<channel> or ?channel=a&channel=b")
+    if len(names) > limit:
+        raise ApiError(400, "too many channels", f"at most {limit} channels per request")
+    return list(dict.fromkeys(checked_channel(name) for name in names))
+
+
+def last_event_id(header: Optional[str], args: Args) -> Optional[str]:
+    """The header (what browsers send) wins over the query (what polyfills send)."""
+    value = header
+    if value is None:
+        for name in LAST_EVENT_ID_PARAMS:
+            value = args.get(name)
+            if value is not None:
+                break
+    return value or None
+
+
+def wants_padding(args: Args) -> bool:
+    return (
+        args.get("transport") == "stream"
+        or (args.get("padding") or "").lower() in ("1", "true")
+        or "evs_preamble" in args
+    )
+
+
+def number_arg(args: Args, name: str, default: float, maximum: float,
+               integer: bool = False) -> float:
+    raw = args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = -1
+    low = 1 if integer else 0
+    if not low <= value <= maximum:
+        kind = "whole number" if integer else "number"
+        raise ApiError(400, f"invalid {name}", f"{name} must be a {kind} from {low} to {maximum:g}")
+    return value
+
+
+def open_session(hub: Hub, channel_names: List[str], max_pending: int,
+                 cursor: Optional[str]) -> Tuple[Session, List[Message]]:
+    """Attach a new session and read its backlog; 503 when the broker cannot serve."""
+    session = Session(hub, channel_names, max_pending)
+    try:
+        backlog = session.open(cursor)
+    except BrokerUnavailable as error:
+        raise ApiError(503, "broker unavailable", str(error)) from None
+    return session, backlog
