@@ -171,6 +171,18 @@ def publisher():
 # -- the second origin ------------------------------------------------------------------------
 
 
+#: Scripted endpoints, `/<name>/<key>/...` (e.g. `/gone/k1/events/x`, and for long-poll
+#: transports `/gone/k1/poll/x`): the first request of each key gets a good answer that sets a
+#: 100 ms retry; every later one gets the status given here, with an empty body and
+#: `Access-Control-Allow-Origin: *` as the gateway would send.
+SCRIPTED = {
+    "flaky": ("good", 503),
+    "gone": ("good", 204),
+    # A stream with one complete event (id 1) and one cut off before its blank line (id 2).
+    "partial": ("partial", 204),
+}
+
+
 @dataclass
 class Hit:
     """One request the page server answered."""
@@ -178,29 +190,18 @@ class Hit:
     at: float  # time.monotonic() on arrival
     path: str  # with the query string
     status: int
-    kind: str  # "page", "status", "stream-end", "poll", "503", "404"
+    kind: str  # "page", "stream-end", "poll", or the status of an empty answer ("503", "204")
     headers: Dict[str, str] = field(default_factory=dict)
 
 
 class PageServer:
-    """Serves browser_tests/pages/ as another origin than the gateway's, plus scripted endpoints:
-
-    - `/status/<code>/...`: answers <code> with an empty body (and `Access-Control-Allow-Origin:
-      *`, as the gateway would), e.g. `/status/204/events/x` and, for long-poll transports,
-      `/status/204/poll/x`.
-    - `/flaky/<key>/...`: the first request of each key gets a good but short answer that sets a
-      100 ms retry (an event stream that then ends, or an empty long-poll answer, as JSON or as
-      JSONP when there is a `callback`); every later one gets 503.
-    - `/partial/<key>/...`: the first request of each key gets an event stream with one complete
-      event (id 1) and one cut off before its blank line (id 2), then ends; later ones get 204.
-
-    Every request is recorded in `hits`.
-    """
+    """Serves browser_tests/pages/ as another origin than the gateway's, plus scripted endpoints
+    for the failure cases (see SCRIPTED). Every request is recorded in `hits`."""
 
     def __init__(self) -> None:
         self.hits: List[Hit] = []
         self._lock = threading.Lock()
-        self._flaky_seen: set = set()
+        self._keys_seen: set = set()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -241,50 +242,40 @@ class PageServer:
             kind = "text/html" if name.endswith(".html") else "application/javascript"
             self._record(request, 200, "page")
             self._send(request, 200, body, {"Content-Type": kind + "; charset=utf-8"})
-        elif len(parts) > 2 and parts[1] == "status" and parts[2].isdigit():
-            status = int(parts[2])
-            self._record(request, status, "status")
-            self._send(request, status, b"", {"Access-Control-Allow-Origin": "*"})
-        elif len(parts) > 2 and parts[1] == "partial":
+        elif len(parts) > 2 and parts[1] in SCRIPTED:
+            first_answer, later_status = SCRIPTED[parts[1]]
             with self._lock:
-                first = parts[2] not in self._flaky_seen
-                self._flaky_seen.add(parts[2])
+                first = parts[2] not in self._keys_seen
+                self._keys_seen.add(parts[2])
             if first:
-                self._record(request, 200, "stream-end")
-                self._send(request, 200,
-                           b"retry: 100\n\nid: 1\ndata: complete\n\nid: 2\ndata: unfinished\n",
-                           {"Access-Control-Allow-Origin": "*",
-                            "Content-Type": "text/event-stream"})
+                self._answer_well(request, url, partial=first_answer == "partial")
             else:
-                self._record(request, 204, "status")
-                self._send(request, 204, b"", {"Access-Control-Allow-Origin": "*"})
-        elif len(parts) > 2 and parts[1] == "flaky":
-            with self._lock:
-                first = parts[2] not in self._flaky_seen
-                self._flaky_seen.add(parts[2])
-            if not first:
-                self._record(request, 503, "503")
-                self._send(request, 503, b"unavailable", {"Access-Control-Allow-Origin": "*",
-                                                          "Content-Type": "text/plain"})
-            elif "/poll" in url.path:
-                self._record(request, 200, "poll")
-                answer = json.dumps({"events": [], "lastEventId": "", "retry": 100})
-                callback = parse_qs(url.query).get("callback")
-                if callback:
-                    body = f"/**/{callback[0]}({answer});".encode()
-                    ctype = "application/javascript"
-                else:
-                    body, ctype = answer.encode(), "application/json"
-                self._send(request, 200, body, {"Access-Control-Allow-Origin": "*",
-                                                "Content-Type": ctype})
-            else:
-                self._record(request, 200, "stream-end")
-                self._send(request, 200, b"retry: 100\n: ok\n\n",
-                           {"Access-Control-Allow-Origin": "*",
-                            "Content-Type": "text/event-stream"})
+                self._record(request, later_status, str(later_status))
+                self._send(request, later_status, b"", {"Access-Control-Allow-Origin": "*"})
         else:
             self._record(request, 404, "404")
             self._send(request, 404, b"not found", {"Content-Type": "text/plain"})
+
+    def _answer_well(self, request: BaseHTTPRequestHandler, url, partial: bool) -> None:
+        """A good answer that sets a 100 ms retry: an empty long-poll answer (JSON, or JSONP with
+        a `callback`), or an event stream that ends (`partial`: with events, the last one cut
+        off before its blank line)."""
+        cors = {"Access-Control-Allow-Origin": "*"}
+        if "/poll/" in url.path:
+            self._record(request, 200, "poll")
+            answer = json.dumps({"events": [], "lastEventId": "", "retry": 100})
+            callback = parse_qs(url.query).get("callback")
+            if callback:
+                body, ctype = f"/**/{callback[0]}({answer});".encode(), "application/javascript"
+            else:
+                body, ctype = answer.encode(), "application/json"
+            self._send(request, 200, body, {**cors, "Content-Type": ctype})
+        else:
+            self._record(request, 200, "stream-end")
+            body = b"retry: 100\n: ok\n\n"
+            if partial:
+                body += b"id: 1\ndata: complete\n\nid: 2\ndata: unfinished\n"
+            self._send(request, 200, body, {**cors, "Content-Type": "text/event-stream"})
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, status: int, body: bytes,
