@@ -5,8 +5,8 @@ brokers; history lives in memory and is gone when the process exits.
 """
 
 import time
-from collections import deque
-from typing import Deque, Dict, Optional, Set
+from collections import OrderedDict, deque
+from typing import Deque, Optional, Set
 
 from ..ids import ZERO, EventId, HistoryBounds, history_gap
 from ..message import Message
@@ -37,7 +37,8 @@ class EmbeddedBroker(Broker):
     def __init__(self, history_length: int = 1000, history_age: float = 3600.0) -> None:
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
-        self._rings: Dict[str, _Ring] = {}
+        # Least recently published first, so expired channels are found at the front.
+        self._rings: "OrderedDict[str, _Ring]" = OrderedDict()
         self._subscribed: Set[str] = set()
         self._sink: Optional[MessageSink] = None
         self._last: EventId = ZERO
@@ -51,16 +52,29 @@ class EmbeddedBroker(Broker):
     def publish(self, message: Message) -> PublishResult:
         event_id = self._next_id()
         message = message.with_id(event_id)
+        oldest_ms = event_id[0] - self._max_age_ms
+        self._forget_expired(oldest_ms)
         ring = self._rings.get(message.channel)
         if ring is None:
             ring = self._rings[message.channel] = _Ring()
+        else:
+            self._rings.move_to_end(message.channel)
         ring.messages.append(message)
         ring.last = event_id
-        ring.trim(self._max_length, event_id[0] - self._max_age_ms)
+        ring.trim(self._max_length, oldest_ms)
         delivered = message.channel in self._subscribed and self._sink is not None
         if delivered:
             self._sink(message)
         return PublishResult(event_id, int(delivered))
+
+    def _forget_expired(self, oldest_ms: int) -> None:
+        """Drop channels whose every event has expired, so abandoned channels cost nothing."""
+        rings = self._rings
+        while rings:
+            channel, ring = next(iter(rings.items()))
+            if ring.last[0] >= oldest_ms:
+                return
+            del rings[channel]
 
     def _next_id(self) -> EventId:
         # Like Redis: wall-clock milliseconds, a sequence within one millisecond, never backwards.
