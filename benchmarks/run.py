@@ -90,9 +90,7 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run(
-        [*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()], check=True
-    )
+    subprocess.run([*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()], check=True)
     stamp.write_text(digest)
     return python
 
@@ -289,9 +287,7 @@ def http_probe(port: int) -> bool:
     """True once something answers an HTTP request on port with a status line."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(
-                b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-            )
+            s.sendall(b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             return s.recv(16).startswith(b"HTTP/1.")
     except OSError:
         return False
@@ -440,9 +436,7 @@ def start_nchan(svc: Services, python: str) -> Started:
     # Workers run as an unprivileged user: let them reach the prefix.
     prefix.chmod(0o755)
     svc.workdir.chmod(0o755)
-    proc = svc.spawn(
-        "nginx", ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    )
+    proc = svc.spawn("nginx", ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")])
     svc.wait_ready("nginx", proc, lambda: http_probe(port))
     base = f"http://127.0.0.1:{port}"
     return Started(
@@ -652,8 +646,7 @@ def render_table(rows: list[dict[str, object]]) -> str:
         errors.extend(where + w for w in warnings(row))
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     lines = [
-        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
-        for r in table
+        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in table
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     ratio_lines = render_ratios(rows)
@@ -694,14 +687,10 @@ def warnings(row: dict[str, object]) -> list[str]:
         )
     gen = row.get("loadgen_cpu_s")
     if isinstance(gen, (int, float)) and gen > 0.85 * phase:
-        out.append(
-            f"the load generator used {gen / phase:.0%} of its core: it may be the bottleneck"
-        )
+        out.append(f"the load generator used {gen / phase:.0%} of its core: it may be the bottleneck")
     late = row.get("late_subscribers")
     if late:
-        out.append(
-            f"{late} subscribers got their headers only after publishing began (not measured)"
-        )
+        out.append(f"{late} subscribers got their headers only after publishing began (not measured)")
     return out
 
 
@@ -752,8 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attempts",
         type=int,
         default=1,
-        help="run a cell up to this many times while other processes disturb it; keep the "
-        "least disturbed",
+        help="run a cell up to this many times while other processes disturb it; keep the least disturbed",
     )
     p.add_argument(
         "--smoke",
