@@ -661,6 +661,38 @@ def render_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(rows: list[dict[str, object]]) -> str:
+    """The table and the ratios to nchan as Markdown, for the README."""
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |"]
+    lines.append("| --- " * len(COLUMNS) + "|")
+    for row in rows:
+        values = [cell(row, key, fmt) for _, key, fmt in COLUMNS]
+        if row.get("error"):
+            values[2:] = ["error: " + str(row["error"])[:80]] + [""] * (len(COLUMNS) - 3)
+        lines.append("| " + " | ".join(values) + " |")
+    ratios = render_ratios(rows)
+    if ratios:
+        lines += ["", "Ratios to nchan at the same N:", "", "```", *ratios, "```"]
+    return "\n".join(lines)
+
+
+def report(paths: list[Path]) -> int:
+    """Print Markdown tables from earlier runs' JSON lines; rows of later files win."""
+    cells: dict[tuple[object, object], dict[str, object]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "meta" in row:
+                meta = row["meta"]
+                print(f"<!-- {path.name}: {meta.get('date')}, {meta.get('nproc')} x {meta.get('cpu')} -->")
+            else:
+                cells[(row["target"], row["subscribers"])] = row
+    order = {name: i for i, name in enumerate(ALL_TARGETS)}
+    rows = sorted(cells.values(), key=lambda r: (order.get(str(r["target"]), 99), r["subscribers"]))
+    print(render_markdown(rows))
+    return 0
+
+
 def background_share(row: dict[str, object]) -> float:
     """Other processes' CPU as a share of the measured window (0 = a quiet machine)."""
     phase, background = row.get("phase_seconds"), row.get("background_cpu_s")
@@ -744,6 +776,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run a cell up to this many times while other processes disturb it; keep the least disturbed",
     )
     p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="JSONL",
+        help="run nothing: print earlier results as Markdown (later files replace a cell)",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
         help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered",
@@ -775,6 +814,8 @@ def on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     signal.signal(signal.SIGTERM, on_sigterm)
     for tool in ("taskset", "redis-server", "nginx"):
         if shutil.which(tool) is None and (tool != "nginx" or "nchan" in args.targets):
