@@ -4,88 +4,38 @@ Every page is served by a second origin (a small HTTP server started here), so e
 cross-origin as on a legacy site: the page loads `<gateway>/static/eventsource.js` with a script
 tag and subscribes to `<gateway>/events/<channel>`. Tests assert on what the page received.
 
-The process fixtures (`redis_db`, `start_gateway`, `broker_args`) come from tests/conftest.py,
-imported under another module name: both directories have a conftest.py.
+The process fixtures (`redis_db`, `start_gateway`, `broker_args`) come from tests/conftest.py
+(see support.py); the helpers the tests import are in support.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Iterator, List, Optional, Sequence
 
 import pytest
-import requests
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PAGES = HERE / "pages"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-SETUP_HINT = "run the README's test command (bash tests/run.sh), which installs it"
+from .support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SETUP_HINT,
+    SHIMS_FOR,
+    FastPublisher,
+    Harness,
+    PageServer,
+    PinnedGateway,
+    free_port,
+    process_fixtures,
+)
 
-
-def _load_process_fixtures():
-    spec = importlib.util.spec_from_file_location("sse_gateway_tests_conftest",
-                                                  ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-process_fixtures = _load_process_fixtures()
-Gateway = process_fixtures.Gateway
-free_port = process_fixtures.free_port
-wait_until = process_fixtures.wait_until
 redis_server = process_fixtures.redis_server
 redis_db = process_fixtures.redis_db
 start_gateway = process_fixtures.start_gateway
 broker_args = process_fixtures.broker_args
 
-#: Every way a page can receive events: the browser's own EventSource, then the polyfill forced
-#: onto each of its transports (xdr-stream through pages/xdr_shim.js: Chromium has no XDR).
-TRANSPORTS = ["native", "xhr-stream", "xdr-stream", "xhr-poll", "jsonp-poll"]
-POLYFILL_TRANSPORTS = TRANSPORTS[1:]
-SHIMS_FOR = {"xdr-stream": ("xdr_shim",)}
 
-
-# -- gateways on a chosen port ----------------------------------------------------------------
-
-
-class PinnedGateway(Gateway):
-    """`sse-gateway serve` on a given port, so that a restarted gateway keeps the pages' URLs."""
-
-    def __init__(self, port: int, args: Sequence[str], env: Optional[Dict[str, str]] = None):
-        self.port = port
-        self.args = list(args)
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = tempfile.mktemp(prefix="sse-gateway-browser-", suffix=".log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port), *self.args],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
-
-    def health(self) -> dict:
-        return requests.get(self.url + "/healthz", timeout=5).json()
+# -- gateways ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -137,23 +87,6 @@ def channel() -> str:
     return "ch-" + uuid.uuid4().hex[:16]
 
 
-class FastPublisher:
-    """Publishes over HTTP on one keep-alive connection (a burst of 1,000 takes about a second)."""
-
-    def __init__(self, gateway_url: str) -> None:
-        self.url = gateway_url
-        self.session = requests.Session()
-
-    def publish(self, channel: str, data, **fields) -> str:
-        response = self.session.post(f"{self.url}/publish/{channel}",
-                                     json={"data": data, **fields}, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()["id"]
-
-    def close(self) -> None:
-        self.session.close()
-
-
 @pytest.fixture
 def publisher():
     """publisher(gateway) -> FastPublisher for that gateway; closed at the end of the test."""
@@ -168,126 +101,7 @@ def publisher():
         item.close()
 
 
-# -- the second origin ------------------------------------------------------------------------
-
-
-#: Scripted endpoints, `/<name>/<key>/...` (e.g. `/gone/k1/events/x`, and for long-poll
-#: transports `/gone/k1/poll/x`): the first request of each key gets a good answer that sets a
-#: 100 ms retry; every later one gets the status given here, with an empty body and
-#: `Access-Control-Allow-Origin: *` as the gateway would send.
-SCRIPTED = {
-    "flaky": ("good", 503),
-    "gone": ("good", 204),
-    # A stream with one complete event (id 1) and one cut off before its blank line (id 2).
-    "partial": ("partial", 204),
-}
-
-
-@dataclass
-class Hit:
-    """One request the page server answered."""
-
-    at: float  # time.monotonic() on arrival
-    path: str  # with the query string
-    status: int
-    kind: str  # "page", "stream-end", "poll", or the status of an empty answer ("503", "204")
-    headers: Dict[str, str] = field(default_factory=dict)
-
-
-class PageServer:
-    """Serves browser_tests/pages/ as another origin than the gateway's, plus scripted endpoints
-    for the failure cases (see SCRIPTED). Every request is recorded in `hits`."""
-
-    def __init__(self) -> None:
-        self.hits: List[Hit] = []
-        self._lock = threading.Lock()
-        self._keys_seen: set = set()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                owner._handle(self)
-
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.origin = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
-
-    def hits_under(self, prefix: str) -> List[Hit]:
-        with self._lock:
-            return [hit for hit in self.hits if hit.path.startswith(prefix)]
-
-    def _record(self, request: BaseHTTPRequestHandler, status: int, kind: str) -> None:
-        hit = Hit(time.monotonic(), request.path, status, kind,
-                  {k.lower(): v for k, v in request.headers.items()})
-        with self._lock:
-            self.hits.append(hit)
-
-    def _handle(self, request: BaseHTTPRequestHandler) -> None:
-        url = urlsplit(request.path)
-        parts = url.path.split("/")
-        if len(parts) == 3 and parts[1] == "pages" and (PAGES / parts[2]).is_file():
-            name = parts[2]
-            body = (PAGES / name).read_bytes()
-            kind = "text/html" if name.endswith(".html") else "application/javascript"
-            self._record(request, 200, "page")
-            self._send(request, 200, body, {"Content-Type": kind + "; charset=utf-8"})
-        elif len(parts) > 2 and parts[1] in SCRIPTED:
-            first_answer, later_status = SCRIPTED[parts[1]]
-            with self._lock:
-                first = parts[2] not in self._keys_seen
-                self._keys_seen.add(parts[2])
-            if first:
-                self._answer_well(request, url, partial=first_answer == "partial")
-            else:
-                self._record(request, later_status, str(later_status))
-                self._send(request, later_status, b"", {"Access-Control-Allow-Origin": "*"})
-        else:
-            self._record(request, 404, "404")
-            self._send(request, 404, b"not found", {"Content-Type": "text/plain"})
-
-    def _answer_well(self, request: BaseHTTPRequestHandler, url, partial: bool) -> None:
-        """A good answer that sets a 100 ms retry: an empty long-poll answer (JSON, or JSONP with
-        a `callback`), or an event stream that ends (`partial`: with events, the last one cut
-        off before its blank line)."""
-        cors = {"Access-Control-Allow-Origin": "*"}
-        if "/poll/" in url.path:
-            self._record(request, 200, "poll")
-            answer = json.dumps({"events": [], "lastEventId": "", "retry": 100})
-            callback = parse_qs(url.query).get("callback")
-            if callback:
-                body, ctype = f"/**/{callback[0]}({answer});".encode(), "application/javascript"
-            else:
-                body, ctype = answer.encode(), "application/json"
-            self._send(request, 200, body, {**cors, "Content-Type": ctype})
-        else:
-            self._record(request, 200, "stream-end")
-            body = b"retry: 100\n: ok\n\n"
-            if partial:
-                body += b"id: 1\ndata: complete\n\nid: 2\ndata: unfinished\n"
-            self._send(request, 200, body, {**cors, "Content-Type": "text/event-stream"})
-
-    @staticmethod
-    def _send(request: BaseHTTPRequestHandler, status: int, body: bytes,
-              headers: Dict[str, str]) -> None:
-        request.send_response(status)
-        for name, value in {"Cache-Control": "no-store", **headers}.items():
-            request.send_header(name, value)
-        if status not in (204, 304):
-            request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        if status not in (204, 304):
-            request.wfile.write(body)
+# -- the second origin -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -347,87 +161,6 @@ def context(browser):
         ctx.close()
 
 
-class Harness:
-    """One page of pages/harness.html, with every request it makes recorded in `requests`."""
-
-    def __init__(self, page, page_server: PageServer, gateway_url: str,
-                 shims: Sequence[str] = ()) -> None:
-        self.page = page
-        self.gateway_url = gateway_url
-        self.requests: List = []
-        self.answered: List = []  # requests whose response head arrived
-        self.console: List[str] = []
-        page.on("request", lambda request: self.requests.append(request))
-        page.on("response", lambda response: self.answered.append(response.request))
-        page.on("console", lambda message: self.console.append(message.text))
-        page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
-        query = f"gateway={quote(gateway_url, safe='')}&shims={','.join(shims)}"
-        page.goto(f"{page_server.origin}/pages/harness.html?{query}")
-        page.wait_for_function("() => !!(window.SSEGateway && window.listen)")
-
-    def listen(self, url: str, transport: str, types: Sequence[str] = (), then: str = "",
-               **options) -> None:
-        """Create window.source. `then`: JavaScript run right after, in the same task, with
-        `source` in scope (so that it runs before the source connects)."""
-        self.page.evaluate(
-            "([url, transport, options, types, then]) => { listen(url, transport, options, types);"
-            " if (then) { new Function('source', then)(window.source); } }",
-            [url, transport, options, list(types), then])
-
-    def events_url(self, channel: str) -> str:
-        return f"{self.gateway_url}/events/{channel}"
-
-    def received(self) -> List[dict]:
-        return self.page.evaluate("() => window.received")
-
-    def opens(self) -> List[int]:
-        return self.page.evaluate("() => window.opens")
-
-    def errors(self) -> List[int]:
-        return self.page.evaluate("() => window.errors")
-
-    def ready_state(self) -> int:
-        return self.page.evaluate("() => window.source.readyState")
-
-    def wait(self, expression: str, arg=None, timeout: float = 20.0) -> None:
-        """Wait until the JS function `expression` (called with `arg`) returns something truthy."""
-        try:
-            self.page.wait_for_function(expression, arg=arg, timeout=timeout * 1000, polling=50)
-        except Exception as error:
-            raise AssertionError(f"timed out after {timeout}s waiting for {expression} ({arg}); "
-                                 f"received {len(self.received())} events, opens "
-                                 f"{self.opens()}, errors {self.errors()}, console "
-                                 f"{self.console[-5:]}") from error
-
-    def wait_open(self, timeout: float = 20.0) -> None:
-        self.wait("() => window.source && window.source.readyState == 1 && window.opens.length",
-                  timeout=timeout)
-
-    def wait_received(self, count: int, timeout: float = 20.0) -> List[dict]:
-        self.wait("n => window.received.length >= n", count, timeout)
-        return self.received()
-
-    def requests_to(self, prefix: str) -> List:
-        return [request for request in self.requests if request.url.startswith(prefix)]
-
-    def wait_requests(self, prefix: str, count: int, timeout: float = 20.0,
-                      where: Callable = lambda request: True) -> List:
-        """Wait until the page made at least `count` requests to URLs starting with `prefix`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [request for request in self.requests_to(prefix) if where(request)]
-            if len(found) >= count:
-                return found
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {count} requests "
-                                     f"to {prefix}: {[r.url for r in found]}")
-            self.page.wait_for_timeout(50)  # lets Playwright deliver the page's request events
-
-    def observe(self, seconds: float) -> None:
-        """Let the page run for a bounded time (used to show that something does NOT happen)."""
-        self.page.wait_for_timeout(seconds * 1000)
-
-
 @pytest.fixture
 def open_harness(context, page_origin):
     """open_harness(gateway_url, transport=None, shims=(), origin=page_origin) -> Harness,
@@ -439,8 +172,3 @@ def open_harness(context, page_origin):
         return Harness(context.new_page(), origin or page_origin, gateway_url, needed)
 
     return open_
-
-
-def pytest_report_header(config) -> str:
-    found = shutil.which("chromium") or "missing"
-    return f"browser_tests: chromium at {CHROMIUM} ({found})"

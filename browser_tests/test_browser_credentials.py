@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import PinnedGateway, free_port
+
+from .support import PinnedGateway, free_port
 
 COOKIE = {"name": "gateway_session", "value": "s3cret-42"}
 

@@ -4,7 +4,8 @@ unicode data, a burst of 1,000 events, several channels on one connection."""
 from __future__ import annotations
 
 import pytest
-from conftest import TRANSPORTS
+
+from .support import TRANSPORTS
 
 UNICODE = "héllo wörld, 你好, Привет, emoji 😀👍🏽, math ∑∞, rtl עברית, line sep \u2028 end"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import PAGES
+from .support import PAGES
 
 NO_EVENT_SOURCE = "delete window.EventSource;"
 

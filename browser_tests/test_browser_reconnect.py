@@ -9,9 +9,10 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import POLYFILL_TRANSPORTS, TRANSPORTS, wait_until
 
 from gateway import Publisher
+
+from .support import POLYFILL_TRANSPORTS, TRANSPORTS, wait_until
 
 CHANNEL = "reconnect"
 
