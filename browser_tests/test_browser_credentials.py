@@ -55,7 +55,7 @@ def test_an_allowlisted_origin_subscribes_with_cookies_and_receives_events(
     assert cookies and all("gateway_session=s3cret-42" in c for c in cookies), cookies
 
 
-@pytest.mark.parametrize("transport", ["native", "xhr-stream", "xhr-poll"])
+@pytest.mark.parametrize("transport", ["native", "xhr-stream", "xhr-poll", "xdr-stream"])
 def test_without_with_credentials_no_cookie_is_sent_across_origins(
         transport, allowlisting_gateway, context, open_harness, publisher):
     gateway = allowlisting_gateway
