@@ -43,7 +43,7 @@ def test_named_multiline_and_unicode_events_arrive_intact(
     *TRANSPORTS[:3],
     *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
         "long-poll answers carry the data's CR and CRLF as published, while every stream "
-        "transport (and the README) delivers them as LF: Message.to_dict in gateway/message.py "
+        "transport (and the README) delivers them as LF: Message.to_dict (gateway/message.py:102) "
         "does not normalise line breaks"))) for name in TRANSPORTS[3:]),
 ])
 def test_carriage_returns_in_data_arrive_as_line_feeds(

@@ -216,7 +216,8 @@ def test_a_silent_stream_is_dropped_after_the_heartbeat_timeout_and_resumed(
 HEARTBEAT_VS_HOLD = (
     "a long-poll is held without a byte for the gateway's hold time (--poll-timeout, 25 s by "
     "default), yet the polyfill arms its heartbeatTimeout on poll requests too "
-    "(static_js/src/eventsource.js, _go -> _alive): with a heartbeatTimeout above the gateway's "
+    "(static_js/src/eventsource.js:150, _go -> _alive) and asks for the gateway's full hold "
+    "(:143, _pollUrl sends no timeout): with a heartbeatTimeout above the gateway's "
     "--heartbeat but below its hold, every idle poll is dropped as dead, fires `error` and "
     "reconnects after the retry time")
 
