@@ -155,6 +155,7 @@ def machine_facts(python: str) -> dict[str, object]:
         "redis": command_output(["redis-server", "--version"]),
         "nginx": command_output(["nginx", "-v"]),
         "nchan": command_output(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"]),
+        "gateway_commit": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "packages": dict(line.split(" ", 1) for line in versions.splitlines() if " " in line),
     }
 
