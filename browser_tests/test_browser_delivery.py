@@ -40,11 +40,7 @@ def test_named_multiline_and_unicode_events_arrive_intact(
 
 
 @pytest.mark.parametrize("transport", [
-    *TRANSPORTS[:3],
-    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-        "long-poll answers carry the data's CR and CRLF as published, while every stream "
-        "transport (and the README) delivers them as LF: Message.to_dict (gateway/message.py:102) "
-        "does not normalise line breaks"))) for name in TRANSPORTS[3:]),
+    *TRANSPORTS,
 ])
 def test_carriage_returns_in_data_arrive_as_line_feeds(
         transport, shared_gateway, channel, open_harness, publisher):

@@ -213,19 +213,8 @@ def test_a_silent_stream_is_dropped_after_the_heartbeat_timeout_and_resumed(
     assert f"lastEventId={first}" in streams[1].url
 
 
-HEARTBEAT_VS_HOLD = (
-    "a long-poll is held without a byte for the gateway's hold time (--poll-timeout, 25 s by "
-    "default), yet the polyfill arms its heartbeatTimeout on poll requests too "
-    "(static_js/src/eventsource.js:150, _go -> _alive) and asks for the gateway's full hold "
-    "(:143, _pollUrl sends no timeout): with a heartbeatTimeout above the gateway's "
-    "--heartbeat but below its hold, every idle poll is dropped as dead, fires `error` and "
-    "reconnects after the retry time")
-
-
 @pytest.mark.parametrize("transport", [
-    "xhr-stream", "xdr-stream",
-    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=HEARTBEAT_VS_HOLD))
-      for name in ("xhr-poll", "jsonp-poll")),
+    "xhr-stream", "xdr-stream", "xhr-poll", "jsonp-poll",
 ])
 def test_an_idle_connection_stays_open_when_heartbeat_timeout_exceeds_the_gateway_heartbeat(
         transport, pinned_gateways, open_harness):

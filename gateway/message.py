@@ -99,7 +99,9 @@ class Message:
 
     def to_dict(self) -> Dict[str, Any]:
         """The long-poll form of the event (the cursor is added by the transport)."""
-        item: Dict[str, Any] = {"event": self.event or "message", "data": self.data}
+        # The same data as the event stream delivers, whose lines always end in LF.
+        item: Dict[str, Any] = {"event": self.event or "message",
+                                "data": wire.normalize_newlines(self.data)}
         if self.source_id is not None:
             item["sourceId"] = self.source_id
         return item

@@ -26,6 +26,11 @@ def check_field(name: str, value: str) -> str:
     return value
 
 
+def normalize_newlines(text: str) -> str:
+    """CR and CRLF as LF: what a client receives of data sent as an event stream."""
+    return _LINE_BREAK.sub("\n", text)
+
+
 def format_data(value: Any) -> str:
     """A string is sent as is; any other JSON value as compact JSON, as flask-sse does."""
     if isinstance(value, str):

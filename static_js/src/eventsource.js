@@ -137,10 +137,16 @@ EventSource.prototype = {
   },
 
   /* The first poll of a connection asks for an answer at once (timeout=0), so "open" comes
-     without waiting out a long-poll; the next ones hold for the gateway's default time. */
+     without waiting out a long-poll. The next ones hold for the gateway's default time (25 s),
+     or less when the heartbeat timeout would end a quiet poll before that. */
   _pollUrl: function (kv) {
-    return withQuery(this._pollBase, [this._idParam, this._p.id,
-      "timeout", this.readyState == CONNECTING ? "0" : ""].concat(kv));
+    var beat = this._heartbeat, hold = "";
+    if (this.readyState == CONNECTING) {
+      hold = "0";
+    } else if (beat < 30000) {
+      hold = String((beat >= 10000 ? beat - 5000 : beat / 2) / 1000);
+    }
+    return withQuery(this._pollBase, [this._idParam, this._p.id, "timeout", hold].concat(kv));
   },
 
   _go: function () {
