@@ -6,6 +6,7 @@ import json
 import logging
 from importlib import resources
 from typing import Optional
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -99,6 +100,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
                            "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+        if callback is not None and config.cors_origins:
+            _check_jsonp_referer(config.cors_origins)
         hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
         batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
                                          integer=True))
@@ -189,6 +192,16 @@ def _static_routes(app: Flask) -> None:
             raise ApiError(404, "not found", "no such version of the bundle; load "
                            "/static/eventsource.js or the hashed URL it was published under")
         return serve("public, max-age=31536000, immutable")
+
+
+def _check_jsonp_referer(origins) -> None:
+    # A script tag ignores CORS and carries cookies: with an allowlist, JSONP must not let other
+    # sites read what only the listed origins may. Script requests name their page in Referer.
+    page = urlsplit(request.headers.get("Referer", ""))
+    origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else None
+    if origin not in origins:
+        raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
+                       "named by the request's Referer")
 
 
 def _authorize_publisher(tokens, proxies) -> None:

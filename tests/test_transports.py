@@ -655,3 +655,19 @@ def test_default_limits_are_16_channels_25_seconds_and_batches_of_100(start_gate
     assert_json_error(get(gateway, "/poll/c0", timeout="25.5"), 400)
     assert_json_error(get(gateway, "/poll/c0", timeout=0, batch=101), 400)
     assert poll_json(gateway, "/poll/c0", timeout=0, batch=100)["events"] == []
+
+
+def test_jsonp_with_a_cors_allowlist_answers_only_pages_of_listed_origins(start_gateway):
+    gateway = start_gateway("--cors-origin", "https://a.example")
+
+    def jsonp(headers):
+        return get(gateway, "/poll/guarded", headers=headers, timeout=0, callback="cb")
+
+    allowed = jsonp({"Referer": "https://a.example/page.html"})
+    assert allowed.status_code == 200
+    assert allowed.text.startswith("/**/cb(")
+    for headers in ({"Referer": "https://evil.example/a.example"}, {}):
+        refused = jsonp(headers)
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "forbidden"
+        assert "cb(" not in refused.text
