@@ -129,7 +129,9 @@ function bundle(spec) {
     body(text) { const x = last(); x.readyState = 3; x.responseText += text; fire(x); },
     end() { const x = last(); x.readyState = 4; fire(x); },
     fail() { const x = last(); x.readyState = 4; x.status = 0; x.responseText = ""; fire(x); },
-    respond(status, text) { const x = last(); x.readyState = 4; x.status = status; x.responseText = text; fire(x); },
+    respond(status, text) {
+      const x = last(); x.readyState = 4; x.status = status; x.responseText = text; fire(x);
+    },
     jsonp(response) {
       const s = scripts[scripts.length - 1];
       const name = decodeURIComponent(/[?&]callback=([^&]*)/.exec(s.src)[1]);
