@@ -103,7 +103,10 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
-        return len({s for subs in self._subscribers.values() for s in subs})
+        """Subscribers whose subscriptions are live (not still being set up)."""
+        live = [subs for channel, subs in self._subscribers.items()
+                if self._ready[channel].successful()]
+        return len({s for subs in live for s in subs})
 
     @property
     def channel_count(self) -> int:
