@@ -11,8 +11,7 @@ bound nor slows the others.
 
 import logging
 import socket
-from collections import deque
-from typing import Deque, Dict, List, Optional, Sequence, Set, Union
+from typing import Dict, List, Optional, Sequence, Set, Union
 
 import gevent
 import gevent.event
@@ -37,7 +36,8 @@ class Subscriber:
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
-        self.queue: Deque[Union[Message, bytes]] = deque()
+        # A list, not a deque: an empty deque costs a 600-byte block per idle subscriber.
+        self.queue: List[Union[Message, bytes]] = []
         self.max_pending = max_pending
         self.closed = False
         self.reason = ""
@@ -80,8 +80,7 @@ class Subscriber:
 
     def drain(self) -> List[Union[Message, bytes]]:
         self._wakeup.clear()
-        items = list(self.queue)
-        self.queue.clear()
+        items, self.queue = self.queue, []
         return items
 
     def close(self, reason: str) -> None:
@@ -186,7 +185,7 @@ class Hub:
                  len(subscriber.queue))
         subscriber.close("slow")
         subscriber.sock = None
-        subscriber.queue.clear()
+        subscriber.queue = []
         self.detach(subscriber)
         writer = subscriber.writer
         # Its writer may be stuck sending to a client that does not read: end it now.

@@ -15,7 +15,7 @@ from .config import Config
 from .hub import Hub
 
 log = logging.getLogger("gateway")
-READ_BUFFER = 2048
+READ_BUFFER = 1024
 GC_THRESHOLD = 20_000
 
 
