@@ -196,8 +196,8 @@ class Hub:
         """The id of the last event dispatched on a channel (or current when it was attached)."""
         return self._tails[channel]
 
-    def history(self, channel: str, after: EventId) -> History:
-        return self._broker.history(channel, after)
+    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+        return self._broker.history(positions)
 
     def close_all(self, reason: str) -> None:
         for subscribers in list(self._subscribers.values()):

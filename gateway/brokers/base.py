@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 from ..ids import EventId
 from ..message import Message
@@ -51,7 +51,8 @@ class Broker(ABC):
     def unsubscribe(self, channel: str) -> None: ...
 
     @abstractmethod
-    def history(self, channel: str, after: EventId) -> History: ...
+    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+        """Each channel's events after its position, all read at one instant."""
 
     @abstractmethod
     def check(self) -> None:

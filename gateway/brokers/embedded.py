@@ -6,7 +6,7 @@ brokers; history lives in memory and is gone when the process exits.
 
 import time
 from collections import OrderedDict, deque
-from typing import Deque, Optional, Set
+from typing import Deque, Dict, Optional, Set
 
 from ..ids import ZERO, EventId, HistoryBounds, history_gap
 from ..message import Message
@@ -91,7 +91,10 @@ class EmbeddedBroker(Broker):
     def unsubscribe(self, channel: str) -> None:
         self._subscribed.discard(channel)
 
-    def history(self, channel: str, after: EventId) -> History:
+    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+        return {channel: self._history(channel, after) for channel, after in positions.items()}
+
+    def _history(self, channel: str, after: EventId) -> History:
         ring = self._rings.get(channel)
         if ring is None:
             return History([], history_gap(after, HistoryBounds(exists=False)))

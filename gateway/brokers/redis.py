@@ -9,7 +9,7 @@ live duplicates by id.
 
 import logging
 import random
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import gevent
 import gevent.event
@@ -24,7 +24,6 @@ from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
 
 log = logging.getLogger(__name__)
 
-_PAGE = 500
 _CONNECT_TIMEOUT = 3.0
 _COMMAND_TIMEOUT = 5.0
 _CONFIRM_TIMEOUT = 5.0
@@ -92,37 +91,42 @@ class RedisBroker(Broker):
         event_id, receivers = redis_schema.parse_publish_reply(reply)
         return PublishResult(event_id, receivers)
 
-    def history(self, channel: str, after: EventId) -> History:
-        key = redis_schema.history_key(self._prefix, channel)
+    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+        # One transaction: every channel is read at the same instant, so replayed events of
+        # several channels keep the order they were published in.
+        channels = list(positions)
         try:
-            bounds = self._bounds(key)
-            messages = self._read_after(channel, key, after, bounds.last) if bounds.exists else []
+            with self._client.pipeline(transaction=True) as pipe:
+                for channel in channels:
+                    key = redis_schema.history_key(self._prefix, channel)
+                    pipe.xinfo_stream(key)
+                    # History is capped (exactly) at its length: one read takes all of it.
+                    pipe.xrange(key, min="(" + format_id(positions[channel]), max="+")
+                replies = pipe.execute(raise_on_error=False)
         except RedisError as error:
             raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
-        return History(messages, history_gap(after, bounds))
+        result = {}
+        for index, channel in enumerate(channels):
+            info, entries = replies[2 * index], replies[2 * index + 1]
+            for reply in (info, entries):
+                if isinstance(reply, Exception) and not _no_such_key(reply):
+                    raise BrokerUnavailable(f"could not read history from Redis: {reply}")
+            bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
+                      else redis_schema.bounds_from_xinfo(info))
+            messages = [self._decode_entry(channel, raw_id, fields)
+                        for raw_id, fields in (entries if bounds.exists else [])]
+            result[channel] = History([m for m in messages if m is not None],
+                                      history_gap(positions[channel], bounds))
+        return result
 
     def _bounds(self, key: str) -> HistoryBounds:
         try:
             info = self._client.xinfo_stream(key)
         except ResponseError as error:
-            if "no such key" in str(error).lower():
+            if _no_such_key(error):
                 return HistoryBounds(exists=False)
             raise
         return redis_schema.bounds_from_xinfo(info)
-
-    def _read_after(self, channel: str, key: str, after: EventId, last: EventId) -> List[Message]:
-        messages: List[Message] = []
-        start = after
-        while start < last:
-            page = self._client.xrange(key, min="(" + format_id(start), max="+", count=_PAGE)
-            for raw_id, fields in page:
-                message = self._decode_entry(channel, raw_id, fields)
-                if message is not None:
-                    messages.append(message)
-            if len(page) < _PAGE:
-                break
-            start = redis_schema.parse_stream_id(page[-1][0])
-        return messages
 
     def _decode_entry(self, channel: str, raw_id, fields) -> Optional[Message]:
         payload = redis_schema.entry_payload(fields)
@@ -223,8 +227,7 @@ class RedisBroker(Broker):
 
     def _fill_gaps(self) -> None:
         """Deliver what was published while the pub/sub connection was down."""
-        for channel, last in list(self._channels.items()):
-            history = self.history(channel, last)
+        for channel, history in self.history(dict(self._channels)).items():
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
                             "connection was down; its subscribers are told to reload", channel)
@@ -277,3 +280,7 @@ class RedisBroker(Broker):
                 connection.disconnect()
             except (RedisError, OSError):
                 pass
+
+
+def _no_such_key(error: Exception) -> bool:
+    return isinstance(error, ResponseError) and "no such key" in str(error).lower()

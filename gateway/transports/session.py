@@ -50,8 +50,8 @@ class Session:
         """The channels whose history has a gap, and the events after each position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
-        for channel, after in requested.items():
-            history = self.hub.history(channel, after)
+        for channel, history in self.hub.history(requested).items():
+            after = requested[channel]
             if history.gap:
                 lost.append(channel)
                 # A position history never reached (e.g. from before Redis lost its data)
