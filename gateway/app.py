@@ -32,9 +32,8 @@ SHORT_CACHE = 300  # seconds: how soon a new release reaches pages that use the 
 
 
 def error_response(status: int, error: str, detail: str) -> Response:
-    response = jsonify(error=error, detail=detail)
-    response.status_code = status
-    return response
+    return Response(ApiError(status, error, detail).body(), status=status,
+                    content_type="application/json")
 
 
 def create_app(config: Config, hub: Hub, broker: Broker):

@@ -4,6 +4,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .forwarded import parse_networks
+
 ENV_PREFIX = "SSE_GATEWAY_"
 
 
@@ -48,8 +50,6 @@ class Config:
         for origin in self.cors_origins + self.publish_cors_origins:
             if "://" not in origin or origin.endswith("/"):
                 problems.append(f"CORS origin {origin!r} must look like https://example.com")
-        from .forwarded import parse_networks
-
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as error:

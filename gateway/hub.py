@@ -31,8 +31,8 @@ class Subscriber:
     one-channel connection whose bytes are the shared ones: then the hub may write directly.
     """
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "reason", "writer", "sock",
-                 "chunked", "_wakeup")
+    __slots__ = ("channels", "queue", "max_pending", "closed", "writer", "sock", "chunked",
+                 "_wakeup")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
@@ -40,7 +40,6 @@ class Subscriber:
         self.queue: List[Union[Message, bytes]] = []
         self.max_pending = max_pending
         self.closed = False
-        self.reason = ""
         self.writer: Optional[gevent.Greenlet] = None
         self.sock: Optional[socket.socket] = None
         self.chunked = True
@@ -63,8 +62,8 @@ class Subscriber:
             sent = 0
         except OSError as error:
             # The client is gone; its writer finds out on its next write and ends.
-            self.sock = None
-            self.close(f"socket error: {error}")
+            log.debug("a subscriber's socket failed: %s", error)
+            self.close()
             return True
         if sent == len(data):
             return True
@@ -83,10 +82,9 @@ class Subscriber:
         items, self.queue = self.queue, []
         return items
 
-    def close(self, reason: str) -> None:
+    def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.reason = reason
             self.sock = None
             self._wakeup.set()
 
@@ -98,7 +96,6 @@ class Hub:
         self._ready: Dict[str, gevent.event.AsyncResult] = {}
         self._tails: Dict[str, EventId] = {}
         self.dropped_slow = 0
-        self.delivered = 0
 
     @property
     def subscriber_count(self) -> int:
@@ -175,7 +172,6 @@ class Hub:
                     slow.append(subscriber)
             elif not subscriber.push(message):
                 slow.append(subscriber)
-        self.delivered += len(subscribers) - len(slow)
         for subscriber in slow:
             self._drop_slow(subscriber)
 
@@ -183,8 +179,7 @@ class Hub:
         self.dropped_slow += 1
         log.info("dropped a subscriber of %s: %d messages behind", ",".join(subscriber.channels),
                  len(subscriber.queue))
-        subscriber.close("slow")
-        subscriber.sock = None
+        subscriber.close()
         subscriber.queue = []
         self.detach(subscriber)
         writer = subscriber.writer
@@ -199,7 +194,7 @@ class Hub:
     def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
         return self._broker.history(positions)
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self) -> None:
         for subscribers in list(self._subscribers.values()):
             for subscriber in list(subscribers):
-                subscriber.close(reason)
+                subscriber.close()

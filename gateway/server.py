@@ -70,7 +70,7 @@ def serve(config: Config) -> None:
     stopping.wait()
     log.info("shutting down: ending %d stream(s)", hub.subscriber_count)
     server.close()
-    hub.close_all("shutdown")
+    hub.close_all()
     server.stop(timeout=config.shutdown_timeout)
     broker.stop()
     log.info("stopped")

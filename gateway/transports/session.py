@@ -76,10 +76,8 @@ class Session:
 
     def frame(self, message: Message) -> bytes:
         """The message's event-stream bytes for this client, shared with others where possible."""
-        if message.event_id is None:
-            if message.source_id is None:
-                return message.frame
-        elif len(self.channels) == 1:
+        # A one-channel cursor is the event's own id; an event without an id has no cursor line.
+        if message.shared and (message.event_id is None or len(self.channels) == 1):
             return message.frame
         return message.body + wire.encode_id(self.cursor(message.source_id)) + b"\n"
 
