@@ -284,23 +284,23 @@ class Services:
         self.logs.clear()
 
 
-def http_probe(port: int) -> bool:
-    """True once something answers an HTTP request on port with a status line."""
+def probe(port: int, request: bytes, reply_prefix: bytes) -> bool:
+    """True once something on port answers `request` with a reply starting with `reply_prefix`."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            return s.recv(16).startswith(b"HTTP/1.")
+            s.sendall(request)
+            return s.recv(16).startswith(reply_prefix)
     except OSError:
         return False
+
+
+def http_probe(port: int) -> bool:
+    return probe(port, b"GET /__bench_probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                 b"HTTP/1.")
 
 
 def redis_probe(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+    return probe(port, b"PING\r\n", b"+PONG")
 
 
 def start_redis(svc: Services) -> tuple[int, int]:
