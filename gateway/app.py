@@ -16,9 +16,9 @@ from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import publish_policy, subscribe_policy
-from .events_endpoint import CONNECTION_KEY, EventsEndpoint
+from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
-from .hub import Hub
+from .hub import Hub, Subscriber
 from .ids import format_id
 from .message import InvalidMessage, build_message, from_publish_body
 from .subscribe import UNCACHEABLE, ApiError
@@ -26,7 +26,7 @@ from .transports import CALLBACK, encode_json, encode_jsonp, poll
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONNECTION_KEY", "create_app"]
+__all__ = ["create_app"]
 
 SHORT_CACHE = 300  # seconds: how soon a new release reaches pages that use the plain URL
 
@@ -105,7 +105,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
                                          integer=True))
         cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
-        session, backlog = subscribe.open_session(hub, channels, config.max_pending, cursor)
+        session, backlog = subscribe.open_session(hub, Subscriber(channels, config.max_pending),
+                                                  cursor)
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
         body = poll(session, backlog, hold, batch, config.retry)

@@ -8,23 +8,17 @@ objects, or contexts; the query is parsed only when there is one.
 import logging
 from http import HTTPStatus
 from typing import Callable, Iterable, List, Optional, Tuple
-from urllib.parse import parse_qsl
-
-from werkzeug.datastructures import MultiDict
 
 from . import subscribe
 from .config import Config
 from .cors import CorsPolicy
 from .hub import Hub
 from .subscribe import ApiError
-from .transports import StreamOptions, event_stream
+from .transports import EventStream, StreamOptions, StreamResponse
 
 log = logging.getLogger(__name__)
 
-#: The WSGI environ key under which the server may hand a stream its connection.
-CONNECTION_KEY = "gateway.connection"
 PREFIX = "/events"
-_EMPTY: MultiDict = MultiDict()
 
 
 class EventsEndpoint:
@@ -33,6 +27,12 @@ class EventsEndpoint:
         self._hub = hub
         self._cors = cors
         self._base_headers = [*subscribe.UNCACHEABLE.items(), ("X-Accel-Buffering", "no")]
+        self._options = StreamOptions(retry_ms=config.retry, heartbeat=config.heartbeat)
+        self._padded_options = StreamOptions(
+            retry_ms=config.retry, heartbeat=config.heartbeat, padded=True,
+            rotate_bytes=config.rotate_bytes, rotate_seconds=config.rotate_seconds)
+        # A rotated stream ends its response and then its connection.
+        self._rotated_headers = [("Connection", "close")]
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -61,22 +61,18 @@ class EventsEndpoint:
                 headers: List[Tuple[str, str]]) -> Iterable[bytes]:
         config = self._config
         path_channel = _path_channel(environ["PATH_INFO"])
-        query = environ.get("QUERY_STRING")
-        args = MultiDict(parse_qsl(query, keep_blank_values=True)) if query else _EMPTY
+        args = subscribe.Query(environ.get("QUERY_STRING", ""))
         names = subscribe.channels(path_channel, args, config.max_channels)
         padded = subscribe.wants_padding(args)
         cursor = subscribe.last_event_id(environ.get("HTTP_LAST_EVENT_ID"), args)
-        session, backlog = subscribe.open_session(self._hub, names, config.max_pending, cursor)
+        stream = EventStream(names, config.max_pending,
+                             self._padded_options if padded else self._options)
+        session, backlog = subscribe.open_session(self._hub, stream, cursor)
         log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
-        options = StreamOptions(
-            retry_ms=config.retry,
-            heartbeat=config.heartbeat,
-            padded=padded,
-            rotate_bytes=config.rotate_bytes if padded else 0,
-            rotate_seconds=config.rotate_seconds if padded else 0.0,
-        )
-        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), *headers])
-        return event_stream(session, backlog, options, environ.get(CONNECTION_KEY))
+        stream.start(session, backlog)
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), *headers,
+                                  *(self._rotated_headers if padded else ())])
+        return StreamResponse(stream)
 
 
 def _path_channel(path: str) -> Optional[str]:

@@ -1,19 +1,15 @@
 """Per-process fan-out: channel -> local subscribers. The only place that knows both sides.
 
-The broker hands each message to `Hub.dispatch` once. For a subscriber whose writer is idle
-and whose socket was handed over (`Subscriber.sock`), the hub writes the message's shared,
-pre-framed bytes straight to the socket with a non-blocking send: no greenlet switch, no copy.
-Everything else (a full socket buffer, a partial send, per-connection framing) goes to the
-subscriber's bounded queue and wakes its writer. A subscriber whose queue is full has fallen
-too far behind: it is dropped and counted, so one slow client never costs memory without
-bound nor slows the others.
+The broker hands each message to `Hub.dispatch` once, and the hub hands it to every local
+subscriber of its channel (`Subscriber.deliver`): an event stream writes it to its socket there
+and then, a long-poll queues it and wakes its request. A subscriber that has fallen too far
+behind is dropped and counted, so one slow client never costs memory without bound nor slows
+the others.
 """
 
 import logging
-import socket
-from typing import Dict, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, List, Optional, Sequence, Set
 
-import gevent
 import gevent.event
 
 from .brokers import Broker, History
@@ -24,69 +20,57 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    """One client connection's share of the hub: its channels, a bounded queue, a wake-up.
+    """One client's share of the hub: its channels and a bounded queue of messages.
 
-    The queue holds messages, and bytes already framed for the socket (the rest of a
-    partial direct send). `sock` is set, by the writer, only while it is idle and only for a
-    one-channel connection whose bytes are the shared ones: then the hub may write directly.
+    A long-poll waits on it (`wait`, `drain`); the event stream overrides `deliver` to write
+    to its socket instead (see transports.stream).
     """
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "writer", "sock", "chunked",
-                 "_wakeup")
+    __slots__ = ("channels", "queue", "max_pending", "closed", "_wakeup")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
         # A list, not a deque: an empty deque costs a 600-byte block per idle subscriber.
-        self.queue: List[Union[Message, bytes]] = []
+        self.queue: List[Any] = []
         self.max_pending = max_pending
         self.closed = False
-        self.writer: Optional[gevent.Greenlet] = None
-        self.sock: Optional[socket.socket] = None
-        self.chunked = True
-        self._wakeup = gevent.event.Event()
+        self._wakeup: Optional[gevent.event.Event] = None  # made by the first wait
 
-    def push(self, message: Union[Message, bytes]) -> bool:
-        """Queue a message; False when the queue is full."""
+    def deliver(self, message: Message) -> bool:
+        """Take a message; False when the subscriber has fallen too far behind."""
+        return self.push(message)
+
+    def push(self, item: Any) -> bool:
         if len(self.queue) >= self.max_pending:
             return False
-        self.queue.append(message)
-        self._wakeup.set()
+        self.queue.append(item)
+        if self._wakeup is not None:
+            self._wakeup.set()
         return True
 
-    def send(self, message: Message) -> bool:
-        """Write a shared message straight to the idle socket, queueing what does not fit."""
-        data = message.chunk if self.chunked else message.frame
-        try:
-            sent = self.sock.send(data, 0, 0.0)  # a timeout of 0: never wait, never switch
-        except BlockingIOError:
-            sent = 0
-        except OSError as error:
-            # The client is gone; its writer finds out on its next write and ends.
-            log.debug("a subscriber's socket failed: %s", error)
-            self.close()
-            return True
-        if sent == len(data):
-            return True
-        # From now on the writer owns the socket until it has sent the rest.
-        self.sock = None
-        return self.push(data[sent:])
-
     def wait(self, timeout: Optional[float]) -> bool:
-        """Block until there is something to send or the subscriber is closed."""
+        """Block until there is something to take or the subscriber is closed."""
         if self.queue or self.closed:
             return True
+        if self._wakeup is None:
+            self._wakeup = gevent.event.Event()
         return self._wakeup.wait(timeout)
 
-    def drain(self) -> List[Union[Message, bytes]]:
-        self._wakeup.clear()
+    def drain(self) -> List[Any]:
+        if self._wakeup is not None:
+            self._wakeup.clear()
         items, self.queue = self.queue, []
         return items
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.sock = None
-            self._wakeup.set()
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    def end(self) -> None:
+        """End cleanly (the server is stopping); a queue has nothing more to finish."""
+        self.close()
 
 
 class Hub:
@@ -164,14 +148,8 @@ class Hub:
             return
         if message.event_id is not None:
             self._tails[channel] = message.event_id
-        shared = message.shared
-        slow = []
-        for subscriber in subscribers:
-            if subscriber.sock is not None and shared:
-                if not subscriber.send(message):
-                    slow.append(subscriber)
-            elif not subscriber.push(message):
-                slow.append(subscriber)
+        # A copy: a subscriber whose client is gone leaves the hub from inside `deliver`.
+        slow = [subscriber for subscriber in tuple(subscribers) if not subscriber.deliver(message)]
         for subscriber in slow:
             self._drop_slow(subscriber)
 
@@ -182,10 +160,6 @@ class Hub:
         subscriber.close()
         subscriber.queue = []
         self.detach(subscriber)
-        writer = subscriber.writer
-        # Its writer may be stuck sending to a client that does not read: end it now.
-        if writer is not None and writer is not gevent.getcurrent():
-            writer.kill(block=False)
 
     def tail(self, channel: str) -> EventId:
         """The id of the last event dispatched on a channel (or current when it was attached)."""
@@ -197,4 +171,4 @@ class Hub:
     def close_all(self) -> None:
         for subscribers in list(self._subscribers.values()):
             for subscriber in list(subscribers):
-                subscriber.close()
+                subscriber.end()

@@ -1,5 +1,6 @@
 """The gevent WSGI server around the app: start, log, and shut down gracefully on a signal."""
 
+import _socket
 import gc
 import logging
 import signal
@@ -9,32 +10,60 @@ import gevent
 import gevent.event
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
-from .app import CONNECTION_KEY, create_app
+from .app import create_app
 from .brokers import create_broker
 from .config import Config
 from .hub import Hub
+from .request_headers import RequestHeaders
 
 log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
 READ_BUFFER = 1024
 GC_THRESHOLD = 20_000
+BACKLOG = 4096
 
 
 class Handler(WSGIHandler):
-    """pywsgi's handler, handing itself to the app so streams can write to their socket."""
+    """pywsgi's handler, handing an event stream its connection and response head.
+
+    A body with a `take_over` method (transports.StreamResponse) gets the connection as a
+    plain non-blocking socket, to send the head itself; the handler's greenlet then ends and
+    pywsgi forgets the connection without closing it.
+    """
 
     def __init__(self, sock, address, server):
-        # Request heads are small, and every idle stream keeps this buffer for its lifetime.
+        # Request heads are small: a smaller buffer than pywsgi's for every connection.
         super().__init__(sock, address, server, rfile=sock.makefile("rb", READ_BUFFER))
 
-    def get_environ(self):
-        environ = super().get_environ()
-        environ[CONNECTION_KEY] = self
-        return environ
+    def MessageClass(self, fp, *args):
+        return RequestHeaders(fp)
 
-    def handle(self):
-        # Events are small writes that must leave at once, not wait for Nagle's algorithm.
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return super().handle()
+    def log_request(self):
+        # pywsgi formats the line before the logger could decline it.
+        if access_log.isEnabledFor(logging.DEBUG):
+            super().log_request()
+
+    def process_result(self):
+        take_over = getattr(self.result, "take_over", None)
+        if take_over is None:
+            return super().process_result()
+        head = self._response_head()
+        self.response_length = len(head)
+        sock, self.socket = self.socket, None  # ends pywsgi's keep-alive loop, socket open
+        # The descriptor moves to a bare socket: none of gevent's per-socket watchers.
+        raw = _socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        raw.setblocking(False)
+        take_over(raw, self.response_use_chunked, head)
+
+    def _response_head(self) -> bytes:
+        # The status line and headers as pywsgi's first write makes them. pywsgi would send
+        # them and the body's first bytes in two sends, each asking the kernel for the
+        # socket's buffer size first; the stream sends everything in one.
+        self.headers_sent = True
+        self.finalize_headers()
+        lines = [b"HTTP/1.1 " + self.status]
+        lines += [name + b": " + value for name, value in self.response_headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def serve(config: Config) -> None:
@@ -47,11 +76,19 @@ def serve(config: Config) -> None:
     server = WSGIServer(
         (config.host, config.port),
         app,
-        log=LoggingLogAdapter(logging.getLogger("gateway.access"), logging.DEBUG),
+        log=LoggingLogAdapter(access_log, logging.DEBUG),
         error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
         handler_class=Handler,
-        backlog=4096,
+        backlog=BACKLOG,
     )
+    # gevent accepts 100 connections per loop turn by default. When thousands of clients
+    # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
+    # its client a one-second retransmission: drain the whole queue each turn instead.
+    server.max_accept = BACKLOG
+    server.init_socket()
+    # Events are small writes that must leave at once, not wait for Nagle's algorithm.
+    # Linux copies the option to every accepted socket: no system call per connection.
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.start()
     _tune_garbage_collector()
     host, port = server.address[:2]

@@ -5,10 +5,11 @@ Shared by the event-stream endpoint (bare WSGI) and the long-poll routes (Flask)
 
 import json
 import logging
-from typing import List, Optional, Protocol, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
+from urllib.parse import parse_qsl
 
 from .brokers import BrokerUnavailable
-from .hub import Hub
+from .hub import Hub, Subscriber
 from .message import InvalidMessage, Message, check_channel
 from .transports import Session
 
@@ -31,6 +32,28 @@ class Args(Protocol):
     def getlist(self, key: str) -> List[str]: ...
 
     def __contains__(self, key: object) -> bool: ...
+
+
+class Query:
+    """A query string's parameters, as `Args`: cheaper to build than werkzeug's MultiDict."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, query: str) -> None:
+        self._values: Dict[str, List[str]] = {}
+        if query:
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                self._values.setdefault(name, []).append(value)
+
+    def get(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        values = self._values.get(key)
+        return values[0] if values else default
+
+    def getlist(self, key: str) -> List[str]:
+        return list(self._values.get(key, ()))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
 
 
 class ApiError(Exception):
@@ -96,10 +119,10 @@ def number_arg(args: Args, name: str, default: float, maximum: float,
     return value
 
 
-def open_session(hub: Hub, channel_names: List[str], max_pending: int,
+def open_session(hub: Hub, subscriber: Subscriber,
                  cursor: Optional[str]) -> Tuple[Session, List[Message]]:
     """Attach a new session and read its backlog; 503 when the broker cannot serve."""
-    session = Session(hub, channel_names, max_pending)
+    session = Session(hub, subscriber)
     try:
         backlog = session.open(cursor)
     except BrokerUnavailable as error:

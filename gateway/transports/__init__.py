@@ -1,8 +1,8 @@
-"""How bytes reach one client: the event stream (native or padded) and, later, long-polling."""
+"""How bytes reach one client: the event stream (native or padded) and long-polling."""
 
 from .poll import CALLBACK, encode_json, encode_jsonp, poll
 from .session import RESET_EVENT, Session
-from .stream import StreamOptions, event_stream
+from .stream import EventStream, StreamOptions, StreamResponse
 
-__all__ = ["CALLBACK", "RESET_EVENT", "Session", "StreamOptions", "encode_json", "encode_jsonp",
-           "event_stream", "poll"]
+__all__ = ["CALLBACK", "RESET_EVENT", "EventStream", "Session", "StreamOptions", "StreamResponse",
+           "encode_json", "encode_jsonp", "poll"]

@@ -6,7 +6,7 @@ only if they are newer than what was replayed.
 """
 
 import heapq
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .. import wire
 from ..hub import Hub, Subscriber
@@ -19,10 +19,10 @@ __all__ = ["RESET_EVENT", "Session"]
 class Session:
     __slots__ = ("hub", "channels", "subscriber", "positions")
 
-    def __init__(self, hub: Hub, channels: Sequence[str], max_pending: int) -> None:
+    def __init__(self, hub: Hub, subscriber: Subscriber) -> None:
         self.hub = hub
-        self.channels = tuple(channels)
-        self.subscriber = Subscriber(self.channels, max_pending)
+        self.channels = subscriber.channels
+        self.subscriber = subscriber
         self.positions: Dict[str, EventId] = {}
 
     def open(self, last_event_id: Optional[str]) -> List[Message]:

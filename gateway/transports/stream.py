@@ -1,18 +1,21 @@
 """The event-stream transport: native EventSource, and the padded, rotated stream for XHR/XDR.
 
-The response head and the opening bytes go out through the WSGI server. After that, when the
-server hands over its connection (`socket`, `response_use_chunked`), the stream writes to the
-socket itself, framing chunks as the server would, and lends the idle socket to the hub for
-direct writes; the server writes only the closing chunk.
+The WSGI server hands the connection over with the response head it made
+(`StreamResponse.take_over`); the stream sends that head, its opening bytes and the events
+that came meanwhile in one write. From then on a stream has no greenlet:
+the hub's dispatch writes each event to its socket with a non-blocking send, and event-loop
+watchers do the rest: finish a write the socket could not take at once, send heartbeats,
+rotate a padded stream, notice the client leaving. An idle stream is a few small objects.
 """
 
-import time
+import socket
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional
+from typing import List, Optional
 
-import gevent
+from gevent import get_hub
 
 from .. import wire
+from ..hub import Subscriber
 from ..message import Message
 from .session import Session
 
@@ -20,6 +23,8 @@ HEARTBEAT = wire.encode_comment("keepalive")
 ROTATE = wire.encode_comment("rotate")
 # XDomainRequest shows nothing, and some proxies hold data back, until about 2 KB arrived.
 PADDING = b":" + b" " * 2048 + b"\n"
+LAST_CHUNK = b"0\r\n\r\n"
+_READ, _WRITE = 1, 2
 
 
 @dataclass(frozen=True)
@@ -31,99 +36,231 @@ class StreamOptions:
     rotate_seconds: float = 0.0
 
 
-def event_stream(session: Session, backlog: List[Message], options: StreamOptions,
-                 connection: Optional[Any] = None) -> Iterator[bytes]:
-    """The response body; ends when the subscriber is closed or, when padded, at rotation.
+class EventStream(Subscriber):
+    """One event-stream connection: held events until it goes live, then written as they come.
 
-    `connection` is the server's handler for this request, if it exposes its socket.
+    While the socket takes everything, each event is sent as it is dispatched; for a
+    one-channel stream that is the message's shared bytes, already in chunked framing. When
+    the socket cannot take more, the rest waits in `out` and later events queue, framed, until
+    the socket drains; too many of them and the hub drops the stream.
     """
-    subscriber = session.subscriber
-    subscriber.writer = gevent.getcurrent()
-    try:
-        head = [PADDING] if options.padded else []
-        head.append(wire.encode_retry(options.retry_ms))
-        head.append(wire.encode_comment("ok"))
-        head.append(session.frames(backlog))
-        # An id with no data dispatches nothing but gives the client a resume point at once.
-        head.append(wire.encode_id(session.cursor()) + b"\n")
-        chunk = b"".join(head)
-        yield chunk
-        writer = _Writer(connection, session, options)
-        writer.sent = len(chunk)
-        while not subscriber.closed and not writer.rotation_due():
-            writer.lend()
-            ready = subscriber.wait(writer.wait_time())
-            writer.reclaim()
-            if not ready:
-                yield from writer.write(HEARTBEAT)
-                continue
-            items = subscriber.drain()
-            if items and isinstance(items[0], bytes):
-                # The rest of a partial direct send: already framed for this socket.
-                writer.send_raw(items.pop(0))
-            chunk = session.frames(items)
-            if chunk:
-                yield from writer.write(chunk)
-        if writer.rotating and not subscriber.closed:
-            yield from writer.write(ROTATE)
-    finally:
-        subscriber.sock = None
-        subscriber.writer = None
-        session.close()
 
+    __slots__ = ("options", "session", "opening", "sock", "chunked", "fast", "out", "sent",
+                 "ending", "_reader", "_writable", "_heartbeat", "_deadline")
 
-class _Writer:
-    """Writes one stream's bytes after its head: to the socket itself when it can."""
+    def __init__(self, channels: List[str], max_pending: int, options: StreamOptions) -> None:
+        super().__init__(channels, max_pending)
+        self.options = options
+        self.session: Optional[Session] = None
+        self.opening = b""
+        self.sock: Optional[socket.socket] = None  # set when live; None again when closed
+        self.chunked = True
+        # One channel, replay caught up and no rotation: every live event is new to the client
+        # and its bytes are the shared ones.
+        self.fast = False
+        self.out = b""  # bytes for the socket it has not taken yet
+        self.sent = 0  # bytes of events and comments so far, for rotation
+        self.ending = False
+        self._reader = self._writable = self._heartbeat = self._deadline = None
 
-    __slots__ = ("sock", "chunked", "session", "subscriber", "direct", "rotating",
-                 "rotate_bytes", "deadline", "heartbeat", "sent")
-
-    def __init__(self, connection: Optional[Any], session: Session,
-                 options: StreamOptions) -> None:
-        self.sock = getattr(connection, "socket", None)
-        self.chunked = bool(getattr(connection, "response_use_chunked", False))
+    def start(self, session: Session, backlog: List[Message]) -> None:
+        """Prepare the opening bytes: padding, retry, a comment, the replay, the position."""
         self.session = session
-        self.subscriber = session.subscriber
-        self.subscriber.chunked = self.chunked
-        self.rotating = bool(options.rotate_bytes or options.rotate_seconds)
-        self.rotate_bytes = options.rotate_bytes
-        self.deadline = time.monotonic() + options.rotate_seconds if options.rotate_seconds else None
-        self.heartbeat = options.heartbeat
-        # Direct writes carry the shared one-channel bytes and are not counted for rotation.
-        self.direct = self.sock is not None and len(session.channels) == 1 and not self.rotating
-        self.sent = 0
+        options = self.options
+        parts = [PADDING] if options.padded else []
+        parts.append(wire.encode_retry(options.retry_ms))
+        parts.append(wire.encode_comment("ok"))
+        parts.append(session.frames(backlog))
+        # An id with no data dispatches nothing but gives the client a resume point at once.
+        parts.append(wire.encode_id(session.cursor()) + b"\n")
+        self.opening = b"".join(parts)
 
-    def lend(self) -> None:
-        subscriber = self.subscriber
-        if not self.direct or subscriber.queue or subscriber.closed:
+    def take_over(self, sock: socket.socket, chunked: bool, response_head: bytes) -> None:
+        """Go live on a non-blocking socket: send the HTTP response head, then the events."""
+        self.sock = sock
+        self.chunked = chunked
+        if self.closed:
+            self._shut()
             return
-        # Until the hub has dispatched up to the position replay reached, live events may
-        # still repeat replayed ones and must go through the session's filter.
-        (channel,) = self.session.channels
-        if self.session.positions[channel] <= self.session.hub.tail(channel):
-            subscriber.sock = self.sock
+        options = self.options
+        loop = get_hub().loop
+        self._reader = loop.io(sock.fileno(), _READ)
+        self._reader.start(self._on_readable)
+        self._heartbeat = loop.timer(options.heartbeat, options.heartbeat)
+        self._heartbeat.start(self._on_heartbeat)
+        if options.rotate_seconds:
+            self._deadline = loop.timer(options.rotate_seconds)
+            self._deadline.start(self.end, ROTATE)
+        held, self.queue = self.queue, []
+        body = self.opening + self.session.frames(held)
+        self.opening = b""
+        self.sent = len(body)
+        self._send(response_head + (wire.http_chunk(body) if chunked else body))
+        self._check_fast()
+        if options.rotate_bytes and self.sent >= options.rotate_bytes:
+            self.end(ROTATE)
 
-    def reclaim(self) -> None:
-        self.subscriber.sock = None
-
-    def write(self, data: bytes) -> Iterator[bytes]:
-        self.sent += len(data)
-        if self.sock is None:
-            yield data
+    def deliver(self, message: Message) -> bool:
+        if self.fast and message.shared:
+            if self.out:
+                return self.push(message.frame)
+            return self._send(message.chunk if self.chunked else message.frame)
+        if self.sock is None or self.closed:
+            # Not live yet: held, and filtered against the replay when it goes live.
+            return self.closed or self.push(message)
+        session = self.session
+        if self.fast:
+            # Everything up to the hub's tail reached this client: that is its position.
+            (channel,) = self.channels
+            session.positions[channel] = session.hub.tail(channel)
+            frame = session.frame(message)
         else:
-            self.sock.sendall(wire.http_chunk(data) if self.chunked else data)
+            frame = session.frames([message])
+            self._check_fast()
+        return self._write(frame) if frame else True
 
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def end(self, last: bytes = b"") -> None:
+        """End the response cleanly: what is pending, `last`, then the end of the body."""
+        if self.closed:
+            return
+        if self.sock is None:
+            self.close()
+            return
+        self._leave_hub()
+        self.ending = True
+        self.fast = False
+        tail = b"".join(self.queue) + last
+        self.queue = []
+        if self.chunked:
+            tail = (wire.http_chunk(tail) if tail else b"") + LAST_CHUNK
+        if self.out:
+            self.out += tail
+        else:
+            self._send(tail)
+        if not self.out:
+            self._shut()
+        # Otherwise the socket gets until the next heartbeat to take the rest.
 
-    def rotation_due(self) -> bool:
-        if not self.rotating:
-            return False
-        if self.rotate_bytes and self.sent >= self.rotate_bytes:
+    def close(self) -> None:
+        """End at once: the client is gone or too slow, or the response could not start."""
+        if not self.closed:
+            self._leave_hub()
+        self._shut()
+
+    def _leave_hub(self) -> None:
+        super().close()
+        if self.session is not None:
+            self.session.close()
+
+    def _check_fast(self) -> None:
+        session, options = self.session, self.options
+        if len(self.channels) == 1 and not options.rotate_bytes and not options.rotate_seconds:
+            (channel,) = self.channels
+            # Once the hub has dispatched past what replay sent, no live event repeats it.
+            self.fast = session.positions[channel] <= session.hub.tail(channel)
+
+    def _write(self, frame: bytes) -> bool:
+        """Send (or queue, behind what the socket has not taken) one or more framed events."""
+        self.sent += len(frame)
+        if self.out:
+            ok = self.push(frame)
+        else:
+            ok = self._send(wire.http_chunk(frame) if self.chunked else frame)
+        rotate_bytes = self.options.rotate_bytes
+        if ok and rotate_bytes and self.sent >= rotate_bytes and not self.ending:
+            self.end(ROTATE)
+        return ok
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.close()
             return True
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        if sent < len(data):
+            self.out = data[sent:]
+            self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
+            self._writable.start(self._on_writable)
+        return True
 
-    def wait_time(self) -> float:
-        if self.deadline is None:
-            return self.heartbeat
-        return max(0.0, min(self.heartbeat, self.deadline - time.monotonic()))
+    def _on_writable(self) -> None:
+        while True:
+            data = self.out
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            if sent < len(data):
+                self.out = data[sent:]
+                return
+            if not self.queue:
+                break
+            frames = b"".join(self.queue)
+            self.queue = []
+            self.out = wire.http_chunk(frames) if self.chunked else frames
+        self.out = b""
+        self._stop("_writable")
+        if self.ending:
+            self._shut()
+
+    def _on_readable(self) -> None:
+        # A client sends nothing after its request: readable means it closed or reset.
+        try:
+            data = self.sock.recv(1024)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+
+    def _on_heartbeat(self) -> None:
+        if self.ending:
+            self.close()  # the socket had a heartbeat's time to take the end of the body
+        elif not self.out:
+            self._write(HEARTBEAT)
+
+    def _stop(self, name: str) -> None:
+        watcher = getattr(self, name)
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
+            setattr(self, name, None)
+
+    def _shut(self) -> None:
+        self.closed = True
+        self.fast = False
+        for name in ("_reader", "_writable", "_heartbeat", "_deadline"):
+            self._stop(name)
+        sock, self.sock = self.sock, None
+        self.out = b""
+        self.queue = []
+        if sock is not None:
+            sock.close()
+
+
+class StreamResponse:
+    """The WSGI body of an event stream, for the gateway's server (see server.Handler).
+
+    The server hands the connection and the response head to `take_over`. If the response
+    ends before that, WSGI's `close` lets the stream go.
+    """
+
+    __slots__ = ("stream", "taken")
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.taken = False
+
+    def take_over(self, sock: socket.socket, chunked: bool, response_head: bytes) -> None:
+        self.taken = True
+        self.stream.take_over(sock, chunked, response_head)
+
+    def close(self) -> None:
+        if not self.taken:
+            self.stream.close()
