@@ -17,11 +17,17 @@ class StreamClosed(Exception):
 
 class Stream:
     def __init__(self, url: str, headers: Optional[Dict[str, str]] = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, receive_buffer: Optional[int] = None,
+                 version: str = "HTTP/1.1") -> None:
         parts = urlsplit(url)
-        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:
+            # Before connect, so the advertised window stays small.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(timeout)
+        self.sock.connect((parts.hostname, parts.port or 80))
         path = parts.path + ("?" + parts.query if parts.query else "")
-        lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", "Accept: text/event-stream"]
+        lines = [f"GET {path} {version}", f"Host: {parts.netloc}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
         self._raw = b""
