@@ -15,12 +15,14 @@ from .brokers import create_broker
 from .config import Config
 from .hub import Hub
 from .request_headers import RequestHeaders
+from .workers import Workers
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 READ_BUFFER = 1024
 GC_THRESHOLD = 20_000
 BACKLOG = 4096
+IDLE_WORKERS = 1024
 
 
 class Handler(WSGIHandler):
@@ -73,6 +75,7 @@ def serve(config: Config) -> None:
     hub = Hub(broker)
     broker.start(hub.dispatch)
     app = create_app(config, hub, broker)
+    workers = Workers(keep=IDLE_WORKERS)
     server = WSGIServer(
         (config.host, config.port),
         app,
@@ -80,6 +83,7 @@ def serve(config: Config) -> None:
         error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
         handler_class=Handler,
         backlog=BACKLOG,
+        spawn=workers,
     )
     # gevent accepts 100 connections per loop turn by default. When thousands of clients
     # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
@@ -108,7 +112,9 @@ def serve(config: Config) -> None:
     log.info("shutting down: ending %d stream(s)", hub.subscriber_count)
     server.close()
     hub.close_all()
-    server.stop(timeout=config.shutdown_timeout)
+    if not workers.join(config.shutdown_timeout):
+        log.warning("%d request(s) still running after %gs; exiting anyway", workers.busy,
+                    config.shutdown_timeout)
     broker.stop()
     log.info("stopped")
 

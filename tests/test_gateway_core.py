@@ -12,6 +12,7 @@ import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -455,3 +456,58 @@ def test_sigterm_exits_zero_even_when_a_client_stopped_reading(start_gateway, re
     finally:
         stuck.close()
         reading.close()
+
+
+def test_sigterm_answers_a_waiting_long_poll_before_exiting(start_gateway, broker_args):
+    gateway = start_gateway(*broker_args, "--shutdown-timeout", "5")
+    result: dict = {}
+
+    def poll() -> None:
+        result["response"] = requests.get(f"{gateway.url}/poll/waiting?timeout=20", timeout=30)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_until(lambda: health(gateway)["subscribers"] == 1, 10, message="the poll to wait")
+    gateway.proc.send_signal(signal.SIGTERM)
+    poller.join(30)
+    assert not poller.is_alive()
+    response = result["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["events"] == []
+    assert gateway.proc.wait(10) == 0
+
+
+def test_sigterm_gives_up_on_a_stalled_request_after_the_shutdown_timeout(start_gateway):
+    gateway = start_gateway("--shutdown-timeout", "1")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as stalled:
+        # Half a request head: its handler waits for the rest, which never comes.
+        stalled.sendall(b"GET /events/x HTTP/1.1\r\nHost: t\r\n")
+        # Connections are accepted in order: once a later one is answered, this one is in hand.
+        health(gateway)
+        started = time.monotonic()
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+    assert "1 request(s) still running after 1s" in gateway.log()
+
+
+def test_sigterm_lets_a_publish_in_flight_finish_within_the_shutdown_timeout(start_gateway,
+                                                                          redis_db):
+    gateway = start_gateway("--redis-url", redis_db.url, "--shutdown-timeout", "5")
+    body = json.dumps({"data": "last words"}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+        client.sendall(b"POST /publish/late HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+                       b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:5])
+        health(gateway)  # accepted in order: the publish's handler is reading its body
+        gateway.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down" in gateway.log(), 10)
+        client.sendall(body[5:])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = client.recv(65536)
+            assert data, f"connection closed; got {answer!r}"
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert gateway.proc.wait(10) == 0
+    entries = redis_db.client.xrange("sse-gateway:history:late")
+    assert [json.loads(fields[b"m"])["data"] for _, fields in entries] == ["last words"]

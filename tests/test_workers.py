@@ -1,0 +1,62 @@
+"""The server's reusable connection greenlets, driven directly in this process's gevent loop."""
+
+import gevent
+import gevent.event
+
+from gateway.workers import Workers
+
+
+def run_job(workers: Workers, release: gevent.event.Event, seen: list) -> None:
+    def job() -> None:
+        seen.append(gevent.getcurrent())
+        release.wait(5)
+    workers(job)
+
+
+def test_a_finished_worker_takes_the_next_job_instead_of_a_new_greenlet():
+    workers = Workers(keep=4)
+    seen: list = []
+    release = gevent.event.Event()
+    release.set()
+    for _ in range(5):
+        run_job(workers, release, seen)
+        assert workers.join(5)
+    assert len(seen) == 5 and len(set(seen)) == 1
+
+
+def test_jobs_that_find_every_worker_busy_start_new_ones_and_all_run_at_once():
+    workers = Workers(keep=2)
+    seen: list = []
+    release = gevent.event.Event()
+    for _ in range(6):
+        run_job(workers, release, seen)
+    gevent.sleep(0)
+    assert len(set(seen)) == 6  # none waited for another to finish
+    assert workers.busy == 6 and not workers.join(0.05)
+    release.set()
+    assert workers.join(5) and workers.busy == 0
+    # Beyond `keep` idle workers, the rest ended: of three new jobs, two go to the idle
+    # workers and the third needs a new greenlet.
+    again: list = []
+    for _ in range(3):
+        run_job(workers, release, again)
+    assert workers.join(5)
+    assert len(set(again)) == 3 and len(set(again) & set(seen)) == 2
+
+
+def test_a_job_that_raises_is_reported_and_its_worker_goes_on(capsys):
+    workers = Workers(keep=1)
+    seen: list = []
+
+    def failing() -> None:
+        seen.append(gevent.getcurrent())
+        raise ValueError("job failed on purpose")
+
+    workers(failing)
+    assert workers.join(5)
+    release = gevent.event.Event()
+    release.set()
+    run_job(workers, release, seen)
+    assert workers.join(5)
+    assert seen[0] is seen[1]
+    assert "job failed on purpose" in capsys.readouterr().err
