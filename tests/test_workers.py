@@ -35,13 +35,13 @@ def test_jobs_that_find_every_worker_busy_start_new_ones_and_all_run_at_once():
     assert workers.busy == 6 and not workers.join(0.05)
     release.set()
     assert workers.join(5) and workers.busy == 0
-    # Beyond `keep` idle workers, the rest ended: of three new jobs, two go to the idle
-    # workers and the third needs a new greenlet.
+    gevent.sleep(0)
+    living = [g for g in set(seen) if not g.dead]
+    assert len(living) == 2  # `keep` of them wait for more work, the rest ended
     again: list = []
-    for _ in range(3):
-        run_job(workers, release, again)
+    run_job(workers, release, again)
     assert workers.join(5)
-    assert len(set(again)) == 3 and len(set(again) & set(seen)) == 2
+    assert again[0] in living
 
 
 def test_a_job_that_raises_is_reported_and_its_worker_goes_on(capsys):
