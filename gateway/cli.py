@@ -105,15 +105,34 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     level = getattr(logging, config.log_level.upper(), None)
     if not isinstance(level, int):
         parser.error(f"unknown log level {config.log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    who = "%(name)s[%(process)d]" if config.workers > 1 else "%(name)s"
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {who}: %(message)s")
+    from .listener import ListenError
+
+    try:
+        if config.workers > 1:
+            from .supervisor import supervise
+
+            return supervise(config, _run_worker)
+        _run(config, reuse_port=False)
+    except ListenError as error:
+        print(f"sse-gateway serve: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(config: Config, reuse_port: bool) -> None:
     # Patch before redis-py and the server create sockets, so every wait yields to gevent.
     from gevent import monkey
 
     monkey.patch_all()
     from .server import serve
 
-    serve(config)
-    return 0
+    serve(config, reuse_port)
+
+
+def _run_worker(config: Config) -> None:
+    _run(config, reuse_port=True)
 
 
 def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

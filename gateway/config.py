@@ -31,6 +31,7 @@ class Config:
     history_length: int = 1000
     history_age: float = 3600.0
     shutdown_timeout: float = 5.0
+    workers: int = 1
     log_level: str = "info"
     demo: bool = False
 
@@ -60,6 +61,11 @@ class Config:
             problems.append("retry must not be negative")
         if not 0 <= self.port <= 65535:
             problems.append("port must be 0-65535")
+        if self.workers < 1:
+            problems.append("workers must be at least 1")
+        elif self.workers > 1 and not self.redis_url:
+            problems.append("workers above 1 need --redis-url: the embedded broker lives in "
+                            "one process, and the workers must share events and history")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -117,6 +123,8 @@ OPTIONS: List[Option] = [
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
+    Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
+           "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
     Option("demo", "serve the demo chat page at /", switch=True),
 ]

@@ -4,7 +4,6 @@ import _socket
 import gc
 import logging
 import signal
-import socket
 
 import gevent
 import gevent.event
@@ -13,16 +12,17 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 from .app import create_app
 from .brokers import create_broker
 from .config import Config
+from .greenlet_pool import GreenletPool
 from .hub import Hub
+from .listener import BACKLOG, bind
 from .request_headers import RequestHeaders
-from .workers import Workers
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 READ_BUFFER = 1024
 GC_THRESHOLD = 20_000
-BACKLOG = 4096
-IDLE_WORKERS = 1024
+STARTUP_WAIT = 5.0  # seconds to wait for the broker before serving anyway
+IDLE_GREENLETS = 1024
 
 
 class Handler(WSGIHandler):
@@ -68,31 +68,42 @@ class Handler(WSGIHandler):
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then end every stream and exit within the shutdown timeout."""
+def serve(config: Config, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then end every stream and exit within the shutdown timeout.
+
+    `reuse_port`: one of several processes on the port (see supervisor). Raises ListenError
+    when the address cannot be listened on.
+    """
+    listener = bind(config.host, config.port, reuse_port)
+    if not reuse_port:
+        listener.listen(BACKLOG)  # clients wait in the queue while the broker connects
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
                            config.history_age)
     hub = Hub(broker)
     broker.start(hub.dispatch)
+    if not broker.wait_ready(STARTUP_WAIT):
+        log.warning("the broker is not reachable yet; serving anyway (subscribers get 503 "
+                    "until it is)")
+    if reuse_port:
+        # Only now: until it listens, the kernel gives the port's connections to the others.
+        listener.listen(BACKLOG)
     app = create_app(config, hub, broker)
-    workers = Workers(keep=IDLE_WORKERS)
+    greenlets = GreenletPool(keep=IDLE_GREENLETS)
     server = WSGIServer(
-        (config.host, config.port),
+        listener,
         app,
         log=LoggingLogAdapter(access_log, logging.DEBUG),
         error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
         handler_class=Handler,
-        backlog=BACKLOG,
-        spawn=workers,
+        spawn=greenlets,
     )
     # gevent accepts 100 connections per loop turn by default. When thousands of clients
     # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
     # its client a one-second retransmission: drain the whole queue each turn instead.
     server.max_accept = BACKLOG
-    server.init_socket()
-    # Events are small writes that must leave at once, not wait for Nagle's algorithm.
-    # Linux copies the option to every accepted socket: no system call per connection.
-    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.start()
     _tune_garbage_collector()
     host, port = server.address[:2]
@@ -105,15 +116,12 @@ def serve(config: Config) -> None:
         f"with {len(config.publish_tokens)} token(s)" if config.publish_tokens
         else "from loopback only",
     )
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
     stopping.wait()
     log.info("shutting down: ending %d stream(s)", hub.subscriber_count)
     server.close()
     hub.close_all()
-    if not workers.join(config.shutdown_timeout):
-        log.warning("%d request(s) still running after %gs; exiting anyway", workers.busy,
+    if not greenlets.join(config.shutdown_timeout):
+        log.warning("%d request(s) still running after %gs; exiting anyway", greenlets.busy,
                     config.shutdown_timeout)
     broker.stop()
     log.info("stopped")

@@ -12,13 +12,14 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Callable
 
 import pytest
 import requests
-from conftest import wait_until
+from conftest import ROOT, RedisServer, free_port, wait_until
 from sse_client import Stream
 
 FDS_NEEDED = 2048
@@ -511,3 +512,35 @@ def test_sigterm_lets_a_publish_in_flight_finish_within_the_shutdown_timeout(sta
     assert gateway.proc.wait(10) == 0
     entries = redis_db.client.xrange("sse-gateway:history:late")
     assert [json.loads(fields[b"m"])["data"] for _, fields in entries] == ["last words"]
+
+
+def test_gateway_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
+    redis_server = RedisServer()  # not started yet: its port refuses connections
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "gateway.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", str(port),
+                                 "--redis-url", redis_server.url], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        def status(path: str) -> int | None:
+            try:
+                return requests.get(url + path, timeout=2).status_code
+            except requests.RequestException:  # refused, or queued while it waits for Redis
+                return None
+
+        # It waits a while for Redis, then serves anyway: unhealthy, and streams refused.
+        wait_until(lambda: status("/healthz") == 503, 20, message="a 503 from /healthz")
+        assert_json_error(requests.get(url + "/events/early", timeout=5), 503)
+        assert "serving anyway" in (tmp_path / "gateway.log").read_text()
+        redis_server.start()
+        wait_until(lambda: status("/healthz") == 200, 20, message="recovery once Redis is up")
+        with Stream(url + "/events/late") as stream:
+            stream.wait_for(subscribed)
+            reply = requests.post(url + "/publish/late", json={"data": "up"}, timeout=5)
+            [event] = stream.wait_events(1)
+            assert (event.data, event.last_event_id) == ("up", reply.json()["id"])
+    finally:
+        proc.kill()
+        proc.wait(10)
+        redis_server.cleanup()

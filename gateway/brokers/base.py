@@ -39,6 +39,10 @@ class Broker(ABC):
     @abstractmethod
     def stop(self) -> None: ...
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until subscribers can be served; whether they can."""
+        return True
+
     @abstractmethod
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""

@@ -70,6 +70,9 @@ class RedisBroker(Broker):
         self._drop_connection()
         self._client.close()
 
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
     def check(self) -> None:
         try:
             self._client.ping()

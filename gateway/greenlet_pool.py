@@ -14,7 +14,7 @@ import gevent.event
 import gevent.queue
 
 
-class Workers:
+class GreenletPool:
     """A `spawn` callable for a gevent server, and a way to wait for the work in hand."""
 
     def __init__(self, keep: int) -> None:

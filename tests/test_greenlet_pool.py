@@ -3,10 +3,10 @@
 import gevent
 import gevent.event
 
-from gateway.workers import Workers
+from gateway.greenlet_pool import GreenletPool
 
 
-def run_job(workers: Workers, release: gevent.event.Event, seen: list) -> None:
+def run_job(workers: GreenletPool, release: gevent.event.Event, seen: list) -> None:
     def job() -> None:
         seen.append(gevent.getcurrent())
         release.wait(5)
@@ -14,7 +14,7 @@ def run_job(workers: Workers, release: gevent.event.Event, seen: list) -> None:
 
 
 def test_a_finished_worker_takes_the_next_job_instead_of_a_new_greenlet():
-    workers = Workers(keep=4)
+    workers = GreenletPool(keep=4)
     seen: list = []
     release = gevent.event.Event()
     release.set()
@@ -25,7 +25,7 @@ def test_a_finished_worker_takes_the_next_job_instead_of_a_new_greenlet():
 
 
 def test_jobs_that_find_every_worker_busy_start_new_ones_and_all_run_at_once():
-    workers = Workers(keep=2)
+    workers = GreenletPool(keep=2)
     seen: list = []
     release = gevent.event.Event()
     for _ in range(6):
@@ -45,7 +45,7 @@ def test_jobs_that_find_every_worker_busy_start_new_ones_and_all_run_at_once():
 
 
 def test_a_job_that_raises_is_reported_and_its_worker_goes_on(capsys):
-    workers = Workers(keep=1)
+    workers = GreenletPool(keep=1)
     seen: list = []
 
     def failing() -> None:

@@ -1,0 +1,113 @@
+"""`serve --workers N`: N gateway processes on one port, started, watched and stopped together.
+
+Each worker is a whole gateway (its own hub and its one Redis pub/sub connection) listening
+with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds the
+port, restarts a worker that dies (a client of a dead worker resumes on another from history),
+and on SIGTERM or SIGINT stops them all within their shutdown timeout. It runs no event loop:
+the workers start from a fork before gevent is set up.
+"""
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Callable, Dict
+
+from .config import Config
+from .listener import bind
+
+log = logging.getLogger("gateway.supervisor")
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 30.0
+STABLE_SECONDS = 10.0  # a worker that lived this long restarts after the shortest delay
+KILL_GRACE = 5.0  # beyond the workers' own shutdown timeout
+
+
+def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
+    """Run `config.workers` workers until SIGTERM or SIGINT; 0 when all stopped cleanly."""
+    # Bound, not listening: it takes no connections, but holds the port (0 picks one for all
+    # workers) and reports a taken address before any worker starts.
+    holder = bind(config.host, config.port, reuse_port=True)
+    port = holder.getsockname()[1]
+    config = dataclasses.replace(config, port=port)
+    workers: Dict[int, float] = {}  # pid -> start time
+    stopping = False
+    clean = True
+
+    def start() -> None:
+        pid = os.fork()
+        if pid == 0:
+            holder.close()
+            _run_child(run_worker, config)
+        workers[pid] = time.monotonic()
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.info("stopping %d worker(s)", len(workers))
+            signal.signal(signal.SIGALRM, kill_all)
+            signal.setitimer(signal.ITIMER_REAL, config.shutdown_timeout + KILL_GRACE)
+        for pid in workers:
+            _signal(pid, signal.SIGTERM)
+
+    def kill_all(signum: int, frame: object) -> None:
+        for pid in workers:
+            log.error("worker %d did not stop in time; killing it", pid)
+            _signal(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("starting %d workers on %s:%d", config.workers, config.host, port)
+    for _ in range(config.workers):
+        start()
+    delay = RESTART_DELAY
+    while workers:
+        pid, status = os.wait()
+        started = workers.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            clean = clean and code == 0
+            continue
+        log.error("worker %d exited (%s); restarting it in %gs", pid, _describe(code), delay)
+        time.sleep(delay)
+        if stopping:
+            continue
+        lived = time.monotonic() - started
+        delay = RESTART_DELAY if lived >= STABLE_SECONDS else min(delay * 2, RESTART_DELAY_MAX)
+        start()
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    holder.close()
+    log.info("all workers stopped")
+    return 0 if clean else 1
+
+
+def _run_child(run_worker: Callable[[Config], None], config: Config) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+    code = 0
+    try:
+        run_worker(config)
+    except BaseException:
+        log.exception("worker %d failed", os.getpid())
+        code = 1
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"status {code}"
