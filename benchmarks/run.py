@@ -42,6 +42,8 @@ VENV = BENCH / ".venv"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 SERVER_CORE, LOADGEN_CORE = 0, 1
 ALL_TARGETS = ("sse-gateway", "nchan", "flask-sse")
+# Not in the default matrix: `serve --workers 2` on every core, the generator on one of them.
+EXTRA_TARGETS = ("sse-gateway-x2",)
 CHANNEL = "bench"
 
 
@@ -221,12 +223,13 @@ class Services:
     logs: list[IO[bytes]] = field(default_factory=list)
 
     def spawn(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+        cores: str = str(SERVER_CORE),
     ) -> subprocess.Popen:
         out = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.logs.append(out)
         proc = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CORE), *argv],
+            ["taskset", "-c", cores, *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -339,7 +342,7 @@ class Started:
     cpu_pids: list[int]
 
 
-def start_gateway(svc: Services, python: str) -> Started:
+def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
     redis_port, redis_pid = start_redis(svc)
     port = free_port()
     env = dict(
@@ -360,14 +363,21 @@ def start_gateway(svc: Services, python: str) -> Started:
             "--redis-url",
             f"redis://127.0.0.1:{redis_port}/0",
             "--log-level",
-            "warning",
+            "info" if workers > 1 else "warning",
             "--max-pending",
             "1000",
+            "--workers",
+            str(workers),
         ],
         env=env,
         cwd=REPO,
+        cores=",".join(str(core) for core in range(min(workers, os.cpu_count() or 1))),
     )
     svc.wait_ready("sse-gateway", proc, lambda: http_probe(port))
+    # Each worker listens once its Redis connection is up, and says so.
+    log_path = svc.workdir / "sse-gateway.log"
+    svc.wait_ready("sse-gateway", proc,
+                   lambda: workers == 1 or log_path.read_text().count("listening on") >= workers)
     base = f"http://127.0.0.1:{port}"
     return Started(
         subscribe_url=f"{base}/events/{CHANNEL}",
@@ -497,6 +507,7 @@ def start_flask_sse(svc: Services, python: str) -> Started:
 
 STARTERS: dict[str, Callable[[Services, str], Started]] = {
     "sse-gateway": start_gateway,
+    "sse-gateway-x2": lambda svc, python: start_gateway(svc, python, workers=2),
     "nchan": start_nchan,
     "flask-sse": start_flask_sse,
 }
@@ -688,7 +699,7 @@ def report(paths: list[Path]) -> int:
                 print(f"<!-- {path.name}: {meta.get('date')}, {meta.get('nproc')} x {meta.get('cpu')} -->")
             else:
                 cells[(row["target"], row["subscribers"])] = row
-    order = {name: i for i, name in enumerate(ALL_TARGETS)}
+    order = {name: i for i, name in enumerate(ALL_TARGETS + EXTRA_TARGETS)}
     rows = sorted(cells.values(), key=lambda r: (order.get(str(r["target"]), 99), r["subscribers"]))
     print(render_markdown(rows))
     return 0
@@ -753,7 +764,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help=f"comma-separated, from {', '.join(ALL_TARGETS)}",
+        help=f"comma-separated, from {', '.join(ALL_TARGETS + EXTRA_TARGETS)}",
     )
     p.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated N values")
     p.add_argument("--rate", type=float, default=20.0, help="published events per second")
@@ -792,7 +803,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.targets, args.subscribers = "sse-gateway", "100"
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(args.targets) - set(ALL_TARGETS)
+    unknown = set(args.targets) - set(ALL_TARGETS + EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     args.subscribers = [int(n) for n in args.subscribers.split(",") if n.strip()]

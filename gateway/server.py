@@ -53,7 +53,7 @@ class Handler(WSGIHandler):
         self.response_length = len(head)
         sock, self.socket = self.socket, None  # ends pywsgi's keep-alive loop, socket open
         # The descriptor moves to a bare socket: none of gevent's per-socket watchers.
-        raw = _socket.socket(sock.family, sock.type, sock.proto, sock.detach())
+        raw = _socket.socket(*self.server.client_socket_kind, sock.detach())
         raw.setblocking(False)
         take_over(raw, self.response_use_chunked, head)
 
@@ -104,6 +104,8 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
     # its client a one-second retransmission: drain the whole queue each turn instead.
     server.max_accept = BACKLOG
+    # What every accepted socket is, read once: the socket properties build enums each time.
+    server.client_socket_kind = (listener.family, listener.type, listener.proto)
     server.start()
     _tune_garbage_collector()
     host, port = server.address[:2]

@@ -10,6 +10,7 @@ rotate a padded stream, notice the client leaving. An idle stream is a few small
 
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from typing import List, Optional
 
 from gevent import get_hub
@@ -34,6 +35,12 @@ class StreamOptions:
     padded: bool = False
     rotate_bytes: int = 0  # 0: never rotate
     rotate_seconds: float = 0.0
+
+    @cached_property
+    def prelude(self) -> bytes:
+        """What every stream with these options begins with: padding, retry, a comment."""
+        padding = PADDING if self.padded else b""
+        return padding + wire.encode_retry(self.retry_ms) + wire.encode_comment("ok")
 
 
 class EventStream(Subscriber):
@@ -66,14 +73,9 @@ class EventStream(Subscriber):
     def start(self, session: Session, backlog: List[Message]) -> None:
         """Prepare the opening bytes: padding, retry, a comment, the replay, the position."""
         self.session = session
-        options = self.options
-        parts = [PADDING] if options.padded else []
-        parts.append(wire.encode_retry(options.retry_ms))
-        parts.append(wire.encode_comment("ok"))
-        parts.append(session.frames(backlog))
         # An id with no data dispatches nothing but gives the client a resume point at once.
-        parts.append(wire.encode_id(session.cursor()) + b"\n")
-        self.opening = b"".join(parts)
+        self.opening = b"".join((self.options.prelude, session.frames(backlog),
+                                 wire.encode_id(session.cursor()), b"\n"))
 
     def take_over(self, sock: socket.socket, chunked: bool, response_head: bytes) -> None:
         """Go live on a non-blocking socket: send the HTTP response head, then the events."""
