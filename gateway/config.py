@@ -98,7 +98,7 @@ OPTIONS: List[Option] = [
     Option("publish_tokens", "bearer token accepted by POST /publish (repeatable; env: "
            "comma-separated); without any, publishing is allowed from loopback only",
            flag="--publish-token", repeatable=True, metavar="TOKEN"),
-    Option("heartbeat", "seconds of silence before a keep-alive comment is sent", parse=float),
+    Option("heartbeat", "seconds between keep-alive comments on every stream", parse=float),
     Option("retry", "reconnection delay hint sent to clients, in milliseconds", parse=int),
     Option("max_message_size", "largest accepted publish body, in bytes", parse=int),
     Option("max_pending", "events a subscriber may fall behind before it is disconnected",
