@@ -98,6 +98,8 @@ class EventStream(Subscriber):
         self.opening = b""
         self.sent = len(body)
         self._send(response_head + (wire.http_chunk(body) if chunked else body))
+        if self.closed:
+            return  # the client left already
         self._check_fast()
         if options.rotate_bytes and self.sent >= options.rotate_bytes:
             self.end(ROTATE)
@@ -106,7 +108,8 @@ class EventStream(Subscriber):
         if self.fast and message.shared:
             if self.out:
                 return self.push(message.frame)
-            return self._send(message.chunk if self.chunked else message.frame)
+            self._send(message.chunk if self.chunked else message.frame)
+            return True
         if self.sock is None or self.closed:
             # Not live yet: held, and filtered against the replay when it goes live.
             return self.closed or self.push(message)
@@ -164,28 +167,29 @@ class EventStream(Subscriber):
     def _write(self, frame: bytes) -> bool:
         """Send (or queue, behind what the socket has not taken) one or more framed events."""
         self.sent += len(frame)
+        ok = True
         if self.out:
             ok = self.push(frame)
         else:
-            ok = self._send(wire.http_chunk(frame) if self.chunked else frame)
+            self._send(wire.http_chunk(frame) if self.chunked else frame)
         rotate_bytes = self.options.rotate_bytes
         if ok and rotate_bytes and self.sent >= rotate_bytes and not self.ending:
             self.end(ROTATE)
         return ok
 
-    def _send(self, data: bytes) -> bool:
+    def _send(self, data: bytes) -> None:
+        """Send what the socket takes now; keep the rest for when it can take more."""
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.close()
-            return True
+            self.close()  # the client is gone
+            return
         if sent < len(data):
             self.out = data[sent:]
             self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
             self._writable.start(self._on_writable)
-        return True
 
     def _on_writable(self) -> None:
         while True:
