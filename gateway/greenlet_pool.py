@@ -2,16 +2,21 @@
 
 A new greenlet costs more than most requests here: Python maps a fresh frame stack for each
 one (an mmap and a munmap per connection), and an event stream's request is over in a few
-dozen microseconds. Finished workers wait for the next connection instead; new ones start only
-when every worker is busy, and workers beyond `keep` idle ones end.
+dozen microseconds. So jobs wait in a queue, and a worker greenlet runs them one after another:
+at most BATCH in a row, then the event loop gets a turn (to accept more connections and read
+Redis) before a worker goes on. Another worker takes over whenever one blocks; a new one starts
+only when none is parked, and at most `keep` stay parked once the queue is empty.
 """
 
 import sys
-from typing import Any, Callable
+from collections import deque
+from typing import Any, Callable, Deque, List, Tuple
 
 import gevent
 import gevent.event
-import gevent.queue
+from gevent.hub import Waiter
+
+BATCH = 32
 
 
 class GreenletPool:
@@ -19,8 +24,9 @@ class GreenletPool:
 
     def __init__(self, keep: int) -> None:
         self._keep = keep
-        self._jobs: gevent.queue.Queue = gevent.queue.Queue()
-        self._idle = 0
+        self._jobs: Deque[Tuple[Callable[..., Any], tuple]] = deque()
+        self._parked: List[Waiter] = []
+        self._scheduled = False
         self._busy = 0
         self._done = gevent.event.Event()
         self._done.set()
@@ -28,33 +34,53 @@ class GreenletPool:
     def __call__(self, func: Callable[..., Any], *args: Any) -> None:
         self._busy += 1
         self._done.clear()
-        if self._idle > self._jobs.qsize():
-            self._jobs.put((func, args))
-        else:
-            gevent.spawn(self._work, func, args)
+        self._jobs.append((func, args))
+        self._schedule()
 
     @property
     def busy(self) -> int:
+        """Jobs queued or running."""
         return self._busy
 
     def join(self, timeout: float) -> bool:
         """Wait until no job runs or is waiting; False if some still do after `timeout`."""
         return self._done.wait(timeout)
 
-    def _work(self, func: Callable[..., Any], args: tuple) -> None:
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            gevent.get_hub().loop.run_callback(self._next)
+
+    def _next(self) -> None:
+        # In the hub, once whoever ran before has finished its batch or blocked.
+        self._scheduled = False
+        if self._jobs:
+            if self._parked:
+                self._parked.pop().switch(None)
+            else:
+                gevent.spawn(self._work)
+
+    def _work(self) -> None:
+        jobs = self._jobs
         while True:
-            try:
-                func(*args)
-            except Exception:
-                gevent.get_hub().handle_error(func, *sys.exc_info())
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._done.set()
-            if self._idle >= self._keep:
+            for _ in range(BATCH):
+                if not jobs:
+                    break
+                func, args = jobs.popleft()
+                if jobs:
+                    self._schedule()  # should this job block, another worker goes on
+                try:
+                    func(*args)
+                except Exception:
+                    gevent.get_hub().handle_error(func, *sys.exc_info())
+                finally:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._done.set()
+            if jobs:
+                self._schedule()
+            if len(self._parked) >= self._keep:
                 return
-            self._idle += 1
-            try:
-                func, args = self._jobs.get()
-            finally:
-                self._idle -= 1
+            waiter = Waiter()
+            self._parked.append(waiter)
+            waiter.get()

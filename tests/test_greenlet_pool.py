@@ -6,6 +6,13 @@ import gevent.event
 from gateway.greenlet_pool import GreenletPool
 
 
+def wait_for(condition, timeout: float = 5.0) -> None:
+    """Let the loop run until `condition` holds (bounded)."""
+    with gevent.Timeout(timeout):
+        while not condition():
+            gevent.sleep(0.001)
+
+
 def run_job(workers: GreenletPool, release: gevent.event.Event, seen: list) -> None:
     def job() -> None:
         seen.append(gevent.getcurrent())
@@ -24,13 +31,24 @@ def test_a_finished_worker_takes_the_next_job_instead_of_a_new_greenlet():
     assert len(seen) == 5 and len(set(seen)) == 1
 
 
+def test_jobs_queued_together_that_do_not_block_run_one_after_another_on_one_greenlet():
+    workers = GreenletPool(keep=4)
+    seen: list = []
+    release = gevent.event.Event()
+    release.set()
+    for _ in range(50):
+        run_job(workers, release, seen)
+    assert workers.join(5)
+    assert len(seen) == 50 and len(set(seen)) == 1
+
+
 def test_jobs_that_find_every_worker_busy_start_new_ones_and_all_run_at_once():
     workers = GreenletPool(keep=2)
     seen: list = []
     release = gevent.event.Event()
     for _ in range(6):
         run_job(workers, release, seen)
-    gevent.sleep(0)
+    wait_for(lambda: len(seen) == 6)
     assert len(set(seen)) == 6  # none waited for another to finish
     assert workers.busy == 6 and not workers.join(0.05)
     release.set()
