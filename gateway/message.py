@@ -30,8 +30,8 @@ def check_channel(name: str) -> str:
 class Message:
     """One event on one channel. Immutable once built; its wire bytes are computed once."""
 
-    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "_body", "_frame",
-                 "_chunk")
+    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "shared", "_body",
+                 "_frame", "_chunk")
 
     def __init__(
         self,
@@ -48,6 +48,9 @@ class Message:
         self.source_id = source_id
         self.retry = retry
         self.event_id = event_id
+        # Whether `frame` is what every one-channel subscriber gets (a raw message with a
+        # publisher's id needs each connection's own cursor in its `id:` line).
+        self.shared = event_id is not None or source_id is None
         self._body: Optional[bytes] = None
         self._frame: Optional[bytes] = None
         self._chunk: Optional[bytes] = None
@@ -72,12 +75,6 @@ class Message:
                                                     self.source_id))
             self._frame = self.body + tail + b"\n"
         return self._frame
-
-    @property
-    def shared(self) -> bool:
-        """Whether `frame` is what every one-channel subscriber gets (a raw message with a
-        publisher's id needs each connection's own cursor in its `id:` line)."""
-        return self.event_id is not None or self.source_id is None
 
     @property
     def chunk(self) -> bytes:

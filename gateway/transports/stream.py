@@ -106,9 +106,19 @@ class EventStream(Subscriber):
 
     def deliver(self, message: Message) -> bool:
         if self.fast and message.shared:
+            # The fan-out's hot path, hence _send's common case written out here.
             if self.out:
                 return self.push(message.frame)
-            self._send(message.chunk if self.chunked else message.frame)
+            data = message.chunk if self.chunked else message.frame
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return True
+            if sent < len(data):
+                self._keep_rest(data[sent:])
             return True
         if self.sock is None or self.closed:
             # Not live yet: held, and filtered against the replay when it goes live.
@@ -187,9 +197,12 @@ class EventStream(Subscriber):
             self.close()  # the client is gone
             return
         if sent < len(data):
-            self.out = data[sent:]
-            self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
-            self._writable.start(self._on_writable)
+            self._keep_rest(data[sent:])
+
+    def _keep_rest(self, rest: bytes) -> None:
+        self.out = rest
+        self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
+        self._writable.start(self._on_writable)
 
     def _on_writable(self) -> None:
         while True:
