@@ -68,6 +68,25 @@ class Handler(WSGIHandler):
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+class Server(WSGIServer):
+    """pywsgi's server with the gateway's handler, and the settings that connection bursts need."""
+
+    handler_class = Handler
+    # gevent accepts 100 connections per loop turn by default. When thousands of clients
+    # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
+    # its client a one-second retransmission: drain the whole queue each turn instead.
+    max_accept = BACKLOG
+
+    def __init__(self, listener, app, spawn) -> None:
+        super().__init__(
+            listener, app, spawn=spawn,
+            log=LoggingLogAdapter(access_log, logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
+        )
+        # What every accepted socket is, read once: the socket properties build enums each time.
+        self.client_socket_kind = (listener.family, listener.type, listener.proto)
+
+
 def serve(config: Config, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then end every stream and exit within the shutdown timeout.
 
@@ -92,20 +111,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         listener.listen(BACKLOG)
     app = create_app(config, hub, broker)
     greenlets = GreenletPool(keep=IDLE_GREENLETS)
-    server = WSGIServer(
-        listener,
-        app,
-        log=LoggingLogAdapter(access_log, logging.DEBUG),
-        error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
-        handler_class=Handler,
-        spawn=greenlets,
-    )
-    # gevent accepts 100 connections per loop turn by default. When thousands of clients
-    # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
-    # its client a one-second retransmission: drain the whole queue each turn instead.
-    server.max_accept = BACKLOG
-    # What every accepted socket is, read once: the socket properties build enums each time.
-    server.client_socket_kind = (listener.family, listener.type, listener.proto)
+    server = Server(listener, app, greenlets)
     server.start()
     _tune_garbage_collector()
     host, port = server.address[:2]
