@@ -151,12 +151,13 @@ class Hub:
         # A copy: a subscriber whose client is gone leaves the hub from inside `deliver`.
         slow = [subscriber for subscriber in tuple(subscribers) if not subscriber.deliver(message)]
         for subscriber in slow:
-            self._drop_slow(subscriber)
+            self.drop_slow(subscriber)
 
-    def _drop_slow(self, subscriber: Subscriber) -> None:
+    def drop_slow(self, subscriber: Subscriber, why: str = "") -> None:
+        """Disconnect a subscriber that cannot keep up, and count it."""
         self.dropped_slow += 1
-        log.info("dropped a subscriber of %s: %d messages behind", ",".join(subscriber.channels),
-                 len(subscriber.queue))
+        log.info("dropped a subscriber of %s: %s", ",".join(subscriber.channels),
+                 why or f"{len(subscriber.queue)} messages behind")
         subscriber.close()
         subscriber.queue = []
         self.detach(subscriber)

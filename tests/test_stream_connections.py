@@ -93,6 +93,33 @@ def test_reader_that_stalls_past_the_socket_buffers_then_resumes_gets_every_even
         reading.close()
 
 
+def test_client_that_stops_reading_on_a_quiet_channel_is_dropped_after_two_heartbeats(
+        start_gateway):
+    # Far fewer events than --max-pending, then silence: only the stalled socket tells.
+    gateway = start_gateway("--heartbeat", "1", "--max-message-size", str(2 * EVENT_BYTES))
+    stalled = Stream(f"{gateway.url}/events/quiet", receive_buffer=4096)
+    reading = Stream(f"{gateway.url}/events/quiet")
+    try:
+        stalled.wait_for(subscribed)
+        reading.wait_for(subscribed)
+        count = kernel_send_buffer_max() // EVENT_BYTES + 8
+        published = 0
+        while published < count:  # bounded: count events in batches of 8
+            publish_many(gateway, "quiet", 8, first=published)
+            published += 8
+            reading.wait_events(published, timeout=30)  # this client keeps up
+        wait_until(lambda: health(gateway)["dropped_slow"] >= 1, 15,
+                   message="the stalled stream to be dropped")
+        assert "its socket took nothing for 2 heartbeats" in gateway.log()
+        # The reading client, quiet channel and all, stays: heartbeats keep it going.
+        reading.wait_for(lambda s: s.body.count(b": keepalive\n\n") >= 3, 10)
+        state = health(gateway)
+        assert (state["dropped_slow"], state["subscribers"]) == (1, 1)
+    finally:
+        stalled.close()
+        reading.close()
+
+
 def test_padded_stream_rotating_while_its_socket_is_full_ends_cleanly_and_resumes(
         start_gateway, redis_db):
     rotate = kernel_send_buffer_max() + 1024 * 1024

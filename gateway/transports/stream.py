@@ -25,6 +25,7 @@ ROTATE = wire.encode_comment("rotate")
 # XDomainRequest shows nothing, and some proxies hold data back, until about 2 KB arrived.
 PADDING = b":" + b" " * 2048 + b"\n"
 LAST_CHUNK = b"0\r\n\r\n"
+STALLED_HEARTBEATS = 2
 _READ, _WRITE = 1, 2
 
 
@@ -53,7 +54,7 @@ class EventStream(Subscriber):
     """
 
     __slots__ = ("options", "session", "opening", "sock", "chunked", "fast", "out", "sent",
-                 "ending", "_reader", "_writable", "_heartbeat", "_deadline")
+                 "ending", "stalls", "_reader", "_writable", "_heartbeat", "_deadline")
 
     def __init__(self, channels: List[str], max_pending: int, options: StreamOptions) -> None:
         super().__init__(channels, max_pending)
@@ -68,6 +69,7 @@ class EventStream(Subscriber):
         self.out = b""  # bytes for the socket it has not taken yet
         self.sent = 0  # bytes of events and comments so far, for rotation
         self.ending = False
+        self.stalls = 0  # heartbeats in a row at which the socket had taken nothing more
         self._reader = self._writable = self._heartbeat = self._deadline = None
 
     def start(self, session: Session, backlog: List[Message]) -> None:
@@ -214,6 +216,7 @@ class EventStream(Subscriber):
             except OSError:
                 self.close()
                 return
+            self.stalls = 0
             if sent < len(data):
                 self.out = data[sent:]
                 return
@@ -243,6 +246,13 @@ class EventStream(Subscriber):
             self.close()  # the socket had a heartbeat's time to take the end of the body
         elif not self.out:
             self._write(HEARTBEAT)
+        else:
+            # A client that reads nothing more while its channel is quiet never overflows
+            # --max-pending; TCP keeps such a connection open for as long as the peer is up.
+            self.stalls += 1
+            if self.stalls >= STALLED_HEARTBEATS:
+                self.session.hub.drop_slow(self, f"its socket took nothing for {self.stalls} "
+                                                 "heartbeats")
 
     def _stop(self, name: str) -> None:
         watcher = getattr(self, name)
