@@ -209,8 +209,7 @@ def _authorize_publisher(tokens, proxies) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            error = ApiError(401, "unauthorized", "send 'Authorization: Bearer <publish token>'")
-            raise error
+            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <publish token>'")
         # Compare with every token, so the time taken does not tell which one nearly matched.
         matches = [hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens]
         if not any(matches):

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set
 import gevent.event
 
 from .brokers import Broker, History
-from .ids import EventId
+from .ids import ZERO, EventId
 from .message import Message
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,33 @@ class Subscriber:
         self.close()
 
 
+class _Channel:
+    """A channel's local subscribers, its subscription (pending until the broker confirms),
+    and the id of the last event dispatched on it."""
+
+    __slots__ = ("subscribers", "ready", "tail")
+
+    def __init__(self) -> None:
+        self.subscribers: Set[Subscriber] = set()
+        self.ready = gevent.event.AsyncResult()
+        self.tail: EventId = ZERO
+
+
 class Hub:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._subscribers: Dict[str, Set[Subscriber]] = {}
-        self._ready: Dict[str, gevent.event.AsyncResult] = {}
-        self._tails: Dict[str, EventId] = {}
+        self._channels: Dict[str, _Channel] = {}
         self.dropped_slow = 0
 
     @property
     def subscriber_count(self) -> int:
         """Subscribers whose subscriptions are live (not still being set up)."""
-        live = [subs for channel, subs in self._subscribers.items()
-                if self._ready[channel].successful()]
-        return len({s for subs in live for s in subs})
+        return len({s for entry in self._channels.values() if entry.ready.successful()
+                    for s in entry.subscribers})
 
     @property
     def channel_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._channels)
 
     def attach(self, subscriber: Subscriber) -> Dict[str, EventId]:
         """Subscribe on every channel; returns each channel's last event id at this moment.
@@ -108,48 +117,42 @@ class Hub:
         return positions
 
     def _attach_one(self, subscriber: Subscriber, channel: str) -> EventId:
-        subscribers = self._subscribers.get(channel)
-        if subscribers is None:
-            subscribers = self._subscribers[channel] = set()
-            ready = self._ready[channel] = gevent.event.AsyncResult()
-            subscribers.add(subscriber)
-            try:
-                self._tails[channel] = self._broker.subscribe(channel)
-            except BaseException as error:
-                ready.set_exception(error)
-                self._forget(channel)
-                raise
-            ready.set(True)
-            return self._tails[channel]
-        subscribers.add(subscriber)
-        self._ready[channel].get()
-        return self._tails[channel]
+        entry = self._channels.get(channel)
+        if entry is not None:
+            entry.subscribers.add(subscriber)
+            entry.ready.get()
+            return entry.tail
+        entry = self._channels[channel] = _Channel()
+        entry.subscribers.add(subscriber)
+        try:
+            entry.tail = self._broker.subscribe(channel)
+        except BaseException as error:
+            entry.ready.set_exception(error)
+            del self._channels[channel]
+            raise
+        entry.ready.set(True)
+        return entry.tail
 
     def detach(self, subscriber: Subscriber) -> None:
         for channel in subscriber.channels:
-            subscribers = self._subscribers.get(channel)
-            if subscribers is None:
+            entry = self._channels.get(channel)
+            if entry is None:
                 continue
-            subscribers.discard(subscriber)
-            if not subscribers and self._ready[channel].ready():
-                self._forget(channel)
+            entry.subscribers.discard(subscriber)
+            if not entry.subscribers and entry.ready.ready():
+                del self._channels[channel]
                 self._broker.unsubscribe(channel)
-
-    def _forget(self, channel: str) -> None:
-        self._subscribers.pop(channel, None)
-        self._ready.pop(channel, None)
-        self._tails.pop(channel, None)
 
     def dispatch(self, message: Message) -> None:
         """Called by the broker, once per message, in id order per channel."""
-        channel = message.channel
-        subscribers = self._subscribers.get(channel)
-        if not subscribers:
+        entry = self._channels.get(message.channel)
+        if entry is None:
             return
         if message.event_id is not None:
-            self._tails[channel] = message.event_id
+            entry.tail = message.event_id
         # A copy: a subscriber whose client is gone leaves the hub from inside `deliver`.
-        slow = [subscriber for subscriber in tuple(subscribers) if not subscriber.deliver(message)]
+        slow = [subscriber for subscriber in tuple(entry.subscribers)
+                if not subscriber.deliver(message)]
         for subscriber in slow:
             self.drop_slow(subscriber)
 
@@ -164,12 +167,12 @@ class Hub:
 
     def tail(self, channel: str) -> EventId:
         """The id of the last event dispatched on a channel (or current when it was attached)."""
-        return self._tails[channel]
+        return self._channels[channel].tail
 
     def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
         return self._broker.history(positions)
 
     def close_all(self) -> None:
-        for subscribers in list(self._subscribers.values()):
-            for subscriber in list(subscribers):
+        for entry in list(self._channels.values()):
+            for subscriber in list(entry.subscribers):
                 subscriber.end()
