@@ -51,8 +51,8 @@ def make_payload(seq: int, ts_ns: int) -> bytes:
 # --------------------------------------------------------------------------- /proc readings
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process (all its threads), or None if it is gone."""
+def proc_stat(pid: int | str) -> tuple[int, float] | None:
+    """(parent pid, utime + stime of all its threads) of one process, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -60,7 +60,12 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
     # The command name (field 2) may hold spaces: split after its closing parenthesis.
     fields = raw.rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    stat = proc_stat(pid)
+    return None if stat is None else stat[1]
 
 
 def proc_rss_kb(pid: int) -> int | None:
@@ -94,15 +99,9 @@ def kernel_threads_cpu_seconds() -> float:
     under load, and that work is network traffic, not another program."""
     total = 0.0
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == b"2":
-            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        stat = proc_stat(name) if name.isdigit() else None
+        if stat is not None and stat[0] == 2:
+            total += stat[1]
     return total
 
 
@@ -221,36 +220,17 @@ class Subscriber(asyncio.Protocol):
                 start, end = 0, n
                 ok = data.find(b"\n\n") == n - 2 and b"\r" not in data
             if ok:
-                i = data.find(b"data:", start)
-                if i >= 0 and (i == start or data[i - 1] == 10):
-                    j = data.find(b"@", i)
-                    try:
-                        if j < 0:
-                            raise ValueError
-                        seq = int(data[j + 1 : j + 9])
-                        ts = int(data[j + 10 : j + 29])
-                    except ValueError:
-                        self.stats.other_events += 1
-                        return
-                    now = time_ns()
-                    if seq <= self.last_seq:
-                        self.stats.reordered += 1
-                    self.last_seq = seq
-                    self.lat_append((now - ts) // 1000)
+                now = time_ns()
+                if self._sample(data, start, now):
                     stats = self.stats
                     stats.delivered += 1
                     stats.last_delivery = now
                 return
         if self.state == BODY:
             self._body(data)
-            self.idle = self.state == BODY and not (
-                self.buf or self.craw or self.chunk_left or self.crlf_skip
-            )
         elif self.state == HEAD:
             self._head(data)
-            self.idle = self.state == BODY and not (
-                self.buf or self.craw or self.chunk_left or self.crlf_skip
-            )
+        self.idle = self.state == BODY and not (self.buf or self.craw or self.chunk_left or self.crlf_skip)
 
     def _head(self, data: bytes) -> None:
         head = self.head + data
@@ -355,32 +335,40 @@ class Subscriber(asyncio.Protocol):
         self.buf = buf[end + 2 :] if end + 2 < len(buf) else b""
         # Usually one read holds exactly one event: skip the split.
         blocks = (buf[:end],) if buf.find(b"\n\n") == end else buf[:end].split(b"\n\n")
-        stats = self.stats
         delivered = 0
         for block in blocks:
-            # An event is dispatched at a blank line only if it had a data field.
-            i = block.find(b"data:")
-            while i > 0 and block[i - 1] != 10:
-                i = block.find(b"data:", i + 5)
-            if i < 0:
-                continue
-            j = block.find(b"@", i)
-            try:
-                if j < 0:
-                    raise ValueError
-                seq = int(block[j + 1 : j + 9])
-                ts = int(block[j + 10 : j + 29])
-            except ValueError:
-                stats.other_events += 1
-                continue
-            if seq <= self.last_seq:
-                stats.reordered += 1
-            self.last_seq = seq
-            self.lat_append((now - ts) // 1000)
-            delivered += 1
+            if self._sample(block, 0, now):
+                delivered += 1
         if delivered:
+            stats = self.stats
             stats.delivered += delivered
             stats.last_delivery = now
+
+    def _sample(self, event: bytes, start: int, now: int) -> bool:
+        """Take the latency sample of the event at event[start:]; False if it carries none.
+
+        Both read paths end here. An event is dispatched at a blank line only if it had a
+        ``data:`` field (a line of its own: the chunk-size line before ``start`` ends in LF too).
+        """
+        i = event.find(b"data:", start)
+        while i > 0 and event[i - 1] != 10:
+            i = event.find(b"data:", i + 5)
+        if i < 0:
+            return False
+        j = event.find(b"@", i)
+        try:
+            if j < 0:
+                raise ValueError
+            seq = int(event[j + 1 : j + 9])
+            ts = int(event[j + 10 : j + 29])
+        except ValueError:
+            self.stats.other_events += 1
+            return False
+        if seq <= self.last_seq:
+            self.stats.reordered += 1
+        self.last_seq = seq
+        self.lat_append((now - ts) // 1000)
+        return True
 
     def close(self) -> None:
         transport = self.transport
@@ -607,7 +595,7 @@ def require_loopback(host: str) -> None:
         raise ValueError(f"{host} is not a loopback address; this tool only targets loopback")
 
 
-def percentile(sorted_values: array, q: float) -> float:
+def percentile(sorted_values: list[int], q: float) -> float:
     if not sorted_values:
         return float("nan")
     index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
@@ -750,14 +738,14 @@ class Run:
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors += 1
                 self.result["publish_error"] = repr(exc)
+        published += unconfirmed
         self.result.update(
             events=events,
-            published=published + unconfirmed,
+            published=published,
             publish_unconfirmed=unconfirmed,
             publish_errors=errors,
             publish_seconds=round(sent_seconds, 3),
         )
-        published += unconfirmed
         if isinstance(publisher, RedisPublisher):
             self.result["redis_receivers"] = publisher.last_reply
         # Drain: wait for every live subscriber to get every accepted event, up to --drain.
@@ -793,7 +781,7 @@ class Run:
         if stats.delivered and stats.last_delivery > self.t_publish0:
             span = (stats.last_delivery - self.t_publish0) / 1e9
             result["deliveries_per_s"] = round(stats.delivered / span, 1)
-        lat = array("q", sorted(stats.latency_us))
+        lat = sorted(stats.latency_us)
         if lat:
             result.update(
                 latency_p50_ms=round(percentile(lat, 0.50), 2),
@@ -832,9 +820,10 @@ class Run:
         await self.connect_all()
         await asyncio.sleep(a.settle)
         rss1 = sum_readings(pids, proc_rss_kb)
-        cpu_after = sum_readings(pids, proc_cpu_seconds)
-        if cpu_before is not None and cpu_after is not None and self.stats.headers_ok:
-            per_sub = (cpu_after - cpu_before) / self.stats.headers_ok * 1000
+        # The connect phase's end is the publish phase's start: one reading serves both.
+        self.cpu0 = sum_readings(pids, proc_cpu_seconds)
+        if cpu_before is not None and self.cpu0 is not None and self.stats.headers_ok:
+            per_sub = (self.cpu0 - cpu_before) / self.stats.headers_ok * 1000
             self.result["connect_cpu_ms_per_subscriber"] = round(per_sub, 3)
         if rss0 is not None and rss1 is not None:
             self.result["rss_idle_mb"] = round(rss0 / 1024, 1)
@@ -847,7 +836,6 @@ class Run:
             return
         self.stats.late = Stats()
         self.t_phase0 = time.monotonic()
-        self.cpu0 = sum_readings(pids, proc_cpu_seconds)
         self.cores0 = cores_cpu_seconds()
         self.kthreads0 = kernel_threads_cpu_seconds()
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -84,7 +84,8 @@ def gateway_dependencies() -> list[str]:
 def ensure_venv() -> Path:
     """Create benchmarks/.venv on first use; reinstall when the requirements change."""
     python = VENV / "bin" / "python"
-    wanted = (BENCH / "requirements.txt").read_text() + "\n".join(gateway_dependencies())
+    dependencies = gateway_dependencies()
+    wanted = (BENCH / "requirements.txt").read_text() + "\n".join(dependencies)
     stamp = VENV / ".bench-requirements"
     digest = hashlib.sha256(wanted.encode()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -93,7 +94,7 @@ def ensure_venv() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(BENCH / "requirements.txt"), *gateway_dependencies()], check=True)
+    subprocess.run([*pip, "-r", str(BENCH / "requirements.txt"), *dependencies], check=True)
     stamp.write_text(digest)
     return python
 
@@ -142,13 +143,7 @@ def machine_facts(python: str) -> dict[str, object]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = command_output(
-        [
-            python,
-            "-c",
-            VERSIONS_SCRIPT,
-        ]
-    )
+    versions = command_output([python, "-c", VERSIONS_SCRIPT])
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
@@ -593,7 +588,6 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
             if not lines:
                 raise TargetError(f"loadgen printed no result: {done.stderr.strip()[-300:]}")
             row.update(json.loads(lines[-1]))
-            row["target"] = target
             for name, proc in svc.procs:
                 if proc.poll() is not None:
                     row.setdefault("error", f"{name} died during the run: {svc.log_tail(name)}")
