@@ -3,19 +3,12 @@ for Chromium dressed up as older browsers by the shims in pages/."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 EVENTS = [("greet", "hello"), ("message", "two\nlines"), ("message", "ünï😀")]
 
 
-def channel() -> str:
-    return "auto-" + uuid.uuid4().hex[:12]
-
-
-def receive_through_auto(harness, gateway, publisher, **options):
-    name = channel()
+def receive_through_auto(harness, gateway, publisher, name, **options):
     harness.listen(harness.events_url(name), "auto", types=["greet"], **options)
     harness.wait_open()
     pub = publisher(gateway)
@@ -28,19 +21,20 @@ def receive_through_auto(harness, gateway, publisher, **options):
     return [r for r in harness.requests_to(gateway.url) if f"/{name}" in r.url]
 
 
-def test_auto_uses_xhr_streaming_in_a_modern_browser(shared_gateway, open_harness, publisher):
+def test_auto_uses_xhr_streaming_in_a_modern_browser(
+        shared_gateway, channel, open_harness, publisher):
     harness = open_harness(shared_gateway.url, "auto")
     # The browser's own EventSource is left alone; the polyfill is only reachable by name.
     assert harness.page.evaluate("() => window.EventSource !== window.SSEGateway.EventSource")
-    requests = receive_through_auto(harness, shared_gateway, publisher)
+    requests = receive_through_auto(harness, shared_gateway, publisher, channel)
     assert requests and all("transport=stream" in r.url for r in requests)
     assert {r.resource_type for r in requests} == {"xhr"}
 
 
 def test_auto_uses_xdomainrequest_streaming_in_an_ie9_like_browser(
-        shared_gateway, open_harness, publisher):
+        shared_gateway, channel, open_harness, publisher):
     harness = open_harness(shared_gateway.url, "auto", shims=["xdr_shim", "legacy_xhr"])
-    requests = receive_through_auto(harness, shared_gateway, publisher)
+    requests = receive_through_auto(harness, shared_gateway, publisher, channel)
     assert requests and all("transport=stream" in r.url for r in requests)
     assert harness.page.evaluate("() => window.xdrShim.opened") == len(requests)
 
@@ -50,9 +44,9 @@ def test_auto_uses_xdomainrequest_streaming_in_an_ie9_like_browser(
     (["xdr_shim", "legacy_xhr"], {"withCredentials": True}),
 ], ids=["ie7-like", "ie9-like-with-credentials"])
 def test_auto_falls_back_to_jsonp_long_polling(
-        shims, options, shared_gateway, open_harness, publisher):
+        shims, options, shared_gateway, channel, open_harness, publisher):
     harness = open_harness(shared_gateway.url, "auto", shims=shims)
-    requests = receive_through_auto(harness, shared_gateway, publisher, **options)
+    requests = receive_through_auto(harness, shared_gateway, publisher, channel, **options)
     assert requests and all("/poll/" in r.url and "callback=" in r.url for r in requests)
     assert {r.resource_type for r in requests} == {"script"}
     if "xdr_shim" in shims:
@@ -61,10 +55,11 @@ def test_auto_falls_back_to_jsonp_long_polling(
     assert harness.page.evaluate("() => Object.keys(window.SSEGateway._cb).length") <= 1
 
 
-def test_forcing_a_transport_the_browser_lacks_fails_the_connection(shared_gateway, open_harness):
+def test_forcing_a_transport_the_browser_lacks_fails_the_connection(
+        shared_gateway, channel, open_harness):
     # No XDomainRequest here (no shim): the source closes at once and requests nothing.
     harness = open_harness(shared_gateway.url)
-    harness.listen(harness.events_url(channel()), "xdr-stream")
+    harness.listen(harness.events_url(channel), "xdr-stream")
     harness.wait("() => window.source.readyState == 2")
     harness.observe(0.5)
     assert harness.errors() == [2]

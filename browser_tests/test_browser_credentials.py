@@ -3,8 +3,6 @@ subscribe with cookies, and gives every other origin nothing to read."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from .support import PinnedGateway, free_port
@@ -22,8 +20,11 @@ def allowlisting_gateway(page_origin):
         gateway.cleanup()
 
 
-def channel() -> str:
-    return "creds-" + uuid.uuid4().hex[:12]
+@pytest.fixture
+def gateway(allowlisting_gateway, context):
+    """The allowlisting gateway, with its session cookie in the test's browser context."""
+    context.add_cookies([{**COOKIE, "url": allowlisting_gateway.url}])
+    return allowlisting_gateway
 
 
 def subscription_requests(harness, name: str, answered: bool = False):
@@ -36,37 +37,32 @@ def subscription_requests(harness, name: str, answered: bool = False):
 
 @pytest.mark.parametrize("transport", ["native", "xhr-stream", "xhr-poll", "jsonp-poll"])
 def test_an_allowlisted_origin_subscribes_with_cookies_and_receives_events(
-        transport, allowlisting_gateway, context, open_harness, publisher):
-    gateway = allowlisting_gateway
-    context.add_cookies([{**COOKIE, "url": gateway.url}])
+        transport, gateway, channel, open_harness, publisher):
     harness = open_harness(gateway.url, transport)
-    name = channel()
-    harness.listen(harness.events_url(name), transport, types=["private"], withCredentials=True)
+    harness.listen(harness.events_url(channel), transport, types=["private"], withCredentials=True)
     harness.wait_open()
     assert harness.page.evaluate("() => window.source.withCredentials") is True
     pub = publisher(gateway)
-    ids = [pub.publish(name, "for your eyes", event="private"), pub.publish(name, "only ✓")]
+    ids = [pub.publish(channel, "for your eyes", event="private"),
+           pub.publish(channel, "only ✓")]
     got = harness.wait_received(2)
     assert [(e["type"], e["data"], e["lastEventId"]) for e in got] == [
         ("private", "for your eyes", ids[0]), ("message", "only ✓", ids[1])]
     assert harness.errors() == []
     cookies = [r.all_headers().get("cookie", "")
-               for r in subscription_requests(harness, name, answered=True)]
+               for r in subscription_requests(harness, channel, answered=True)]
     assert cookies and all("gateway_session=s3cret-42" in c for c in cookies), cookies
 
 
 @pytest.mark.parametrize("transport", ["native", "xhr-stream", "xhr-poll", "xdr-stream"])
 def test_without_with_credentials_no_cookie_is_sent_across_origins(
-        transport, allowlisting_gateway, context, open_harness, publisher):
-    gateway = allowlisting_gateway
-    context.add_cookies([{**COOKIE, "url": gateway.url}])
+        transport, gateway, channel, open_harness, publisher):
     harness = open_harness(gateway.url, transport)
-    name = channel()
-    harness.listen(harness.events_url(name), transport)
+    harness.listen(harness.events_url(channel), transport)
     harness.wait_open()
-    publisher(gateway).publish(name, "public")
+    publisher(gateway).publish(channel, "public")
     assert [e["data"] for e in harness.wait_received(1)] == ["public"]
-    requests = subscription_requests(harness, name, answered=True)
+    requests = subscription_requests(harness, channel, answered=True)
     assert requests and all("cookie" not in r.all_headers() for r in requests)
 
 
@@ -75,20 +71,16 @@ def test_without_with_credentials_no_cookie_is_sent_across_origins(
     ("xdr-stream", False),
 ])
 def test_an_origin_not_allowlisted_receives_nothing(
-        transport, credentials, allowlisting_gateway, context, open_harness, other_origin,
-        publisher):
-    gateway = allowlisting_gateway
-    context.add_cookies([{**COOKIE, "url": gateway.url}])
+        transport, credentials, gateway, channel, open_harness, other_origin, publisher):
     harness = open_harness(gateway.url, transport, origin=other_origin)
-    name = channel()
     options = {"withCredentials": True} if credentials else {}
-    harness.listen(harness.events_url(name), transport, **options)
+    harness.listen(harness.events_url(channel), transport, **options)
     harness.wait("() => window.errors.length >= 1")
     pub = publisher(gateway)
     for i in range(3):
-        pub.publish(name, f"not for {other_origin.origin} {i}")
+        pub.publish(channel, f"not for {other_origin.origin} {i}")
     harness.observe(1.5)
     assert harness.received() == []
     assert harness.opens() == []
     # The gateway did answer; the browser refused to show the answer to this origin.
-    assert subscription_requests(harness, name)
+    assert subscription_requests(harness, channel)

@@ -1,4 +1,5 @@
-"""Fixtures that start real processes: redis-server and `sse-gateway serve`, on free ports."""
+"""Fixtures that start real processes: redis-server and `sse-gateway serve`, on free ports;
+and the helpers that talk to them, shared by the test modules."""
 
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Dict, List, Optional
 import pytest
 import redis
 import requests
+from sse_client import Stream, subscribed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,6 +148,13 @@ class Gateway:
             pass
 
 
+def health(gateway) -> dict:
+    """The gateway's /healthz body; it must answer 200."""
+    response = requests.get(gateway.url + "/healthz", timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 @pytest.fixture
 def start_gateway():
     """Start gateways with given CLI args; all are killed at the end of the test."""
@@ -174,3 +183,20 @@ def broker_args(request):
 def gateway(start_gateway, broker_args):
     """A gateway on each broker, with a short heartbeat."""
     return start_gateway(*broker_args, "--heartbeat", "1")
+
+
+@pytest.fixture
+def open_stream():
+    """Open a stream and wait until its subscription is live; all are closed after the test."""
+    opened: List[Stream] = []
+
+    def open_(url: str, headers: Optional[Dict[str, str]] = None) -> Stream:
+        stream = Stream(url, headers)
+        opened.append(stream)
+        assert stream.status == 200, stream.body
+        stream.wait_for(subscribed, 10)
+        return stream
+
+    yield open_
+    for stream in opened:
+        stream.close()

@@ -15,6 +15,12 @@ class StreamClosed(Exception):
     """The server ended the response."""
 
 
+def subscribed(stream: "Stream") -> bool:
+    """A `Stream.wait_for` condition: every stream's first chunk ends with an `id:` line; once
+    it is parsed, the hub has the subscription and every later publish reaches this stream."""
+    return stream.parser.last_event_id != ""
+
+
 class Stream:
     def __init__(self, url: str, headers: Optional[Dict[str, str]] = None,
                  timeout: float = 10.0, receive_buffer: Optional[int] = None,

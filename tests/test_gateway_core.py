@@ -19,39 +19,10 @@ from typing import Callable
 
 import pytest
 import requests
-from conftest import ROOT, RedisServer, free_port, wait_until
-from sse_client import Stream
+from conftest import ROOT, RedisServer, free_port, health, wait_until
+from sse_client import Stream, subscribed
 
 FDS_NEEDED = 2048
-
-
-def subscribed(stream: Stream) -> bool:
-    # Every stream's first chunk ends with an `id:` line: once it is parsed, the hub has the
-    # subscription and every later publish reaches this stream.
-    return stream.parser.last_event_id != ""
-
-
-@pytest.fixture
-def open_stream():
-    """Open a stream and wait until its subscription is live; all are closed after the test."""
-    opened: list[Stream] = []
-
-    def open_(url: str, headers: dict[str, str] | None = None) -> Stream:
-        stream = Stream(url, headers)
-        opened.append(stream)
-        assert stream.status == 200, stream.body
-        stream.wait_for(subscribed, 10)
-        return stream
-
-    yield open_
-    for stream in opened:
-        stream.close()
-
-
-def health(gateway) -> dict:
-    response = requests.get(gateway.url + "/healthz", timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def post_json(gateway, channel: str, body) -> requests.Response:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, Gateway, free_port, wait_until
-from sse_client import Stream, StreamClosed
+from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher
 from gateway.config import Config
@@ -276,7 +276,7 @@ def open_stream(url: str, headers: dict[str, str] | None = None) -> Stream:
     """A stream whose head has arrived: it is subscribed and has its first cursor."""
     stream = Stream(url, headers)
     assert stream.status == 200, stream.status
-    stream.wait_for(lambda s: s.parser.last_event_id, 10)
+    stream.wait_for(subscribed, 10)
     return stream
 
 

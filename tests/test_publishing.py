@@ -13,39 +13,10 @@ import sys
 import pytest
 import requests
 from conftest import ROOT, Gateway, free_port, wait_until
-from sse_client import Stream
+from sse_client import Stream, subscribed
 
 import gateway as gateway_package
 from gateway import Publisher, PublishError
-
-
-class LiveStream(Stream):
-    """A Stream that also parses the body bytes that arrived in the same read as the head
-    (`Stream.__init__` leaves them for the next read, which may be a heartbeat away)."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0) -> None:
-        super().__init__(url, headers, timeout)
-        body = self._take_body()
-        self.body += body
-        self.events.extend(self.parser.feed(body))
-
-
-@pytest.fixture
-def open_stream():
-    """Open a stream and wait until its subscription is live; all are closed after the test."""
-    opened: list[Stream] = []
-
-    def open_(url: str) -> LiveStream:
-        stream = LiveStream(url)
-        opened.append(stream)
-        assert stream.status == 200, stream.body
-        stream.wait_for(lambda s: s.parser.last_event_id != "", 10)
-        return stream
-
-    yield open_
-    for stream in opened:
-        stream.close()
 
 
 def assert_json_error(response: requests.Response, status: int) -> dict:
@@ -223,9 +194,9 @@ def limited_gateway(request):
 
 
 def assert_still_serves(gateway, channel: str) -> None:
-    stream = LiveStream(f"{gateway.url}/events/{channel}")
+    stream = Stream(f"{gateway.url}/events/{channel}")
     try:
-        stream.wait_for(lambda s: s.parser.last_event_id != "", 10)
+        stream.wait_for(subscribed, 10)
         response = gateway.publish(channel, {"data": "still serving"})
         assert response.status_code == 200, response.text
         [event] = stream.wait_events(1)
@@ -240,9 +211,9 @@ def test_client_error_gets_its_status_and_a_json_body_and_the_server_keeps_servi
     case = CLIENT_ERRORS[name]
     # Subscribed before the bad request, which names channel "chat" when it names one:
     # nothing may reach it.
-    watcher = LiveStream(f"{limited_gateway.url}/events/chat")
+    watcher = Stream(f"{limited_gateway.url}/events/chat")
     try:
-        watcher.wait_for(lambda s: s.parser.last_event_id != "", 10)
+        watcher.wait_for(subscribed, 10)
         response = requests.request(case["method"], limited_gateway.url + case["path"],
                                     data=case["data"], headers=case["headers"],
                                     params=case["params"], timeout=10)
@@ -269,10 +240,10 @@ def test_body_of_exactly_the_maximum_message_size_is_accepted(limited_gateway):
 
 def test_as_many_channels_as_the_limit_are_accepted(limited_gateway):
     names = [f"c{i}" for i in range(16)]  # the default --max-channels
-    stream = LiveStream(limited_gateway.url + "/events?" + "&".join(f"channel={n}" for n in names))
+    stream = Stream(limited_gateway.url + "/events?" + "&".join(f"channel={n}" for n in names))
     try:
         assert stream.status == 200
-        stream.wait_for(lambda s: s.parser.last_event_id != "", 10)
+        stream.wait_for(subscribed, 10)
         assert stream.parser.last_event_id == ",".join(f"{n}=0-0" for n in names)
     finally:
         stream.close()
@@ -302,9 +273,9 @@ def test_channel_name_ending_in_a_newline_is_refused(limited_gateway, method, pa
 
 
 def test_chunked_body_over_the_maximum_size_is_refused_not_truncated(limited_gateway):
-    watcher = LiveStream(f"{limited_gateway.url}/events/chunked")
+    watcher = Stream(f"{limited_gateway.url}/events/chunked")
     try:
-        watcher.wait_for(lambda s: s.parser.last_event_id != "", 10)
+        watcher.wait_for(subscribed, 10)
 
         def body():  # a generator: requests sends it with Transfer-Encoding: chunked
             for digit in range(10):

@@ -12,8 +12,8 @@ import socket
 
 import pytest
 import requests
-from conftest import wait_until
-from sse_client import Stream
+from conftest import health, wait_until
+from sse_client import Stream, subscribed
 
 EVENT_BYTES = 64 * 1024
 
@@ -21,16 +21,6 @@ EVENT_BYTES = 64 * 1024
 def kernel_send_buffer_max() -> int:
     with open("/proc/sys/net/ipv4/tcp_wmem") as f:
         return int(f.read().split()[2])
-
-
-def health(gateway) -> dict:
-    response = requests.get(gateway.url + "/healthz", timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def subscribed(stream: Stream) -> bool:
-    return stream.parser.last_event_id != ""
 
 
 def publish_many(gateway, channel: str, count: int, first: int = 0) -> list[str]:

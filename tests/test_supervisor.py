@@ -7,16 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 from conftest import ROOT, free_port, wait_until
-from sse_client import Stream, StreamClosed
+from sse_client import Stream, StreamClosed, subscribed
 
 STREAMS = 60  # spread over 3 workers by the kernel: the chance one gets none is ~1e-10
-
-
-def subscribed(stream: Stream) -> bool:
-    return stream.parser.last_event_id != ""
 
 
 def worker_pids(supervisor_pid: int) -> set[int]:
@@ -33,36 +30,42 @@ def start_workers(start_gateway, count: int, *args: str):
     return gateway
 
 
-def test_workers_share_the_port_each_with_one_redis_subscription(start_gateway, redis_db):
-    gateway = start_workers(start_gateway, 3, "--redis-url", redis_db.url)
-    streams = [Stream(f"{gateway.url}/events/shared") for _ in range(STREAMS)]
+@contextmanager
+def subscribed_streams(url: str, count: int):
+    """`count` streams of `url`, each subscribed; all are closed on leaving."""
+    streams: list[Stream] = []
     try:
+        for _ in range(count):
+            streams.append(Stream(url))
         for stream in streams:
             stream.wait_for(subscribed)
+        yield streams
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_workers_share_the_port_each_with_one_redis_subscription(start_gateway, redis_db):
+    gateway = start_workers(start_gateway, 3, "--redis-url", redis_db.url)
+    with subscribed_streams(f"{gateway.url}/events/shared", STREAMS) as streams:
         # One pub/sub subscription per worker process, whatever its number of streams.
         assert redis_db.client.pubsub_numsub("shared") == [(b"shared", 3)]
         event_id = gateway.publish("shared", {"data": "to all"}).json()["id"]
         for stream in streams:
             [event] = stream.wait_events(1)
             assert (event.data, event.last_event_id) == ("to all", event_id)
-    finally:
-        for stream in streams:
-            stream.close()
 
 
 def test_a_killed_worker_is_replaced_and_its_clients_resume_elsewhere(start_gateway, redis_db):
     gateway = start_workers(start_gateway, 2, "--redis-url", redis_db.url)
     before = worker_pids(gateway.proc.pid)
-    streams = [Stream(f"{gateway.url}/events/survive") for _ in range(20)]
-    for stream in streams:
-        stream.wait_for(subscribed)
-    victim = min(before)
-    os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: len(worker_pids(gateway.proc.pid) - {victim}) == 2, 15,
-               message="the supervisor to start a new worker")
-    assert "exited (signal 9); restarting it" in gateway.log()
-    missed = gateway.publish("survive", {"data": "while reconnecting"}).json()["id"]
-    try:
+    with subscribed_streams(f"{gateway.url}/events/survive", 20) as streams:
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(gateway.proc.pid) - {victim}) == 2, 15,
+                   message="the supervisor to start a new worker")
+        assert "exited (signal 9); restarting it" in gateway.log()
+        missed = gateway.publish("survive", {"data": "while reconnecting"}).json()["id"]
         for stream in streams:
             try:
                 [event] = stream.wait_events(1)
@@ -71,23 +74,17 @@ def test_a_killed_worker_is_replaced_and_its_clients_resume_elsewhere(start_gate
                             headers={"Last-Event-ID": stream.parser.last_event_id}) as resumed:
                     [event] = resumed.wait_events(1)
             assert (event.data, event.last_event_id) == ("while reconnecting", missed)
-    finally:
-        for stream in streams:
-            stream.close()
 
 
 def test_sigterm_ends_every_workers_streams_and_exits_zero(start_gateway, redis_db):
     gateway = start_workers(start_gateway, 2, "--redis-url", redis_db.url,
                             "--shutdown-timeout", "3")
     pids = worker_pids(gateway.proc.pid)
-    streams = [Stream(f"{gateway.url}/events/bye") for _ in range(20)]
-    for stream in streams:
-        stream.wait_for(subscribed)
-    gateway.proc.send_signal(signal.SIGTERM)
-    for stream in streams:
-        stream.read_to_end(15)
-        assert stream.ended, "each response ends with the chunked terminator"
-        stream.close()
+    with subscribed_streams(f"{gateway.url}/events/bye", 20) as streams:
+        gateway.proc.send_signal(signal.SIGTERM)
+        for stream in streams:
+            stream.read_to_end(15)
+            assert stream.ended, "each response ends with the chunked terminator"
     assert gateway.proc.wait(15) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"

@@ -109,16 +109,12 @@ def assert_subscribe_preflight(response: requests.Response) -> None:
     assert "last-event-id" in allowed and "cache-control" in allowed, h
 
 
-def open_stream(url: str, headers: dict[str, str] | None = None) -> Stream:
-    return Stream(url, headers)
-
-
 def padded(gateway, channel: str, last_id: str | None = None,
            headers: dict[str, str] | None = None, query: str = "transport=stream") -> Stream:
     url = f"{gateway.url}/events/{channel}?{query}"
     if last_id is not None:
         url += f"&lastEventId={last_id}"
-    stream = open_stream(url, headers)
+    stream = Stream(url, headers)
     assert stream.status == 200
     return stream
 
@@ -167,7 +163,7 @@ def test_padded_stream_begins_with_a_2kib_comment_then_delivers_events(start_gat
             assert stream.wait_events(1) == [
                 ParsedEvent("message", f"after the preamble ({query})", event_id)]
 
-    with open_stream(f"{gateway.url}/events/native") as native:
+    with Stream(f"{gateway.url}/events/native") as native:
         native.wait_for(lambda s: b": ok\n" in s.body)
         assert native.body.startswith(b"retry: 3000\n\n: ok\n\n")
 
@@ -245,7 +241,7 @@ def test_heartbeats_arrive_on_the_padded_stream(start_gateway, broker_args):
 def test_native_stream_never_rotates(start_gateway, broker_args):
     gateway = start_gateway(*broker_args, "--heartbeat", "1", "--rotate-bytes", "4096",
                             "--rotate-seconds", "1")
-    with open_stream(f"{gateway.url}/events/native") as stream:
+    with Stream(f"{gateway.url}/events/native") as stream:
         expected = [f"{n:02d}:" + "y" * 200 for n in range(30)]
         for data in expected:
             publish(gateway, "native", data)
@@ -595,7 +591,7 @@ def test_publish_endpoint_sends_cors_headers_only_for_publish_cors_origins(start
 
 def test_every_transport_and_error_response_is_uncacheable(start_gateway, broker_args):
     gateway = start_gateway(*broker_args)
-    with open_stream(f"{gateway.url}/events/cache") as native:
+    with Stream(f"{gateway.url}/events/cache") as native:
         assert native.status == 200
         assert_uncacheable(native.headers)
     with padded(gateway, "cache") as stream:
