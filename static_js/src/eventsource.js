@@ -153,6 +153,7 @@ EventSource.prototype = {
     var me = this;
     me._stop();
     me._p.reset();
+    me._seen = 0;
     me._alive();
     try {
       me._abort = me._transport(me);
@@ -162,6 +163,8 @@ EventSource.prototype = {
     }
   },
 
+  /* One timer serves both waits, which never overlap: before a request, for the next one to go
+     out (_wait); during a request, for its next byte (_alive). */
   _wait: function (ms) {
     var me = this;
     me._timer = setTimeout(function () {
@@ -173,7 +176,6 @@ EventSource.prototype = {
     var abort = this._abort;
     this._abort = null;
     clearTimeout(this._timer);
-    clearTimeout(this._beat);
     if (abort) {
       abort();
     }
@@ -191,17 +193,19 @@ EventSource.prototype = {
   /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error. */
   _alive: function () {
     var me = this;
-    clearTimeout(me._beat);
-    me._beat = setTimeout(function () {
+    clearTimeout(me._timer);
+    me._timer = setTimeout(function () {
       me._end(0);
     }, me._heartbeat);
   },
 
-  /* The new text of a stream. */
+  /* A stream's text so far: the parser gets the part it has not seen yet. */
   _chunk: function (text) {
-    if (text) {
+    var seen = this._seen;
+    if (text.length > seen) {
+      this._seen = text.length;
       this._alive();
-      this._p.feed(text);
+      this._p.feed(text.slice(seen));
     }
   },
 

@@ -2,10 +2,9 @@
    XDR shows no status and sends no headers: the last event ID rides in the query string. */
 
 function xdrStream(es) {
-  var xdr = new window.XDomainRequest(), seen = 0, opened = false;
+  var xdr = new window.XDomainRequest(), opened = false;
 
   function onProgress() {
-    var text = xdr.responseText;
     if (!opened) {
       /* Not an event stream fails the connection; XDR shows a 204 as an empty body, so it ends here too. */
       if (!isEventStream(xdr.contentType)) {
@@ -14,8 +13,7 @@ function xdrStream(es) {
       opened = true;
       es._open();
     }
-    es._chunk(text.slice(seen));
-    seen = text.length;
+    es._chunk(xdr.responseText);
   }
 
   function off() {

@@ -1,11 +1,11 @@
 /* Transport: the padded event stream over XMLHttpRequest (IE10+ and every modern browser),
-   feeding the parser only the part of responseText it has not seen yet. */
+   feeding the parser the part of responseText it has not seen yet (see EventSource#_chunk). */
 
 function xhrStream(es) {
-  var xhr = openXhr(es, es._streamUrl()), seen = 0, opened = false;
+  var xhr = openXhr(es, es._streamUrl()), opened = false;
 
   function onChange() {
-    var state = xhr.readyState, text;
+    var state = xhr.readyState;
     if (state < 2) {
       return;
     }
@@ -17,9 +17,7 @@ function xhrStream(es) {
       es._open();
     }
     if (state > 2) {
-      text = xhr.responseText;
-      es._chunk(text.slice(seen));
-      seen = text.length;
+      es._chunk(xhr.responseText);
     }
     if (state == 4) {
       es._end(xhr.status, es._p.rotate);
