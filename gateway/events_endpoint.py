@@ -6,10 +6,8 @@ objects, or contexts; the query is parsed only when there is one.
 """
 
 import logging
-import time
 from http import HTTPStatus
 from typing import Callable, Iterable, List, Optional, Tuple
-from wsgiref.handlers import format_date_time
 
 from . import subscribe
 from .config import Config
@@ -35,7 +33,6 @@ class EventsEndpoint:
             rotate_bytes=config.rotate_bytes, rotate_seconds=config.rotate_seconds)
         # A rotated stream ends its response and then its connection.
         self._rotated_headers = [("Connection", "close")]
-        self._date = _HttpDate()
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -73,26 +70,10 @@ class EventsEndpoint:
         session, backlog = subscribe.open_session(self._hub, stream, cursor)
         log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
         stream.start(session, backlog)
+        # The server adds Date, and the framing, to the head it hands the stream.
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
-                                  ("Date", self._date()), *headers,
-                                  *(self._rotated_headers if padded else ())])
+                                  *headers, *(self._rotated_headers if padded else ())])
         return StreamResponse(stream)
-
-
-class _HttpDate:
-    """The Date header, formatted once a second rather than once a connection."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.value = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self.second:
-            self.second, self.value = now, format_date_time(now)
-        return self.value
 
 
 def _path_channel(path: str) -> Optional[str]:
