@@ -19,11 +19,12 @@ import os
 import resource
 import socket
 from time import monotonic
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from gevent import get_hub
 from gevent.monkey import get_original
 
+from . import h1
 from .connection import Server, send_now
 
 log = logging.getLogger("gateway.http")
@@ -31,6 +32,9 @@ log = logging.getLogger("gateway.http")
 # The socket class of the standard library, also after gevent's monkey-patching: the server
 # waits on its sockets with its own watchers, and a patched socket makes two per connection.
 PlainSocket = get_original("socket", "socket")
+# gevent's os.close defers closing anything but a regular file to a later loop turn; the spare
+# descriptor must be free at once, for the accept that follows.
+close_now = get_original("os", "close")
 REFUSING_MAX = 64  # refused clients whose request head is awaited at once
 DESCRIPTORS_RESERVED = 128  # for Redis, logs, the listener and the refusals above
 WARN_EVERY = 10.0
@@ -78,8 +82,7 @@ class Acceptor:
         self._watcher = None
         self._pause = None
         self._spare: Optional[int] = _reserve()
-        self._warned = 0.0
-        self._unwarned = 0
+        self._warned: Dict[str, Tuple[float, int]] = {}
 
     @property
     def address(self) -> tuple:
@@ -98,7 +101,7 @@ class Acceptor:
         self._watcher = self._pause = None
         self._listener.close()
         if self._spare is not None:
-            os.close(self._spare)
+            close_now(self._spare)
             self._spare = None
 
     def _accept(self) -> None:
@@ -114,10 +117,12 @@ class Acceptor:
                 if error.errno in _OUT_OF_DESCRIPTORS:
                     self._out_of_descriptors()
                 else:
-                    self._warn(f"accepting a connection failed: {error}")
+                    self._warn("accept", f"accepting a connection failed: {error}")
                     self._pause_accepting()
                 return
             if self.open >= self.max_connections:
+                self._warn("cap", f"{self.open} connections open, the most allowed "
+                           "(--max-connections): new clients are refused until some close")
                 self._refuse(plain, address)
                 continue
             sock = ClientSocket(*self._kind, plain.detach())
@@ -127,40 +132,43 @@ class Acceptor:
             self._spawn(self._server.handle, sock, address)
 
     def _refuse(self, sock: socket.socket, address: tuple) -> None:
-        self._warn(f"{self.open} connections open, the most allowed (--max-connections): "
-                   "new clients are refused until some close")
-        sock.setblocking(False)
         if self.refusing < REFUSING_MAX:
+            sock.setblocking(False)
             self.refusing += 1
             self._spawn(self._refused, sock, address)
         else:
-            send_now(sock, self._server.refusal(None))
-            sock.close()
+            _refuse_now(sock, self._server.refusal)
 
     def _refused(self, sock: socket.socket, address: tuple) -> None:
         try:
             self._server.refuse(sock, address)
         finally:
             self.refusing -= 1
+            if self._spare is None and self._watcher is not None:
+                # Out of descriptors, this one was the spare's: take it back, accept again.
+                self._spare = _reserve()
+                self._resume()
 
     def _out_of_descriptors(self) -> None:
-        self._warn(f"out of file descriptors with {self.open} connections open: clients are "
+        self._warn("descriptors", f"out of file descriptors with {self.open} connections open: clients are "
                    "refused; lower --max-connections or raise the limit (ulimit -n)")
+        if self._spare is None:
+            self._spare = _reserve()
         # The spare descriptor makes room to accept each waiting client, if only to refuse it.
         while self._spare is not None:
-            os.close(self._spare)
+            close_now(self._spare)
+            self._spare = None
             try:
-                sock, _ = self._listener.accept()
+                sock, address = self._listener.accept()
             except OSError:
                 sock = None
+            else:
+                self._refuse(sock, address)
             self._spare = _reserve()
             if sock is None:
-                break
-            send_now(sock, self._server.refusal(None))
-            sock.close()
-        else:
-            # Nothing to give up: the listener stays readable, so wait rather than spin.
-            self._pause_accepting()
+                return
+        # Nothing to give up: the listener stays readable, so wait rather than spin.
+        self._pause_accepting()
 
     def _pause_accepting(self) -> None:
         self._watcher.stop()
@@ -169,19 +177,43 @@ class Acceptor:
         self._pause.start(self._resume)
 
     def _resume(self) -> None:
-        if self._watcher is not None:
+        if self._pause is not None:
+            self._pause.stop()
+        if self._watcher is not None and not self._watcher.active:
             self._watcher.start(self._accept)
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, kind: str, message: str) -> None:
+        """Log `message` at most once every WARN_EVERY seconds for each kind."""
         now = monotonic()
-        if now - self._warned < WARN_EVERY:
-            self._unwarned += 1
+        last, unsaid = self._warned.get(kind, (-WARN_EVERY, 0))
+        if now - last < WARN_EVERY:
+            self._warned[kind] = (last, unsaid + 1)
             return
-        if self._unwarned:
-            message += f" ({self._unwarned} more such since the last warning)"
+        if unsaid:
+            message += f" ({unsaid} more such since the last warning)"
         log.warning("%s", message)
-        self._warned = now
-        self._unwarned = 0
+        self._warned[kind] = (now, 0)
+
+
+def _refuse_now(sock: socket.socket, refusal: Callable[[Optional[h1.Request]], bytes]) -> None:
+    """Refuse without waiting: the request head if it is there already, the refusal it calls
+    for, close. Reading first also spares the client the reset that closing a socket with
+    unread bytes causes, which could make its kernel drop the answer."""
+    sock.setblocking(False)
+    request = None
+    try:
+        data = h1.skip_empty_lines(sock.recv(65536))
+        end = h1.head_end(data)
+        if end >= 0:
+            request = h1.parse_request_head(data[:end])
+    except (OSError, h1.HttpError):
+        pass
+    send_now(sock, refusal(request))
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _reserve() -> Optional[int]:

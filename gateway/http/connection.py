@@ -112,7 +112,8 @@ class Connection:
             except (h1.HttpError, OSError):
                 request = None
             send_now(self.sock, self.server.refusal(request))
-            self.linger()
+            if request is None or request.has_body or self.buffer:
+                self.linger()  # else nothing more is due from the client: closing is safe
         finally:
             self.sock.close()
 

@@ -458,10 +458,10 @@ class ChunkedDecoder:
             return
         self._trailers += 1
         if self._trailers > MAX_FIELDS:
-            raise _bad(f"more than {MAX_FIELDS} trailer fields")
+            raise _bad(f"more than {MAX_FIELDS} trailer fields after the last chunk")
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon or _NAME.fullmatch(name) is None or _NOT_IN_VALUE.search(value):
-            raise _bad("a malformed trailer field")
+            raise _bad("a malformed trailer field after the last chunk")
 
     def _long_line_problem(self, rest: bytes) -> str:
         if self._state == self._TRAILER:

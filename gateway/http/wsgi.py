@@ -100,6 +100,8 @@ def environ(conn, request: h1.Request, body: "Body") -> dict:
             env[key] = value
     env["HTTP_HOST"] = request.host
     if request.chunked:
+        # The application reads the body decoded, so it is no longer chunked for it.
+        del env["HTTP_TRANSFER_ENCODING"]
         env["CONTENT_LENGTH"] = str(body.left)
     elif request.content_length is not None:
         env["CONTENT_LENGTH"] = str(request.content_length)  # one value, however many lines
@@ -328,7 +330,7 @@ class _Response:
             else:
                 self.chunked = True
                 extra.append(("Transfer-Encoding", "chunked"))
-        self.left = length
+        self.left = None if self.no_body else length
         # What is left of an unread body would be read as the next request: close instead.
         if self.body.left or not request.keep_alive or self.conn.server.stopping:
             self.close = True
