@@ -36,10 +36,10 @@ REFUSAL_WAIT = 1.0  # seconds a refused client gets to send the head that says w
 class Settings:
     """The HTTP layer's limits (see config.py for what each option means)."""
 
-    max_head: int = 16 * 1024
-    header_timeout: float = 10.0
-    idle_timeout: float = 75.0
-    max_body: int = 64 * 1024  # the largest chunked body read for the application
+    max_head: int
+    header_timeout: float
+    idle_timeout: float
+    max_body: int  # the largest chunked body read for the application
 
 
 class Server:
