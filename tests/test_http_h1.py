@@ -337,6 +337,11 @@ def test_malformed_chunked_bodies_are_400(name):
     assert caught.value.status == 400 and caught.value.detail
 
 
+def test_a_bare_lf_in_a_chunk_line_is_refused_as_soon_as_it_arrives():
+    with pytest.raises(HttpError):
+        ChunkedDecoder().feed(b"5\nhel")  # no CRLF follows yet, nor ever will
+
+
 def test_a_chunk_line_at_the_limit_is_accepted_and_one_byte_more_is_not():
     extension = b";" + b"a" * (h1.MAX_CHUNK_LINE - 2)
     assert decode(b"1" + extension + b"\r\nx\r\n0\r\n\r\n")[0] == b"x"
