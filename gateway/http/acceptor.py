@@ -84,10 +84,6 @@ class Acceptor:
         self._spare: Optional[int] = _reserve()
         self._warned: Dict[str, Tuple[float, int]] = {}
 
-    @property
-    def address(self) -> tuple:
-        return self._listener.getsockname()
-
     def start(self) -> None:
         self._watcher = get_hub().loop.io(self._listener.fileno(), 1)
         self._watcher.start(self._accept)

@@ -13,6 +13,7 @@ import logging
 import sys
 from time import monotonic
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import unquote_to_bytes
 
 from . import h1
 from .seam import TakeOver
@@ -43,7 +44,8 @@ def respond(conn, request: h1.Request) -> bool:
     application runs for a chunked body to refuse, and OSError when the client is gone."""
     server = conn.server
     if request.chunked:
-        body = Body(conn, 0, False, _read_chunked(conn, request, server.settings))
+        decoded = _read_chunked(conn, request, server.settings)
+        body = Body(_Decoded(decoded), len(decoded))
     else:
         body = Body(conn, request.content_length or 0, request.expect_continue)
     response = _Response(conn, request, body)
@@ -74,8 +76,6 @@ def environ(conn, request: h1.Request, body: "Body") -> dict:
     path = request.path
     if "%" in path:
         # PEP 3333: PATH_INFO is decoded, as bytes in a latin-1 string.
-        from urllib.parse import unquote_to_bytes
-
         path = unquote_to_bytes(path).decode("latin-1")
     env = _BASE_ENVIRON.copy()
     env["REQUEST_METHOD"] = request.method
@@ -154,24 +154,20 @@ class Body:
     which werkzeug turns into a 400.
     """
 
-    __slots__ = ("_conn", "left", "expect_continue", "_deadline")
+    __slots__ = ("_source", "left", "expect_continue", "_deadline")
 
-    def __init__(self, conn, length: int, expect_continue: bool,
-                 decoded: Optional[bytes] = None) -> None:
-        self._conn = conn
+    def __init__(self, source, length: int, expect_continue: bool = False) -> None:
+        self._source = source  # the connection, whose `buffer` holds what came with the head
         self.left = length  # body bytes not read yet
         self.expect_continue = expect_continue and length > 0
         self._deadline = 0.0
-        if decoded is not None:
-            self._conn = _Decoded(decoded)
-            self.left = len(decoded)
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0 or size > self.left:
             size = self.left
         if not size:
             return b""
-        conn = self._conn
+        conn = self._source
         while len(conn.buffer) < size:
             more = self._receive()
             conn.buffer += more
@@ -182,7 +178,7 @@ class Body:
     def readline(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0 or size > self.left:
             size = self.left
-        conn = self._conn
+        conn = self._source
         while True:
             end = conn.buffer.find(b"\n", 0, size)
             if end >= 0:
@@ -205,7 +201,7 @@ class Body:
             yield self.readline()
 
     def _receive(self) -> bytes:
-        conn = self._conn
+        conn = self._source
         if self.expect_continue:
             # RFC 9110 section 10.1.1: the client waits for this before it sends the body.
             self.expect_continue = False
@@ -219,7 +215,7 @@ class Body:
 
 
 class _Decoded:
-    """The place a decoded chunked body is read from, in the shape of a connection."""
+    """A chunked body, decoded already: a `Body` source that never needs to receive."""
 
     __slots__ = ("buffer",)
 
