@@ -98,7 +98,8 @@ def environ(conn, request: h1.Request, body: "Body") -> dict:
             env[key] += "," + value
         else:
             env[key] = value
-    env["HTTP_HOST"] = request.host
+    if request.host:  # the target's authority wins over the Host header (h1._host)
+        env["HTTP_HOST"] = request.host
     if request.chunked:
         # The application reads the body decoded, so it is no longer chunked for it.
         del env["HTTP_TRANSFER_ENCODING"]
@@ -295,7 +296,12 @@ class _Response:
             return self.fail()
         conn.taken = True
         self._log()
-        result.take_over(conn.sock, chunked, head)
+        try:
+            result.take_over(conn.sock, chunked, head)
+        except Exception:
+            log.exception("the response for %s could not take its connection over",
+                          request.path[:200])
+            conn.sock.close()
         return False
 
     def fail(self) -> bool:
