@@ -33,7 +33,7 @@ _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])\r?
 # dangerous", are refused. Plain character classes, searched once: a regular expression with
 # optional whitespace around the value backtracks quadratically on a line of spaces.
 _NAME = re.compile(_TOKEN)
-_NOT_IN_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 9110 section 7.2: Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or
 # a reg-name of unreserved, pct-encoded and sub-delims characters (RFC 3986 section 3.2.2).
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
