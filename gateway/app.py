@@ -251,14 +251,17 @@ def _read_message(channel: str, limit: int):
                        "send application/json (a message object) or text/plain (the data)")
     args = _strict_query(request.query_string)
     raw = _read_body(limit)
-    try:
-        if mimetype == "application/json":
+    if mimetype == "application/json":
+        try:
             return from_publish_body(channel, parse_json(raw))
+        except InvalidJson as error:
+            raise ApiError(400, "invalid json", str(error)) from None
+        except InvalidMessage as error:
+            raise ApiError(400, "invalid message", str(error)) from None
+    try:
         text = decode_text(raw, "a text/plain body")
-    except InvalidJson as error:
-        raise ApiError(400, "invalid json", str(error)) from None
     except InvalidMessage as error:
-        raise ApiError(400, "invalid message", str(error)) from None
+        raise ApiError(400, "invalid text", str(error)) from None
     retry = args.get("retry")
     if retry is not None and not (retry.isascii() and retry.isdigit()):
         raise ApiError(400, "invalid message",
