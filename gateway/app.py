@@ -136,6 +136,11 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
 
     @app.get("/healthz")
     def healthz():
+        try:
+            broker.check()
+            problem = None
+        except BrokerUnavailable as error:
+            problem = str(error)
         body = {
             "broker": broker.name,
             "subscribers": hub.subscriber_count,
@@ -145,10 +150,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             "skipped": broker.skipped,
             "listener_restarts": broker.listener_restarts,
         }
-        try:
-            broker.check()
-        except BrokerUnavailable as error:
-            return jsonify(status="unavailable", detail=str(error), **body), 503
+        if problem is not None:
+            return jsonify(status="unavailable", detail=problem, **body), 503
         return jsonify(status="ok", **body)
 
     _static_routes(app)
