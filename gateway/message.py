@@ -225,7 +225,7 @@ def from_publish_body(channel: str, body: Any) -> Message:
         raise InvalidMessage("the body must be a JSON object with a 'data' field")
     unknown = set(body) - {"data", "event", "type", "id", "retry"}
     if unknown:
-        names = ", ".join(sorted(repr(name) for name in unknown))
+        names = ", ".join(sorted(repr(name[:40]) for name in unknown))
         raise InvalidMessage(f"unknown field(s): {names}")
     if "event" in body and "type" in body and body["event"] != body["type"]:
         raise InvalidMessage("'event' and 'type' are aliases; give one")
