@@ -71,11 +71,15 @@ class EventsEndpoint:
         stream = EventStream(names, config.max_pending,
                              self._padded_options if padded else self._options)
         session, backlog = subscribe.open_session(self._hub, stream, cursor)
-        log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
-        stream.start(session, backlog)
-        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
-                                  ("Date", self._date()), *headers,
-                                  *(self._rotated_headers if padded else ())])
+        try:
+            log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
+            stream.start(session, backlog)
+            start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                                      ("Date", self._date()), *headers,
+                                      *(self._rotated_headers if padded else ())])
+        except BaseException:
+            stream.close()  # attached: it must leave the hub, or it stays there for good
+            raise
         return StreamResponse(stream)
 
 

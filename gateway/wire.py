@@ -32,10 +32,13 @@ def normalize_newlines(text: str) -> str:
 
 
 def format_data(value: Any) -> str:
-    """A string is sent as is; any other JSON value as compact JSON, as flask-sse does."""
+    """A string is sent as is; any other JSON value as compact JSON, as flask-sse does.
+
+    Raises ValueError for NaN and infinities, which JSON cannot carry.
+    """
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode_body(data: str, event: Optional[str] = None, retry: Optional[int] = None) -> bytes:

@@ -31,6 +31,11 @@ class Broker(ABC):
     in id order, including after its own reconnects."""
 
     name: str
+    # Counted for /healthz: messages from the broker refused (invalid, or failed to deliver),
+    # history entries skipped as invalid, and restarts of a listener that ended.
+    refused = 0
+    skipped = 0
+    listener_restarts = 0
 
     @abstractmethod
     def start(self, sink: MessageSink) -> None:
