@@ -145,8 +145,8 @@ class Budget:
                 dropped += 1
         finally:
             self._trimming = False
-        log.info("%d bytes held for slow clients, over --max-buffered-bytes %d: dropped the "
-                 "%d holding the most, freeing %d bytes", over, self.limit, dropped,
+        log.info("%d bytes held for slow clients, over --max-buffered-bytes (%d): dropped %d "
+                 "subscriber(s) holding the most, freeing %d bytes", over, self.limit, dropped,
                  over - self.total)
 
 
@@ -155,7 +155,7 @@ def _held(subscriber: Subscriber) -> int:
 
 
 class Hub:
-    def __init__(self, broker: Broker, max_buffered_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, broker: Broker, max_buffered_bytes: int) -> None:
         self._broker = broker
         self._channels: Dict[str, _Channel] = {}
         self.budget = Budget(max_buffered_bytes, self._drop_for_memory)
