@@ -228,13 +228,12 @@ CHANNELS = ["c0", "c1", "c2", "c3"]
 
 
 def test_over_the_budget_the_streams_holding_most_are_dropped_and_the_others_get_everything(
-        start_gateway, broker_args):
+        start_gateway, broker_args, open_stream):
     gateway = start_gateway(*broker_args, "--max-buffered-bytes", str(BUDGET),
                             "--heartbeat", "30", "--history-length", "10")
-    reader = Stream(gateway.url + multi(CHANNELS))
+    reader = open_stream(gateway.url + multi(CHANNELS))
     heavy, light = [], []
     try:
-        reader.wait_for(subscribed)
         heavy = [stalled(gateway.url + multi(CHANNELS)) for _ in range(HEAVY)]
         light = [stalled(f"{gateway.url}/events/c0") for _ in range(LIGHT)]
         publisher = Publisher(gateway, reader)
@@ -280,13 +279,12 @@ ROUNDS = 50  # unbounded, the slow clients would cost the gateway ~190 MB
 
 
 def test_many_clients_that_never_read_cost_the_gateway_no_more_than_the_budget(
-        start_gateway, broker_args):
+        start_gateway, broker_args, open_stream):
     gateway = start_gateway(*broker_args, "--max-buffered-bytes", str(RSS_BUDGET),
                             "--heartbeat", "30", "--history-length", "10")
-    reader = Stream(gateway.url + multi(CHANNELS))
+    reader = open_stream(gateway.url + multi(CHANNELS))
     slow = []
     try:
-        reader.wait_for(subscribed)
         slow = [stalled(gateway.url + multi(CHANNELS)) for _ in range(SLOW_CLIENTS)]
         assert health(gateway)["subscribers"] == SLOW_CLIENTS + 1
         publisher = Publisher(gateway, reader)
@@ -307,7 +305,6 @@ def test_many_clients_that_never_read_cost_the_gateway_no_more_than_the_budget(
                message="the slow streams to be gone")
     assert health(gateway)["buffered_bytes"] == 0
     publisher.round(CHANNELS)
-    reader.close()
 
 
 @pytest.mark.parametrize("value", [0, -1])
