@@ -146,6 +146,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             "subscribers": hub.subscriber_count,
             "channels": hub.channel_count,
             "dropped_slow": hub.dropped_slow,
+            "dropped_memory": hub.dropped_memory,
+            "buffered_bytes": hub.buffered_bytes,
             "refused": refused + broker.refused,
             "skipped": broker.skipped,
             "listener_restarts": broker.listener_restarts,

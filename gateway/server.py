@@ -101,7 +101,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
                            config.history_age)
-    hub = Hub(broker)
+    hub = Hub(broker, config.max_buffered_bytes)
     broker.start(hub.dispatch)
     if not broker.wait_ready(STARTUP_WAIT):
         log.warning("the broker is not reachable yet; serving anyway (subscribers get 503 "
