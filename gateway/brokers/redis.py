@@ -146,6 +146,7 @@ class RedisBroker(Broker):
         # error after the largest id there is (a client may send it): nothing follows that one.
         starts = {channel: successor(after) for channel, after in positions.items()}
         page = limit or self._max_length
+        found = {}
         with self._slot():
             try:
                 with self._client.pipeline(transaction=True) as pipe:
@@ -155,7 +156,6 @@ class RedisBroker(Broker):
                         if start is not None:
                             pipe.xrange(key, min=format_id(start), max="+", count=page)
                     replies = iter(pipe.execute(raise_on_error=False))
-                result = {}
                 for channel, start in starts.items():
                     info = next(replies)
                     entries = next(replies) if start is not None else []
@@ -167,10 +167,11 @@ class RedisBroker(Broker):
                     entries = entries if bounds.exists else []
                     if limit is None and len(entries) == page:
                         entries, bounds = self._rest(channel, entries, bounds, page)
-                    result[channel] = self._channel_read(channel, entries, bounds, limit)
+                    found[channel] = entries, bounds
             except RedisError as error:
                 raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
-        return result
+        return {channel: self._channel_read(channel, entries, bounds, limit)
+                for channel, (entries, bounds) in found.items()}
 
     def _rest(self, channel: str, entries: List[Any], bounds: HistoryBounds,
               page: int) -> Tuple[List[Any], HistoryBounds]:

@@ -12,9 +12,10 @@ transports.session), so every event the broker delivers from then on reaches it 
 history must supply are the events delivered before. The broker delivers each channel's
 events in id order, so when the last id the read saw in each channel is at or after the last
 id the broker has delivered on it, every event the connection can have missed is in the read.
-A channel that has moved on since fails that check, and the request reads for itself. The
-several channels of one read were read at one instant, and a request shares all of them or
-none, so replay keeps their publish order.
+A channel that has moved on since fails that check, and the request waits for the next read
+(which the first to find out starts) or, after a few, reads for itself. The several channels
+of one read were read at one instant, and a request shares all of them or none, so replay
+keeps their publish order.
 
 `RECENT` bounds what sharing can hide: history trimmed for age, or lost by Redis, within that
 time is still served from the read.
