@@ -23,6 +23,7 @@ from .ids import format_id
 from .message import InvalidMessage, build_message, from_publish_body
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, encode_json, encode_jsonp, poll
+from .transports.poll import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,22 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         callback = args.get("callback")
         if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
-                           "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+                           f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
         if callback is not None and config.cors_origins:
             _check_jsonp_referer(config.cors_origins)
         hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
         batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
                                          integer=True))
         cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
-        session, backlog = subscribe.open_session(hub, Subscriber(channels, config.max_pending),
-                                                  cursor)
-        log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
-                                         proxies).address, ",".join(channels))
-        body = poll(session, backlog, hold, batch, config.retry)
+        try:
+            session, backlog = subscribe.open_session(
+                hub, Subscriber(channels, config.max_pending), cursor)
+        except BrokerUnavailable:
+            body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
+        else:
+            log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
+                                             proxies).address, ",".join(channels))
+            body = poll(session, backlog, hold, batch, config.retry)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
         return Response(encode_jsonp(callback, body),
