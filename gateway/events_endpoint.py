@@ -101,8 +101,10 @@ class EventsEndpoint:
         body = b"%sretry: %d\n: broker unavailable; reconnect in %d ms\n" % (
             PADDING if padded else b"", retry, retry)
         log.debug("%s turned away: the broker is unavailable", environ.get("REMOTE_ADDR"))
+        # The client comes back no sooner than the retry time: keeping the connection open for
+        # it would only hold a socket and a greenlet meanwhile.
         start_response("200 OK", [("Content-Type", EVENT_STREAM), ("Content-Length", str(len(body))),
-                                  ("Date", self._date()), *headers])
+                                  ("Date", self._date()), *headers, ("Connection", "close")])
         return [body]
 
 
