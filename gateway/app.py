@@ -15,7 +15,7 @@ from . import subscribe
 from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
-from .cors import publish_policy, subscribe_policy
+from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
 from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub, Subscriber
@@ -57,6 +57,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     proxies = parse_networks(config.trusted_proxies)
     subscribe_cors = subscribe_policy(config.cors_origins)
     publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
+    publish_origins = frozenset(config.publish_cors_origins)
 
     @app.after_request
     def _common_headers(response: Response) -> Response:
@@ -123,6 +124,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
 
     @app.post("/publish/<channel>")
     def publish(channel: str):
+        _check_publish_origin(publish_origins, config.demo)
         _authorize_publisher(config.publish_tokens, proxies)
         message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
         try:
@@ -207,6 +209,16 @@ def _check_jsonp_referer(origins) -> None:
     if origin not in origins:
         raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
                        "named by the request's Referer")
+
+
+def _check_publish_origin(allowed, demo: bool) -> None:
+    # Tokens or not: a page must not publish unless its origin is listed, or the page is the
+    # demo that the gateway itself serves.
+    origin = request.headers.get("Origin")
+    own = own_origin(request.scheme, request.host) if demo else None
+    if not page_may_publish(origin, allowed, own):
+        raise ApiError(403, "forbidden", f"pages of origin {origin[:200]!r} may not publish; "
+                       "list the origin with --publish-cors-origin")
 
 
 def _authorize_publisher(tokens, proxies) -> None:
