@@ -26,7 +26,6 @@ from .transports.stream import PADDING
 log = logging.getLogger(__name__)
 
 PREFIX = "/events"
-EVENT_STREAM = "text/event-stream; charset=utf-8"
 
 
 class EventsEndpoint:
@@ -81,7 +80,7 @@ class EventsEndpoint:
         session, backlog = subscribe.open_session(self._hub, stream, cursor)
         log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
         stream.start(session, backlog)
-        start_response("200 OK", [("Content-Type", EVENT_STREAM),
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Date", self._date()), *headers,
                                   *(self._rotated_headers if padded else ())])
         return StreamResponse(stream)
@@ -103,8 +102,9 @@ class EventsEndpoint:
         log.debug("%s turned away: the broker is unavailable", environ.get("REMOTE_ADDR"))
         # The client comes back no sooner than the retry time: keeping the connection open for
         # it would only hold a socket and a greenlet meanwhile.
-        start_response("200 OK", [("Content-Type", EVENT_STREAM), ("Content-Length", str(len(body))),
-                                  ("Date", self._date()), *headers, ("Connection", "close")])
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                                  ("Content-Length", str(len(body))), ("Date", self._date()),
+                                  *headers, ("Connection", "close")])
         return [body]
 
 
