@@ -278,7 +278,6 @@ EventSource.prototype = {
 };
 
 NS.EventSource = EventSource;
-NS._cb = NS._cb || {};
 window.SSEGateway = NS;
 if (!window.EventSource) {
   window.EventSource = EventSource;
