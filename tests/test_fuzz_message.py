@@ -25,7 +25,8 @@ from gateway.wire import EventStreamParser, ParsedEvent, format_data
 CHANNEL = "chat"
 _TRICKY = ["\r", "\n", "\r\n", "\0", ":", " ", "\ufeff", "data: x", "id: 9", "event: e", "\u2028",
            "é", "🎉", '"', "\\", "{", "}"]
-TEXT = st.lists(st.characters() | st.sampled_from(_TRICKY), max_size=20).map("".join)
+# codec="utf-8": no lone surrogates, which characters() alone may give (see the pending tests).
+TEXT = st.lists(st.characters(codec="utf-8") | st.sampled_from(_TRICKY), max_size=20).map("".join)
 # What json.loads can give, without NaN and Infinity (see the pending tests below).
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
