@@ -17,7 +17,7 @@ MAX_HEADERS = 100
 _END = (b"\r\n", b"\n", b"")
 # A name that is a token (RFC 9110, section 5.6.2), so no space before the colon and no line
 # folding (RFC 9112 refuses both); a value without CR, LF or NUL (RFC 9110, section 5.5).
-_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n\0]*)\r?\n?")
+_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n\0]*)(?:\r?\n)?")
 
 
 class RequestHeaders:

@@ -102,6 +102,7 @@ def test_any_bytes_parse_without_raising_and_within_the_limits(raw):
 @example(raw=b"Name : value\r\n\r\n")
 @example(raw=b"Name\t: value\r\n\r\n")
 @example(raw=b"A: 1\r\n folded\r\n\r\n")
+@example(raw=b"!:\r")  # a CR that the input's end leaves without its LF is a bare CR too
 def test_an_accepted_head_is_one_rfc_9112_lets_a_server_accept(raw):
     headers = RequestHeaders(reader(raw))
     if headers.status:
