@@ -83,14 +83,8 @@ def test_parse_id_reads_only_two_ascii_decimal_numbers(text):
 
 
 BEYOND_64_BITS = st.integers(MAX_PART + 1, 10**20 - 1) | st.integers(10**20, 10**40)
-PENDING_64_BIT_LIMIT = pytest.mark.xfail(
-    strict=True,
-    reason="parse_id accepts up to 20 digits, so parts from 2**64 to 10**20-1 pass; the 64-bit "
-           "bound on each part is being added to gateway/ids.py",
-)
 
 
-@PENDING_64_BIT_LIMIT
 @given(big=BEYOND_64_BITS, other=PART, big_first=st.booleans())
 @example(big=MAX_PART + 1, other=0, big_first=True)
 def test_an_id_with_a_part_beyond_64_bits_is_refused(big, other, big_first):
@@ -102,7 +96,6 @@ def test_an_id_with_a_part_beyond_64_bits_is_refused(big, other, big_first):
         parse_cursor(f"chat=0-0,news={text}", ["chat", "news"])
 
 
-@PENDING_64_BIT_LIMIT
 @given(text=CURSOR, channels=CHANNELS | st.just(["chat"]))
 @example(text="chat=18446744073709551616-0", channels=["chat"])
 def test_every_position_parse_cursor_accepts_fits_in_64_bits(text, channels):

@@ -7,7 +7,6 @@ import json
 import re
 
 import hypothesis_profile  # noqa: F401  (registers and loads the Hypothesis profile)
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -60,11 +59,6 @@ def test_a_jsonp_answer_is_ascii_and_calls_the_callback_with_the_body(callback, 
     assert json.loads(out[len(prefix):-len(suffix)]) == body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CALLBACK still allows dots (a.b, window.alert); restricting it to a plain identifier, "
-           "^[A-Za-z_$][A-Za-z0-9_$]{0,63}$, is being done in gateway/transports/poll.py",
-)
 @given(callback=CALLBACK_TEXT, body=st.just({"events": [], "lastEventId": "0-0", "retry": 1}))
 @example(callback="a.b", body={})
 def test_a_callback_is_used_only_when_it_is_a_plain_identifier_and_refused_otherwise(callback,
