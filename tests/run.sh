@@ -21,9 +21,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test,hiredis]"
+echo "installing the Python packages (log: .venv/install.log)"
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e ".[test,hiredis]"; } >.venv/install.log 2>&1; then
+  cat .venv/install.log
+  exit 1
+fi
 
 suites=(tests)
 [ -d browser_tests ] && suites+=(browser_tests)
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "${suites[@]}" "$@"
+# One line per test file with its progress, then a summary of what failed and the slowest tests.
+exec .venv/bin/python -m pytest -p no:cacheprovider -rfEX --durations=10 "${suites[@]}" "$@"
