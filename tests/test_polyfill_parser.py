@@ -36,8 +36,8 @@ function parse(cases) {
                              (ms) => out.retries.push(ms));
     for (const chunks of responses) {
       p.reset();
-      // As a browser's responseText: UTF-8 decoded as bytes arrive, a BOM left to the parser.
-      const dec = new TextDecoder("utf-8", {ignoreBOM: true});
+      // As a browser's responseText: UTF-8 decoded as bytes arrive, one leading BOM removed.
+      const dec = new TextDecoder("utf-8");
       for (const c of chunks) p.feed(dec.decode(Buffer.from(c, "base64"), {stream: true}));
       p.feed(dec.decode());
       out.ids.push(p.id);
@@ -215,11 +215,13 @@ def test_line_split_anywhere_including_inside_utf8_gives_the_same_events():
 
 
 def test_one_leading_bom_is_ignored_and_a_second_one_is_not():
+    # The decoder removes the first BOM; the parser must not remove another.
     assert events(b"\xef\xbb\xbfdata: x\n\n") == [["message", "x", ""]]
     # BOM split from the rest of the stream.
     assert events(b"\xef\xbb", b"\xbfdata: y\n\n") == [["message", "y", ""]]
     # The second BOM is part of the field name "\ufeffdata", an unknown field.
     assert events(b"\xef\xbb\xbf\xef\xbb\xbfdata: z\n\n") == []
+    assert events(b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: z\n\ndata: w\n\n") == [["message", "w", ""]]
     # A BOM after the start of the stream is data.
     assert events(b"data: a\n\n", b"\xef\xbb\xbfdata: b\n\n") == [["message", "a", ""]]
 
@@ -346,10 +348,10 @@ def test_stream_opens_dispatches_and_sends_last_event_id_as_header_on_same_origi
     assert requests[0] == [0, "http://app.test/events/chat?transport=stream", None]
     assert only(log, "ev")[:3] == [
         [0, "open", None, None, 1], [0, "message", "a", "1", 1], [0, "gateway-reset", "{}", "1", 1]]
-    # A clean end that is no rotation: error, CONNECTING, then the retry time (1000 ms, plus
-    # jitter of at most a half) before reconnecting with the last id in query and header.
+    # A clean end that is no rotation: error, CONNECTING, then the retry time (1000 ms, no jitter
+    # after a good connection) before reconnecting with the last id in query and header.
     assert only(log, "ev")[3] == [0, "error", None, None, 0]
-    assert requests[1] == [1250, "http://app.test/events/chat?transport=stream&lastEventId=1", "1"]
+    assert requests[1] == [1000, "http://app.test/events/chat?transport=stream&lastEventId=1", "1"]
 
 
 def test_rotation_reconnects_at_once_silently_with_last_id_in_query(bundle_path):
@@ -390,17 +392,27 @@ def test_wrong_content_type_fails_the_connection(bundle_path):
     assert len(only(log, "req")) == 1 and only(log, "ev") == [[0, "error", None, None, 2]]
 
 
-def test_server_errors_back_off_exponentially_with_a_cap_and_reset_after_success(bundle_path):
+def test_network_errors_back_off_exponentially_with_a_cap_and_reset_after_success(bundle_path):
     actions: list[list] = [["open", STREAM, {"heartbeatTimeout": 10**9}], ["tick", 0]]
     for _ in range(8):
-        actions += [["head", 503, "text/html"], ["tick", 100000]]
+        actions += [["fail"], ["tick", 100000]]
     actions += [["head", 200], ["body", PREAMBLE], ["fail"], ["tick", 100000]]
-    log = run_bundle(bundle_path, actions, random=0)["log"]
+    log = run_bundle(bundle_path, actions, random=0.5)["log"]
     errors = [e[0] for e in only(log, "ev") if e[1] == "error"]
     requests = [r[0] for r in only(log, "req")]
     delays = [r - e for e, r in zip(errors, requests[1:])]
-    # Default retry 3000 ms doubling, capped at 30 s; after a success, the stream's retry (1000).
-    assert delays == [3000, 6000, 12000, 24000, 30000, 30000, 30000, 30000, 1000]
+    # Default retry 3000 ms doubling, capped at 30 s, with jitter (a quarter here) from the second
+    # failure in a row; after a success, exactly the stream's retry (1000).
+    assert delays == [3000, 7500, 15000, 30000, 37500, 37500, 37500, 37500, 1000]
+
+
+@pytest.mark.parametrize("status", [500, 503, 301, 404])
+def test_a_stream_status_other_than_200_fails_the_connection(bundle_path, status):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM], ["tick", 0], ["head", status, "text/html"], ["tick", 600000],
+    ])["log"]
+    assert len(only(log, "req")) == 1
+    assert only(log, "ev") == [[0, "error", None, None, 2]]
 
 
 def test_retry_zero_still_backs_off_from_half_a_second(bundle_path):
@@ -424,7 +436,7 @@ def test_heartbeat_timeout_forces_a_reconnect(bundle_path):
     log = result["log"]
     assert only(log, "state")[0][1] == 1
     assert only(log, "ev")[1] == [9000, "error", None, None, 0]
-    assert [r[0] for r in only(log, "req")] == [0, 10250]
+    assert [r[0] for r in only(log, "req")] == [0, 10000]
     assert result["aborted"] >= 1
 
 
@@ -453,8 +465,9 @@ def test_xhr_poll_uses_the_poll_url_and_polls_again_at_once_with_the_cursor(bund
     assert urls[1].startswith("http://app.test/poll/chat?lastEventId=8&_=")
     assert urls[2].startswith("http://app.test/poll/chat?lastEventId=9&_=")
     assert urls[3].startswith("http://app.test/poll/chat?lastEventId=9&timeout=0&_=")
-    # After the 502: the answer's retry (2000 ms) plus the jitter (Math.random() is 0.5 here).
-    assert [r[0] for r in only(log, "req")] == [0, 0, 0, 2500]
+    # A 502 to a long-poll is retried: after the answer's retry (2000 ms), with no jitter after
+    # good answers.
+    assert [r[0] for r in only(log, "req")] == [0, 0, 0, 2000]
     assert only(log, "ev") == [[0, "open", None, None, 1], [0, "message", "x", "7", 1],
                                [0, "note", "y", "8", 1], [0, "error", None, None, 0]]
 
@@ -478,7 +491,7 @@ def test_poll_answer_that_is_not_plain_json_is_an_error_and_never_runs(bundle_pa
     ], json=native_json)["log"]
     assert only(log, "probe") == [[0, None]]
     assert only(log, "ev") == [[0, "error", None, None, 0]]
-    assert [r[0] for r in only(log, "req")] == [0, 3750]
+    assert [r[0] for r in only(log, "req")] == [0, 3000]
 
 
 def test_ie_status_1223_counts_as_204_and_closes(bundle_path):

@@ -43,10 +43,19 @@ function invoke(target, listener, event) {
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
    path segment turned into "/poll"). */
 function EventSource(url, options) {
-  var me = this, a = window.document.createElement("a");
+  var me = this, a = window.document.createElement("a"), URL = window.URL;
   options = options || {};
   a.href = url;
   me.url = a.href;
+  /* WHATWG: a URL the URL parser rejects throws a SyntaxError. (An <a> returns such a URL as
+     given; where URL cannot be constructed, as in IE, only what <a> resolves is checked.) */
+  if (typeof URL == "function") {
+    try {
+      new URL(me.url);
+    } catch (e) {
+      throw syntaxError(url);
+    }
+  }
   me.withCredentials = !!options.withCredentials;
   me.readyState = CONNECTING;
   me._origin = originOf(me.url);
@@ -62,7 +71,9 @@ function EventSource(url, options) {
   }, function (ms) {
     me._retry = ms;
   });
-  me._transport = pickTransport(me, options.transport);
+  /* Any scheme but http(s) has no transport: the first attempt fails the connection, as a
+     browser's fetch of it would. */
+  me._transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
   /* Connect in a later task, so that listeners added right after construction see "open". */
   me._wait(0);
 }
@@ -114,7 +125,8 @@ EventSource.prototype = {
   dispatchEvent: function (event) {
     var me = this, type = event.type, list = me._listeners["$" + type] || [],
       handler = /^(open|message|error)$/.test(type) && me["on" + type], i;
-    event.target = event.currentTarget = me;
+    setProp(event, "target", me);
+    setProp(event, "currentTarget", me);
     if (typeof handler == "function") {
       invoke(me, handler, event);
     }
@@ -126,10 +138,8 @@ EventSource.prototype = {
     return true;
   },
 
-  _fire: function (type, event) {
-    event = event || {};
-    event.type = type;
-    this.dispatchEvent(event);
+  _fire: function (type, init) {
+    this.dispatchEvent(makeEvent(type, init));
   },
 
   _streamUrl: function () {
@@ -158,7 +168,8 @@ EventSource.prototype = {
     try {
       me._abort = me._transport(me);
     } catch (e) {
-      /* This browser cannot make the request at all (a forced transport it lacks, a URL it refuses). */
+      /* No request can be made: a forced transport this browser lacks, a URL it refuses, a
+         scheme that is not http(s) (no transport). */
       me._end(-1);
     }
   },
@@ -245,32 +256,33 @@ EventSource.prototype = {
   },
 
   /* The request is over. status: the HTTP status, 0 for a network error or a heartbeat timeout,
-     -1 for a response that is no event stream. again: the server asked for the next request at
+     -1 for what fails the connection whatever the status: a response that is no event stream,
+     an abort that the polyfill did not make, a request the browser cannot make. again: the server asked for the next request at
      once (a ": rotate" comment, or a long-poll answer). */
   _end: function (status, again) {
-    var me = this, retry = me._retry, delay;
+    var me = this, retry = Math.max(me._retry, 500), failures = me._failures, delay;
     me._stop();
-    if (status == 1223) {
-      status = 204; /* IE's XHR reports 204 No Content as 1223. */
-    }
     if (me.readyState == CLOSED) {
       return;
     }
     if (status == 200 && again) {
       return me._wait(0);
     }
-    if (status == 200 || !status || status > 499) {
-      /* WHATWG "reestablish the connection", with exponential backoff and jitter on top of the
-         retry time (at least 500 ms, even after "retry: 0"), capped at 30 s unless the retry time
-         is longer, reset by the next good response: a restarting gateway is not stormed. */
+    if (status == 200 || !status) {
+      /* WHATWG "reestablish the connection" after the retry time (at least 500 ms, even after
+         "retry: 0"). Each failure in a row after that doubles it, up to 30 s unless the retry
+         time is longer, plus up to half again of random jitter, so that a gateway that stays
+         down is not stormed; the next good response resets the count. */
       me.readyState = CONNECTING;
       me._fire("error");
       if (me.readyState == CONNECTING) {
-        delay = Math.min(Math.max(retry, 500) * Math.pow(2, me._failures++), Math.max(retry, 30000));
-        me._wait(delay + Math.random() * delay / 2);
+        me._failures++;
+        delay = Math.min(retry * Math.pow(2, failures), Math.max(retry, 30000));
+        me._wait(failures ? delay * (1 + Math.random() / 2) : delay);
       }
     } else {
-      /* WHATWG "fail the connection": 204, any other status, a wrong Content-Type. */
+      /* WHATWG "fail the connection": a stream's status other than 200, a wrong Content-Type, an
+         abort that the polyfill did not make, a URL it cannot fetch. */
       me.readyState = CLOSED;
       me._fire("error");
     }
