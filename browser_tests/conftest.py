@@ -219,4 +219,4 @@ def open_engine_harness(engine, page_origin):
 
     yield open_
     for page in pages:
-        page.close()
+        page.close_once()

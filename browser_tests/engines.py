@@ -67,7 +67,14 @@ class EngineError(AssertionError):
 
 
 class Page:
-    """One tab."""
+    """One tab (a window of its own in Firefox and WebKit, so that none is a background tab)."""
+
+    closed = False
+
+    def close_once(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close()
 
     def goto(self, url: str) -> None:
         raise NotImplementedError

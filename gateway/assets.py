@@ -38,6 +38,7 @@ SOURCES = (
     "xdr_stream.js",
     "xhr_poll.js",
     "jsonp_poll.js",
+    "shared.js",
     "eventsource.js",
     "_tail.js",
 )

@@ -41,7 +41,8 @@ function invoke(target, listener, event) {
 /* options: withCredentials, transport ("auto", "xhr-stream", "xdr-stream", "xhr-poll",
    "jsonp-poll"), heartbeatTimeout (ms without a byte before reconnecting, default 45000),
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
-   path segment turned into "/poll"). */
+   path segment turned into "/poll"), shared (one connection for all the origin's pages that
+   open this URL with shared: true; see shared.js). */
 function EventSource(url, options) {
   var me = this, a = window.document.createElement("a"), URL = window.URL;
   options = options || {};
@@ -74,8 +75,11 @@ function EventSource(url, options) {
   /* Any scheme but http(s) has no transport: the first attempt fails the connection, as a
      browser's fetch of it would. */
   me._transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
-  /* Connect in a later task, so that listeners added right after construction see "open". */
-  me._wait(0);
+  /* Connect in a later task, so that listeners added right after construction see "open";
+     or share another page's connection, where the browser can. */
+  if (!(options.shared && share(me))) {
+    me._wait(0);
+  }
 }
 
 EventSource.CONNECTING = CONNECTING;
@@ -94,6 +98,7 @@ EventSource.prototype = {
   close: function () {
     this._stop();
     this.readyState = CLOSED;
+    this._unshare();
   },
 
   addEventListener: function (type, listener) {
@@ -138,9 +143,15 @@ EventSource.prototype = {
     return true;
   },
 
+  /* Dispatches an event; a shared connection's leader posts it to the other pages. */
   _fire: function (type, init) {
     this.dispatchEvent(makeEvent(type, init));
+    if (this._post) {
+      this._post(type, init);
+    }
   },
+
+  _unshare: noop,
 
   _streamUrl: function () {
     return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
@@ -285,6 +296,7 @@ EventSource.prototype = {
          abort that the polyfill did not make, a URL it cannot fetch. */
       me.readyState = CLOSED;
       me._fire("error");
+      me._unshare();
     }
   }
 };
