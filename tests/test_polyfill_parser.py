@@ -321,7 +321,7 @@ def test_load_bundle_is_minified_and_carries_etag_and_digest():
     joined = sum(p.stat().st_size for p in assets.source_paths())
     assert 0 < len(built.body) < joined * 0.7
     assert b"\n\n" not in built.body and b"/*" not in built.body
-    assert len(built.gzipped) < 4608  # the 4.5 KB budget
+    assert len(built.gzipped) < 4461  # the budget: 4,461 bytes gzipped, sharing included
     assert built.etag.startswith('"') and built.etag.endswith('"') and built.digest in built.etag
     assert len(built.digest) >= 8 and int(built.digest, 16) >= 0
 
@@ -527,3 +527,21 @@ def test_npm_lint_passes_on_sources_and_built_bundle():
     proc = subprocess.run([npm, "run", "lint"], cwd=STATIC_JS, env=env,
                           capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
+
+
+def test_mangling_renames_a_catch_variable_that_ie8_would_leak_onto_a_used_name():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from gateway import assets
+    finally:
+        sys.path.remove(str(ROOT))
+    # IE8 puts `b` of catch (b) in f's scope: it would overwrite f's own b, and the outer b
+    # that the inner function reads. Elsewhere the catch variable is left alone.
+    assert assets.ie8_safe("function f(a){var b=1;try{x()}catch(b){g(b,{b:b},q.b)}return b}") == (
+        "function f(a){var b=1;try{x();}catch($0){g($0,{b:$0},q.b);}return b;}")
+    assert assets.ie8_safe("var b;function f(){try{x()}catch(b){g(b)}return function(){return b}}") == (
+        "var b;function f(){try{x();}catch($0){g($0);}return function(){return b;};}")
+    assert assets.ie8_safe("function f(a){try{x()}catch(b){g(b)}return a}") == (
+        "function f(a){try{x();}catch(b){g(b);}return a;}")
+    # The built bundle's local names are shortened.
+    assert b"function xhrRequest" not in assets.load_bundle().body
