@@ -393,7 +393,10 @@ def test_wrong_content_type_fails_the_connection(bundle_path):
 
 
 def test_network_errors_back_off_exponentially_with_a_cap_and_reset_after_success(bundle_path):
-    actions: list[list] = [["open", STREAM, {"heartbeatTimeout": 10**9}], ["tick", 0]]
+    # Forced: an automatic stream would take a request left unanswered for 5 s for a buffering
+    # proxy and long-poll.
+    actions: list[list] = [["open", STREAM, {"heartbeatTimeout": 10**9, "transport": "xhr-stream"}],
+                           ["tick", 0]]
     for _ in range(8):
         actions += [["fail"], ["tick", 100000]]
     actions += [["head", 200], ["body", PREAMBLE], ["fail"], ["tick", 100000]]
@@ -416,8 +419,8 @@ def test_a_stream_status_other_than_200_fails_the_connection(bundle_path, status
 
 
 def test_retry_zero_still_backs_off_from_half_a_second(bundle_path):
-    actions: list[list] = [["open", STREAM], ["tick", 0], ["head", 200], ["body", "retry: 0\n"],
-                           ["fail"]]
+    actions: list[list] = [["open", STREAM, {"transport": "xhr-stream"}], ["tick", 0],
+                           ["head", 200], ["body", "retry: 0\n"], ["fail"]]
     for _ in range(3):
         actions += [["tick", 10000], ["fail"]]
     actions += [["tick", 10000]]
@@ -545,3 +548,21 @@ def test_mangling_renames_a_catch_variable_that_ie8_would_leak_onto_a_used_name(
         "function f(a){try{x();}catch(b){g(b);}return a;}")
     # The built bundle's local names are shortened.
     assert b"function xhrRequest" not in assets.load_bundle().body
+
+
+def test_an_automatic_stream_that_shows_no_byte_for_5_s_goes_on_by_long_polling(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM], ["tick", 0], ["head", 200], ["body", PREAMBLE + "id: 7\ndata: a\n\n"],
+        ["end"], ["tick", 1000], ["head", 200], ["tick", 4999], ["state"], ["tick", 1],
+        ["respond", 200, json.dumps({"events": [], "lastEventId": "7"})], ["tick", 0],
+    ])["log"]
+    urls = [r[1] for r in only(log, "req")]
+    assert urls[:2] == ["http://app.test/events/chat?transport=stream",
+                        "http://app.test/events/chat?transport=stream&lastEventId=7"]
+    # The second stream opens, then shows nothing of its body for 5 s: the connection goes on
+    # by polling from id 7, silently (no error, no second open for it).
+    assert urls[2].startswith("http://app.test/poll/chat?lastEventId=7&")
+    assert urls[3].startswith("http://app.test/poll/chat?lastEventId=7&")
+    assert [e[1:3] for e in only(log, "ev")] == [
+        ["open", None], ["message", "a"], ["error", None], ["open", None]]
+    assert only(log, "state")[0][1] == 1

@@ -7,19 +7,35 @@ var TRANSPORTS = {
     "xhr-poll": xhrPoll,
     "jsonp-poll": jsonpPoll
   },
-  NS = window.SSEGateway || {};
+  NS = window.SSEGateway || {},
+  BUFFERED = "SSEGateway buffered ";
 
 /* "auto": XHR streaming where XHR has CORS (IE10+, all others); on IE8/9, long-poll XHR on the
    page's origin, XDomainRequest streaming across origins (it needs the page's scheme and cannot
-   send cookies); JSONP long-poll where none of these works. */
+   send cookies); JSONP long-poll where none of these works. Streaming found buffered on the way
+   to this origin earlier in the session gives way to long-polling at once. */
 function pickTransport(es, name) {
-  var X = window.XMLHttpRequest, scheme = window.location.protocol;
-  return TRANSPORTS[name] || TRANSPORTS[
+  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name];
+  es._auto = !t;
+  t = t || TRANSPORTS[
     X && "withCredentials" in new X() ? "xhr-stream" :
       !es._cross ? (X && window.JSON ? "xhr-poll" : "jsonp-poll") :
         window.XDomainRequest && !es.withCredentials &&
           es._origin.slice(0, scheme.length) == scheme ? "xdr-stream" : "jsonp-poll"
   ];
+  try {
+    if (window.sessionStorage[BUFFERED + es._origin]) {
+      t = downgrade(t);
+    }
+  } catch (e) {
+    /* no session storage: nothing remembered */
+  }
+  return t;
+}
+
+/* The long-poll that replaces a stream transport. */
+function downgrade(t) {
+  return t == xdrStream ? jsonpPoll : t == xhrStream ? xhrPoll : t;
 }
 
 /* Calls one listener; an exception is reported asynchronously, as a browser would, and the
@@ -212,13 +228,26 @@ EventSource.prototype = {
     }
   },
 
-  /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error. */
+  /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error.
+     An automatic stream that has shown no byte yet gets 5 s: a proxy that buffers holds back its
+     opening comment (and with it, its first events until more come). Then the connection goes
+     on by long-polling from the last event ID, silently, and the session remembers it. */
   _alive: function () {
-    var me = this;
+    var me = this, poll = me._auto && !me._seen && downgrade(me._transport);
     clearTimeout(me._timer);
     me._timer = setTimeout(function () {
-      me._end(0);
-    }, me._heartbeat);
+      if (poll && poll != me._transport) {
+        me._transport = poll;
+        try {
+          window.sessionStorage[BUFFERED + me._origin] = 1;
+        } catch (e) {
+          /* remembered for this source only */
+        }
+        me._go();
+      } else {
+        me._end(0);
+      }
+    }, poll && poll != me._transport ? 5000 : me._heartbeat);
   },
 
   /* A stream's text so far: the parser gets the part it has not seen yet. */
