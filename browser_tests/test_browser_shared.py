@@ -132,3 +132,25 @@ def test_a_frozen_leader_is_replaced_and_steps_down_when_it_wakes(
     woken = [(e["data"], e["lastEventId"]) for e in leader.received()]
     assert len(set(woken)) == len(woken) and woken[0] == sent[0] and woken[-1] == sent[-1]
     wait_until(lambda: gateway.health()["subscribers"] == 1, 10, message="one subscriber again")
+
+
+def test_a_follower_that_slept_does_not_take_over_from_a_live_leader(
+        pinned_gateways, channel, open_harness, publisher, context):
+    gateway = pinned_gateways([])
+    pages = open_shared(open_harness, gateway, channel, (), 2)
+    leader = chromium_leader(pages, gateway.url)
+    (follower,) = [h for h in pages if h is not leader]
+    # No task of the follower runs for 5 s (as in a throttled tab or a sleeping machine): its
+    # timer then comes late, and it must not read the leader's silence as a failure.
+    cdp = context.new_cdp_session(follower.page)
+    cdp.send("Debugger.enable")
+    cdp.send("Debugger.pause")
+    leader.observe(5)
+    cdp.send("Debugger.resume")
+    follower.observe(2)
+    assert not follower.page.evaluate("() => !!window.source._post")
+    assert leader.page.evaluate("() => !!window.source._post")
+    assert len(follower.requests_to(f"{gateway.url}/events/")) == 0
+    sent = publisher(gateway).publish(channel, "still one leader")
+    for harness in pages:
+        assert [e["lastEventId"] for e in harness.wait_received(1)] == [sent]

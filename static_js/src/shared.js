@@ -11,7 +11,7 @@
 function share(es) {
   var json = window.JSON, locks = window.navigator.locks, Channel = window.BroadcastChannel,
     key = "SSEGateway " + es.url, tab = uid(), term = 0, leader = "", lead = false,
-    heard = +new Date(), recent = [], release = noop, timer, ls, bc;
+    heard = +new Date(), ticked = heard, recent = [], release = noop, timer, ls, bc;
   try {
     ls = window.localStorage;
   } catch (e) {
@@ -115,10 +115,17 @@ function share(es) {
   }
 
   function tick() {
+    var now = +new Date();
     timer = setTimeout(tick, 1000);
+    /* This page's own timer came late (a throttled hidden tab, a sleeping machine): the
+       leader's silence proves nothing yet. */
+    if (now - ticked > 2000) {
+      heard = now;
+    }
+    ticked = now;
     if (lead) {
       post({});
-    } else if (+new Date() - heard > 3000) {
+    } else if (now - heard > 3000) {
       if (locks) {
         elect({steal: true});
       } else {
