@@ -55,13 +55,15 @@ class RedisServer:
         self.proc: Optional[subprocess.Popen] = None
         self.client = redis.Redis(port=self.port, socket_timeout=5)
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Start (again, on the same port and directory); `options` override the defaults
+        (e.g. `--appendonly yes`)."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; run the README's test command")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no", *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(),
         )
         wait_until(self._answers, 10, message="redis-server to answer PING")
@@ -107,10 +109,11 @@ def redis_db(redis_server):
 
 
 class Gateway:
-    """One `sse-gateway serve` process."""
+    """One `sse-gateway serve` process (on `port`, e.g. a killed gateway's, or a free one)."""
 
-    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
-        self.port = free_port()
+    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None,
+                 port: Optional[int] = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tempfile.mktemp(prefix="sse-gateway-", suffix=".log")
         self._log = open(self.log_path, "wb")
@@ -179,8 +182,9 @@ def start_gateway():
     """Start gateways with given CLI args; all are killed at the end of the test."""
     started: List[Gateway] = []
 
-    def start(*args: str, env: Optional[Dict[str, str]] = None) -> Gateway:
-        gateway = Gateway(list(args), env)
+    def start(*args: str, env: Optional[Dict[str, str]] = None,
+              port: Optional[int] = None) -> Gateway:
+        gateway = Gateway(list(args), env, port)
         started.append(gateway)
         return gateway
 
