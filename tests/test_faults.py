@@ -129,6 +129,7 @@ class CountingPublisher:
         self.attempted = 0
         self._running = threading.Event()
         self._stop = threading.Event()
+        self._publishing = threading.Lock()  # held for each publish
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -136,8 +137,10 @@ class CountingPublisher:
         self._thread.start()
 
     def pause(self) -> None:
+        """Stop publishing; returns once a publish in progress has ended."""
         self._running.clear()
-        time.sleep(PUBLISH_EVERY * 3)  # a publish in progress ends (it is not waited on)
+        with self._publishing:
+            pass
 
     def resume(self) -> None:
         self._running.set()
@@ -158,16 +161,17 @@ class CountingPublisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._running.wait()
-            if self._stop.is_set():
-                return
-            seq = self.attempted
-            self.attempted += 1
-            try:
-                reply = self._publisher.publish(CHANNEL, str(seq))
-            except PublishError:
-                pass  # Redis down: not acknowledged (it may still have been stored)
-            else:
-                self.acked.append((seq, reply["id"]))
+            with self._publishing:
+                if self._stop.is_set() or not self._running.is_set():
+                    continue
+                seq = self.attempted
+                self.attempted += 1
+                try:
+                    reply = self._publisher.publish(CHANNEL, str(seq))
+                except PublishError:
+                    pass  # Redis down: not acknowledged (it may still have been stored)
+                else:
+                    self.acked.append((seq, reply["id"]))
             self._stop.wait(PUBLISH_EVERY)
 
 
