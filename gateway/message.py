@@ -10,7 +10,7 @@ import re
 from typing import Any, Dict, Optional, Sequence
 
 from . import wire
-from .ids import EventId, format_cursor, format_id, parse_id
+from .ids import EventId, HistoryBounds, format_cursor, format_id, parse_id
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -115,6 +115,18 @@ RESET_EVENT = "gateway-reset"
 def reset_message(channels: Sequence[str], reason: str) -> Message:
     data = json.dumps({"channels": list(channels), "reason": reason}, separators=(",", ":"))
     return Message(channels[0], data, event=RESET_EVENT)
+
+
+class HistoryLost(Message):
+    """The `gateway-reset` for a channel's open streams when its history lost events while the
+    broker's connection was down. `bounds` is the history there is now: a stream that resumed
+    from it meanwhile lost nothing, and each stream tells (transports.Session.accept)."""
+
+    __slots__ = ("bounds",)
+
+    def __init__(self, channel: str, bounds: HistoryBounds) -> None:
+        super().__init__(channel, reset_message([channel], "history-lost").data, event=RESET_EVENT)
+        self.bounds = bounds
 
 
 def build_message(

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+import requests
 from conftest import RedisServer, wait_until
-from sse_client import Stream, StreamClosed
+from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher, PublishError
+from gateway.redis_schema import history_key
 
 CLIENTS = 20
 CHANNEL = "counted"
@@ -289,3 +291,45 @@ def check_client(index: int, client: Client, acked: Dict[int, str], boundary: in
         f"{where}: gateway-reset at {resets}, not between the events at {last_before} " \
         f"and {first_after}"
     assert {client.received[n].reason for n in resets} == {"history-lost"}
+
+
+def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, redis_db):
+    """Redis loses history while a gateway's pub/sub connection is down. A client that resumes
+    on that gateway meanwhile, with a cursor from the new history, has lost nothing: when the
+    connection comes back, the gateway tells its older streams, and not this one."""
+    admin = redis_db.client
+    admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*", "+@all")
+    try:
+        gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
+                                f"{redis_db.port}/0", "--heartbeat", "1")
+        url = f"{gateway.url}/events/{CHANNEL}"
+        publisher = Publisher(redis_db.url)
+
+        def healthy() -> int:
+            return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
+
+        with Stream(url) as older:
+            older.wait_for(subscribed)
+            publisher.publish(CHANNEL, "before")
+            older.wait_events(1)
+            # Its pub/sub connection goes, and cannot come back while SUBSCRIBE is denied.
+            admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            wait_until(lambda: not healthy(), 10, message="the gateway to lose pub/sub")
+            admin.delete(history_key("", CHANNEL))  # as a restart without persistence
+            first = publisher.publish(CHANNEL, "new 1")["id"]
+            publisher.publish(CHANNEL, "new 2")
+            with Stream(url, headers={"Last-Event-ID": first}) as resumed:
+                resumed.wait_for(subscribed)
+                admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
+                wait_until(healthy, 15, message="the gateway's pub/sub to come back")
+                publisher.publish(CHANNEL, "after")
+                for stream in (older, resumed):
+                    stream.wait_for(lambda s: s.events and s.events[-1].data == "after")
+                assert [e.data for e in resumed.events] == ["new 2", "after"]
+            assert [(e.type, e.data) for e in older.events] == [
+                ("message", "before"),
+                ("gateway-reset", '{"channels":["counted"],"reason":"history-lost"}'),
+                ("message", "new 1"), ("message", "new 2"), ("message", "after")]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "gateway")

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, history_gap
-from ..message import InvalidMessage, Message, from_broker_payload, reset_message
+from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class RedisBroker(Broker):
             messages = [self._decode_entry(channel, raw_id, fields)
                         for raw_id, fields in (entries if bounds.exists else [])]
             result[channel] = History([m for m in messages if m is not None],
-                                      history_gap(positions[channel], bounds))
+                                      history_gap(positions[channel], bounds), bounds)
         return result
 
     def _bounds(self, key: str) -> HistoryBounds:
@@ -234,7 +234,7 @@ class RedisBroker(Broker):
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
                             "connection was down; its subscribers are told to reload", channel)
-                self._deliver(reset_message([channel], "history-lost"))
+                self._deliver(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver(message)
 

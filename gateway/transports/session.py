@@ -10,8 +10,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import wire
 from ..hub import Hub, Subscriber
-from ..ids import ZERO, CursorError, EventId, format_cursor, parse_cursor
-from ..message import RESET_EVENT, Message, reset_message
+from ..ids import ZERO, CursorError, EventId, format_cursor, history_gap, parse_cursor
+from ..message import RESET_EVENT, HistoryLost, Message, reset_message
 
 __all__ = ["RESET_EVENT", "Session"]
 
@@ -65,7 +65,9 @@ class Session:
         """Whether the client still needs this message; advances its position if so."""
         event_id = message.event_id
         if event_id is None:
-            return True
+            # A stream that resumed from the history there is now lost nothing with it.
+            return not isinstance(message, HistoryLost) or history_gap(
+                self.positions[message.channel], message.bounds)
         if event_id <= self.positions.get(message.channel, event_id):
             return False
         self.positions[message.channel] = event_id
