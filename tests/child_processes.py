@@ -7,9 +7,10 @@
   processes from the main thread, or from a thread that outlives them.
 - `no_process_outlives_the_tests`, an autouse session fixture, fails the run when a process the
   tests started is still alive once every other fixture has stopped its own, and kills it.
-  A process is the run's when it descends from pytest (nginx's workers, whose environment
-  nginx overwrites with its process titles) or carries the run's marker, the environment
-  variable `PYTEST_SSE_GATEWAY_RUN` that every child inherits (an orphan re-parented to init).
+  A process is the run's when it descends from pytest, or carries the run's marker, the
+  environment variable `PYTEST_SSE_GATEWAY_RUN` that every child inherits (an orphan that init
+  adopted). redis-server and nginx write their process titles over their environment: they
+  are found as descendants only, and die with their parent by `die_with_parent()`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 import time
 import uuid
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -55,20 +56,25 @@ def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None]:
     return preexec
 
 
+def _state_and_parent(pid: int) -> Optional[Tuple[bytes, int]]:
+    """The process' state letter and parent pid; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces and parentheses: split after it.
+    state, ppid = stat[stat.rindex(b")") + 2:].split(b" ", 2)[:2]
+    return state, int(ppid)
+
+
 def _processes() -> Iterator[Tuple[int, int]]:
     """(pid, parent pid) of every process but zombies (dead, awaiting their parent)."""
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:  # exited meanwhile
-            continue
-        # The command name in parentheses may hold spaces and parentheses: split after it.
-        state, ppid = stat[stat.rindex(b")") + 2:].split(b" ", 2)[:2]
-        if state != b"Z":
-            yield int(name), int(ppid)
+        if name.isdigit():
+            found = _state_and_parent(int(name))
+            if found is not None and found[0] != b"Z":
+                yield int(name), found[1]
 
 
 def _marked(pid: int, needle: bytes) -> bool:
@@ -80,7 +86,7 @@ def _marked(pid: int, needle: bytes) -> bool:
 
 
 def survivors() -> List[int]:
-    """Live processes of this run other than pytest itself, oldest first."""
+    """Live processes of this run other than pytest itself, by pid."""
     me = os.getpid()
     needle = f"{MARKER}={RUN}".encode()
     children: Dict[int, List[int]] = {}
@@ -108,12 +114,8 @@ def children(pid: int) -> List[int]:
 
 def gone(pid: int) -> bool:
     """True when the process has exited (a zombie has: it only awaits its parent's wait)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return True
-    return stat[stat.rindex(b")") + 2:].startswith(b"Z")
+    found = _state_and_parent(pid)
+    return found is None or found[0] == b"Z"
 
 
 def command(pid: int) -> str:

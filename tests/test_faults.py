@@ -101,25 +101,24 @@ class Client:
                     except TimeoutError:
                         if time.monotonic() - last_byte > IDLE_LIMIT:
                             self.failures.append("idle")
-                            return True
+                            break
                     if len(stream.body) != seen:
                         seen, last_byte = len(stream.body), time.monotonic()
-                    for event in stream.events[taken:]:
-                        self._take(event)
-                    taken = len(stream.events)
-                    self.cursor = stream.parser.last_event_id or self.cursor
+                    taken = self._take(stream, taken)
             except (StreamClosed, OSError) as error:
-                for event in stream.events[taken:]:
-                    self._take(event)
-                self.cursor = stream.parser.last_event_id or self.cursor
                 self.failures.append(f"ended: {error!r}")
+            self._take(stream, taken)
         return True
 
-    def _take(self, event) -> None:
-        if event.type == "gateway-reset":
-            self.received.append(Received(None, reason=json.loads(event.data)["reason"]))
-        else:
-            self.received.append(Received(int(event.data), event.last_event_id))
+    def _take(self, stream: Stream, taken: int) -> int:
+        """Record the stream's events from index `taken` on; returns how many it has."""
+        for event in stream.events[taken:]:
+            if event.type == "gateway-reset":
+                self.received.append(Received(None, reason=json.loads(event.data)["reason"]))
+            else:
+                self.received.append(Received(int(event.data), event.last_event_id))
+        self.cursor = stream.parser.last_event_id or self.cursor
+        return len(stream.events)
 
 
 class CountingPublisher:
@@ -194,8 +193,8 @@ def crash(server: RedisServer) -> None:
 
 def test_every_acknowledged_event_reaches_every_client_once_in_order_through_faults(
         start_gateway, persistent_redis):
-    redis_db = persistent_redis
-    args = ("--redis-url", redis_db.url, "--heartbeat", "1", "--history-length", str(HISTORY),
+    server = persistent_redis
+    args = ("--redis-url", server.url, "--heartbeat", "1", "--history-length", str(HISTORY),
             "--rotate-seconds", "1.5", "--shutdown-timeout", "2")
     gateways = [start_gateway(*args), start_gateway(*args)]
     native = [f"{g.url}/events/{CHANNEL}" for g in gateways]
@@ -208,7 +207,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
                for index in range(CLIENTS)]
     pinned_to_first = [c for c in clients if c.urls == native[:1]]
     threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
-    publisher = CountingPublisher(redis_db.url)
+    publisher = CountingPublisher(server.url)
     try:
         for thread in threads:
             thread.start()
@@ -234,15 +233,15 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         assert all(c.connections > n for c, n in zip(pinned_to_first, connections))
 
         # Redis drops both gateways' pub/sub connections: they reconnect and read the gap.
-        assert redis_db.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 2
+        assert server.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 2
         caught_up("CLIENT KILL TYPE pubsub")
 
         # Redis crashes and comes back from its append-only file: nothing acknowledged is lost.
-        crash(redis_db)
+        crash(server)
         down_at = publisher.attempted
         wait_until(lambda: publisher.attempted >= down_at + 5, 10,
                    message="publishing attempts while Redis is down")
-        redis_db.start(*APPEND_ONLY)
+        server.start(*APPEND_ONLY)
         caught_up("a Redis crash with persistence")
 
         # Redis crashes and comes back empty: history is lost, and every client is told.
@@ -250,8 +249,8 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         before = publisher.last_acked()
         wait_until(lambda: all(c.last_seq() >= before for c in clients), CATCH_UP,
                    message="every client to have every event before the loss")
-        crash(redis_db)
-        redis_db.start()  # the defaults: no append-only file, so nothing is loaded
+        crash(server)
+        server.start()  # the defaults: no append-only file, so nothing is loaded
         boundary = publisher.attempted
         publisher.resume()
         caught_up("a Redis restart without persistence")
@@ -305,7 +304,7 @@ def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, 
         url = f"{gateway.url}/events/{CHANNEL}"
         publisher = Publisher(redis_db.url)
 
-        def healthy() -> int:
+        def healthy() -> bool:
             return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
 
         with Stream(url) as older:
