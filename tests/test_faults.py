@@ -30,6 +30,8 @@ from conftest import RedisServer, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher, PublishError
+from gateway.ids import HistoryBounds
+from gateway.message import HistoryLost
 from gateway.redis_schema import history_key
 
 CLIENTS = 20
@@ -332,3 +334,15 @@ def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, 
                 ("message", "new 1"), ("message", "new 2"), ("message", "after")]
     finally:
         admin.execute_command("ACL", "DELUSER", "gateway")
+
+
+@pytest.mark.parametrize("position, bounds, lost", [
+    ((5, 0), HistoryBounds(exists=True, first=(20, 0), last=(30, 0)), True),  # recreated
+    ((25, 0), HistoryBounds(exists=True, first=(20, 0), last=(30, 0)), False),  # resumed from it
+    ((35, 0), HistoryBounds(exists=True, first=(20, 0), last=(30, 0)), False),  # read it later
+    ((5, 0), HistoryBounds(exists=False), True),  # nothing left
+    ((25, 0), HistoryBounds(exists=True, first=(10, 0), last=(30, 0), max_deleted=(26, 0)),
+     True),  # trimmed past it
+])
+def test_a_history_lost_reset_concerns_the_streams_that_lost_events(position, bounds, lost):
+    assert HistoryLost(CHANNEL, bounds).concerns(position) is lost

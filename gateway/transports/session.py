@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import wire
 from ..hub import Hub, Subscriber
-from ..ids import ZERO, CursorError, EventId, format_cursor, history_gap, parse_cursor
+from ..ids import ZERO, CursorError, EventId, format_cursor, parse_cursor
 from ..message import RESET_EVENT, HistoryLost, Message, reset_message
 
 __all__ = ["RESET_EVENT", "Session"]
@@ -65,9 +65,8 @@ class Session:
         """Whether the client still needs this message; advances its position if so."""
         event_id = message.event_id
         if event_id is None:
-            # A stream that resumed from the history there is now lost nothing with it.
-            return not isinstance(message, HistoryLost) or history_gap(
-                self.positions[message.channel], message.bounds)
+            return not isinstance(message, HistoryLost) or message.concerns(
+                self.positions[message.channel])
         if event_id <= self.positions.get(message.channel, event_id):
             return False
         self.positions[message.channel] = event_id
