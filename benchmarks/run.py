@@ -22,6 +22,7 @@ dependencies) on first use. Every server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import hashlib
 import json
@@ -202,6 +203,22 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- processes
 
 
+def die_with_runner() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when this runner dies, however it dies (Linux's
+    parent-death signal, kept across exec), so a killed run leaves no server behind. SIGTERM:
+    each server then stops its own workers."""
+    runner = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != runner:  # the runner died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def child_pids(pid: int) -> list[int]:
     """All descendants of pid (gunicorn and nginx workers)."""
     found: list[int] = []
@@ -245,6 +262,7 @@ class Services:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=die_with_runner(),
         )
         self.procs.append((name, proc))
         return proc
@@ -630,6 +648,7 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
                     text=True,
                     timeout=timeout + 45,
                     stdin=subprocess.DEVNULL,
+                    preexec_fn=die_with_runner(),
                 )
             except subprocess.TimeoutExpired as exc:
                 raise TargetError("the client did not exit in time") from exc

@@ -4,8 +4,9 @@ Every page is served by a second origin (a small HTTP server started here), so e
 cross-origin as on a legacy site: the page loads `<gateway>/static/eventsource.js` with a script
 tag and subscribes to `<gateway>/events/<channel>`. Tests assert on what the page received.
 
-The process fixtures (`redis_db`, `start_gateway`, `broker_args`) come from tests/conftest.py
-(see support.py); the helpers the tests import are in support.py.
+The process fixtures (`redis_db`, `start_gateway`, `broker_args`) and the check that no process
+outlives the tests come from tests/conftest.py (see support.py); the helpers the tests import
+are in support.py.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ redis_server = process_fixtures.redis_server
 redis_db = process_fixtures.redis_db
 start_gateway = process_fixtures.start_gateway
 broker_args = process_fixtures.broker_args
+no_process_outlives_the_tests = process_fixtures.no_process_outlives_the_tests
 
 
 # -- gateways ---------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ process_fixtures = _load_process_fixtures()
 Gateway = process_fixtures.Gateway
 free_port = process_fixtures.free_port
 wait_until = process_fixtures.wait_until
+die_with_parent = process_fixtures.die_with_parent
 
 #: Every way a page can receive events: the browser's own EventSource, then the polyfill forced
 #: onto each of its transports (xdr-stream through pages/xdr_shim.js: Chromium has no XDR).
@@ -73,9 +74,13 @@ class PinnedGateway(Gateway):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(port), *self.args],
             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),
         )
-        wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        try:
+            wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        except BaseException:
+            self.cleanup()
+            raise
 
     def health(self) -> dict:
         return requests.get(self.url + "/healthz", timeout=5).json()

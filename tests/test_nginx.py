@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from child_processes import die_with_parent
 from conftest import ROOT, Gateway, free_port, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
@@ -152,11 +153,13 @@ class Nginx:
 
     def check_config(self) -> subprocess.CompletedProcess:
         return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30,
-                              check=False)
+                              check=False, preexec_fn=die_with_parent())
 
     def start(self) -> Nginx:
+        # SIGTERM when pytest dies: nginx's fast shutdown, which stops its workers too.
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
         wait_until(self._listening, 10, message=f"nginx on {self.public_port} and "
                                                 f"{self.internal_port}")
         return self
@@ -868,7 +871,7 @@ def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, ngin
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
                     "/CN=push.example.com", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=30)
+                   check=True, capture_output=True, timeout=30, preexec_fn=die_with_parent())
     port = free_port()
     server = docs_block("listen 443 ssl http2;")
     for old, new in (("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
@@ -881,7 +884,7 @@ def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, ngin
          "--compressed", "--max-time", "30",
          "--resolve", f"push.example.com:{port}:127.0.0.1",
          f"https://push.example.com:{port}/events/over-h2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
     try:
         seen = bytearray()
         read_until(client, b"\nid:", 10, seen)  # the head: subscribed

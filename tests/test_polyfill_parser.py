@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from child_processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_JS = ROOT / "static_js"
@@ -163,6 +164,7 @@ def run_node(mode: str, script: Path, payload: Any) -> Any:
         capture_output=True,
         timeout=60,
         check=False,
+        preexec_fn=die_with_parent(),
     )
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
@@ -529,9 +531,11 @@ def test_npm_lint_passes_on_sources_and_built_bundle():
     env = dict(os.environ, PYTHON=sys.executable)
     if not (STATIC_JS / "node_modules").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=STATIC_JS, env=env,
-                       check=True, capture_output=True, timeout=300)
+                       check=True, capture_output=True, timeout=300,
+                       preexec_fn=die_with_parent())
     proc = subprocess.run([npm, "run", "lint"], cwd=STATIC_JS, env=env,
-                          capture_output=True, timeout=300, check=False)
+                          capture_output=True, timeout=300, check=False,
+                          preexec_fn=die_with_parent())
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
 
 

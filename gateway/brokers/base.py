@@ -4,7 +4,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from ..ids import EventId
+from ..ids import EventId, HistoryBounds
 from ..message import Message
 
 MessageSink = Callable[[Message], None]
@@ -24,6 +24,7 @@ class PublishResult:
 class History:
     messages: List[Message]  # after the requested id, oldest first
     gap: bool  # events after the requested id were lost (trimmed, expired, or never known)
+    bounds: Optional[HistoryBounds] = None  # what history holds now, where the broker says
 
 
 class Broker(ABC):

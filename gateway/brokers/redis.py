@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
-from ..message import InvalidMessage, Message, from_broker_payload, reset_message
+from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
@@ -375,7 +375,7 @@ class RedisBroker(Broker):
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
                             "connection was down; its subscribers are told to reload", channel)
-                self._deliver_safely(reset_message([channel], "history-lost"))
+                self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver_safely(message)
 

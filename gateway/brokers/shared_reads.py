@@ -58,7 +58,7 @@ class ChannelRead:
             return None
         upper = self.ids[end] if end < len(self.ids) else None
         skipped = sum(1 for i in self.skipped if i > after and (upper is None or i < upper))
-        return History(self.messages[start:end], history_gap(after, self.bounds)), skipped
+        return History(self.messages[start:end], history_gap(after, self.bounds), self.bounds), skipped
 
 
 Reader = Callable[[Dict[str, EventId], Optional[int]], Dict[str, ChannelRead]]
