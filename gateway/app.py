@@ -2,11 +2,10 @@
 (long-poll, publish, health, the polyfill bundle, the demo). Errors are JSON."""
 
 import hmac
-import json
 import logging
 from importlib import resources
-from typing import Optional
-from urllib.parse import urlsplit
+from typing import Dict, Optional
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -15,14 +14,15 @@ from . import subscribe
 from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
-from .cors import publish_policy, subscribe_policy
+from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
 from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub, Subscriber
 from .ids import format_id
-from .message import InvalidMessage, build_message, from_publish_body
+from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, encode_json, encode_jsonp, poll
+from .transports.poll import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     proxies = parse_networks(config.trusted_proxies)
     subscribe_cors = subscribe_policy(config.cors_origins)
     publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
+    publish_origins = frozenset(config.publish_cors_origins)
+    refused = 0  # publish requests refused for what they sent (the broker counts its own)
 
     @app.after_request
     def _common_headers(response: Response) -> Response:
@@ -98,18 +100,23 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         callback = args.get("callback")
         if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
-                           "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+                           f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
         if callback is not None and config.cors_origins:
             _check_jsonp_referer(config.cors_origins)
         hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
         batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
                                          integer=True))
         cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
-        session, backlog = subscribe.open_session(hub, Subscriber(channels, config.max_pending),
-                                                  cursor)
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
-        body = poll(session, backlog, hold, batch, config.retry)
+        try:
+            session, backlog = subscribe.open_session(
+                hub, Subscriber(channels, config.max_pending), cursor)
+        except BrokerUnavailable:
+            body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
+        else:
+            # The session is attached, and `poll` detaches it whatever happens.
+            body = poll(session, backlog, hold, batch, config.retry)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
         return Response(encode_jsonp(callback, body),
@@ -118,26 +125,42 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
 
     @app.post("/publish/<channel>")
     def publish(channel: str):
+        nonlocal refused
+        _check_publish_origin(publish_origins, config.demo)
         _authorize_publisher(config.publish_tokens, proxies)
-        message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
         try:
+            message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
             result = broker.publish(message)
         except BrokerUnavailable as error:
             raise ApiError(503, "broker unavailable", f"{error}; nothing was published") from None
+        except InvalidMessage as error:  # refused by the Redis script
+            refused += 1
+            raise ApiError(400, "invalid message", str(error)) from None
+        except ApiError:
+            refused += 1
+            raise
         return jsonify(channel=channel, id=format_id(result.event_id), receivers=result.receivers)
 
     @app.get("/healthz")
     def healthz():
+        try:
+            broker.check()
+            problem = None
+        except BrokerUnavailable as error:
+            problem = str(error)
         body = {
             "broker": broker.name,
             "subscribers": hub.subscriber_count,
             "channels": hub.channel_count,
             "dropped_slow": hub.dropped_slow,
+            "dropped_memory": hub.dropped_memory,
+            "buffered_bytes": hub.buffered_bytes,
+            "refused": refused + broker.refused,
+            "skipped": broker.skipped,
+            "listener_restarts": broker.listener_restarts,
         }
-        try:
-            broker.check()
-        except BrokerUnavailable as error:
-            return jsonify(status="unavailable", detail=str(error), **body), 503
+        if problem is not None:
+            return jsonify(status="unavailable", detail=problem, **body), 503
         return jsonify(status="ok", **body)
 
     _static_routes(app)
@@ -204,6 +227,16 @@ def _check_jsonp_referer(origins) -> None:
                        "named by the request's Referer")
 
 
+def _check_publish_origin(allowed, demo: bool) -> None:
+    # Tokens or not: a page must not publish unless its origin is listed, or the page is the
+    # demo that the gateway itself serves.
+    origin = request.headers.get("Origin")
+    own = own_origin(request.scheme, request.host) if demo else None
+    if not page_may_publish(origin, allowed, own):
+        raise ApiError(403, "forbidden", f"pages of origin {origin[:200]!r} may not publish; "
+                       "list the origin with --publish-cors-origin")
+
+
 def _authorize_publisher(tokens, proxies) -> None:
     if tokens:
         header = request.headers.get("Authorization", "")
@@ -238,24 +271,47 @@ def _read_message(channel: str, limit: int):
     if mimetype not in ("application/json", "text/plain"):
         raise ApiError(415, "unsupported media type",
                        "send application/json (a message object) or text/plain (the data)")
+    args = _strict_query(request.query_string)
     raw = _read_body(limit)
     if mimetype == "application/json":
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as error:
-            raise ApiError(400, "invalid json", f"the body is not valid JSON: {error}") from None
-        try:
-            return from_publish_body(channel, body)
+            return from_publish_body(channel, parse_json(raw))
+        except InvalidJson as error:
+            raise ApiError(400, "invalid json", str(error)) from None
         except InvalidMessage as error:
             raise ApiError(400, "invalid message", str(error)) from None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid text", "a text/plain body must be UTF-8") from None
-    args = request.args
+        text = decode_text(raw, "a text/plain body")
+    except InvalidMessage as error:
+        raise ApiError(400, "invalid text", str(error)) from None
     retry = args.get("retry")
+    if retry is not None and not (retry.isascii() and retry.isdigit()):
+        raise ApiError(400, "invalid message",
+                       "'retry' must be an integer number of milliseconds, 0 to 86400000")
     try:
         return build_message(channel, text, args.get("event"), args.get("id"),
                              int(retry) if retry is not None else None)
-    except (InvalidMessage, ValueError) as error:
+    except InvalidMessage as error:
         raise ApiError(400, "invalid message", str(error)) from None
+
+
+def _strict_query(query: bytes) -> Dict[str, str]:
+    """The query's first value of each name, percent-escapes decoded as UTF-8 strictly.
+
+    werkzeug's `request.args` would put U+FFFD for what is not UTF-8, and publish that.
+    """
+    values: Dict[str, str] = {}
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        name_bytes = unquote_to_bytes(raw_name.replace(b"+", b" "))
+        name = name_bytes.decode("utf-8", errors="backslashreplace")
+        try:
+            name_bytes.decode("utf-8")
+            value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ApiError(400, "invalid query", f"the query parameter {name!r} is not UTF-8: "
+                           f"{error.reason} at byte {error.start}") from None
+        values.setdefault(name, value)
+    return values

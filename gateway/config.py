@@ -20,6 +20,7 @@ class Config:
     retry: int = 3000
     max_message_size: int = 65536
     max_pending: int = 1000
+    max_buffered_bytes: int = 64 * 1024 * 1024
     max_channels: int = 16
     poll_timeout: float = 25.0
     max_batch: int = 100
@@ -44,8 +45,8 @@ class Config:
         if not 0 < self.heartbeat < 45:
             problems.append("heartbeat must be above 0 and below 45 seconds "
                             "(polyfills treat 45 s of silence as a dead connection)")
-        for name in ("max_message_size", "max_pending", "max_channels", "history_length",
-                     "max_batch", "rotate_bytes"):
+        for name in ("max_message_size", "max_pending", "max_buffered_bytes", "max_channels",
+                     "history_length", "max_batch", "rotate_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if not 0 < self.poll_timeout <= 300:
@@ -114,6 +115,8 @@ OPTIONS: List[Option] = [
     Option("max_message_size", "largest accepted publish body, in bytes", parse=int),
     Option("max_pending", "events a subscriber may fall behind before it is disconnected",
            parse=int),
+    Option("max_buffered_bytes", "bytes the process may hold for slow subscribers in all; "
+           "over it, those holding the most are disconnected", parse=int),
     Option("max_channels", "most channels one request may subscribe to", parse=int),
     Option("poll_timeout", "longest time a long-poll is held, in seconds (clients may ask "
            "for less with ?timeout=)", parse=float),

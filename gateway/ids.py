@@ -16,18 +16,30 @@ from typing import Dict, Optional, Sequence, Tuple
 EventId = Tuple[int, int]
 
 ZERO: EventId = (0, 0)
+# Both parts of a Redis stream id are unsigned 64-bit integers; Redis refuses anything larger.
+_PART_MAX = 2**64 - 1
 _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 def parse_id(text: str) -> Optional[EventId]:
+    """An id in `<ms>-<seq>` form with both parts in 64 bits, else None (no gateway issued it)."""
     match = _ID.fullmatch(text)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2))
+    event_id = int(match.group(1)), int(match.group(2))
+    return event_id if event_id[0] <= _PART_MAX and event_id[1] <= _PART_MAX else None
 
 
 def format_id(event_id: EventId) -> str:
     return f"{event_id[0]}-{event_id[1]}"
+
+
+def successor(event_id: EventId) -> Optional[EventId]:
+    """The smallest id after `event_id`, None after the largest id there is."""
+    ms, seq = event_id
+    if seq < _PART_MAX:
+        return ms, seq + 1
+    return (ms + 1, 0) if ms < _PART_MAX else None
 
 
 class CursorError(ValueError):

@@ -1,22 +1,36 @@
-"""The published message: its JSON format, its validation, and how it is framed for the wire.
+"""The published message: its JSON format, the one validation rule for every message from
+outside, and how it is framed for the wire.
 
 The JSON format is flask-sse's, so its publishers work unchanged:
 `{"data": <any JSON>, "type": "<event name>", "id": "<publisher's id>", "retry": <ms>}`,
-with `event` accepted as an alias of `type`. The gateway adds `stream_id`, the id it assigned.
+with `event` accepted as an alias of `type`.
+
+Every message from outside (a publish body or its query, a Redis pub/sub payload, a history
+entry read back) meets the same rule once, where it enters: UTF-8 decoded strictly; JSON as
+RFC 8259 defines it (no NaN or Infinity, which Python's json accepts); text made of Unicode
+scalar values (no lone surrogates, which JSON's `\\u` escapes carry into any string or key,
+and which no UTF-8 encoder can write); and the field rules of `build_message`. What fails
+raises InvalidMessage naming the field, and is never stored nor delivered.
 """
 
 import json
+import math
 import re
 from typing import Any, Dict, Optional, Sequence
 
 from . import wire
-from .ids import EventId, format_cursor, format_id, parse_id
+from .ids import EventId, HistoryBounds, format_cursor, format_id, history_gap
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidMessage(ValueError):
     """A message a publisher must fix: the text says what is wrong."""
+
+
+class InvalidJson(InvalidMessage):
+    """A body that is not JSON in UTF-8."""
 
 
 def check_channel(name: str) -> str:
@@ -117,6 +131,27 @@ def reset_message(channels: Sequence[str], reason: str) -> Message:
     return Message(channels[0], data, event=RESET_EVENT)
 
 
+class HistoryLost(Message):
+    """The `gateway-reset` for a channel's open streams when its history lost events while the
+    broker's connection was down; `bounds` is what history held when the broker read it, after
+    subscribing again. A stream that resumed from the new history meanwhile lost nothing: each
+    stream asks `concerns` (transports.Session.accept)."""
+
+    __slots__ = ("bounds",)
+
+    def __init__(self, channel: str, bounds: HistoryBounds) -> None:
+        super().__init__(channel, reset_message([channel], "history-lost").data, event=RESET_EVENT)
+        self.bounds = bounds
+
+    def concerns(self, position: EventId) -> bool:
+        """Whether a stream at `position` lost events."""
+        bounds = self.bounds
+        if bounds.exists and position > bounds.last:
+            # Read from history after the broker was: every later event reaches it live.
+            return False
+        return history_gap(position, bounds)
+
+
 def build_message(
     channel: str,
     data: Any,
@@ -130,23 +165,79 @@ def build_message(
     if event is not None:
         if not isinstance(event, str):
             raise InvalidMessage("'event' must be a string")
-        _check(event, "event")
+        _check_field(event, "event")
     if source_id is not None:
         if not isinstance(source_id, str):
             raise InvalidMessage("'id' must be a string")
-        _check(source_id, "id")
+        _check_field(source_id, "id")
     if retry is not None and (
         isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry <= 86_400_000
     ):
         raise InvalidMessage("'retry' must be an integer number of milliseconds, 0 to 86400000")
-    return Message(channel, wire.format_data(data), event or None, source_id, retry)
+    try:
+        text = wire.format_data(data)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidMessage(f"'data' must be a string or a JSON value: {error}") from None
+    # Checked as the compact JSON the client gets: that covers every nested string and key.
+    check_text(text, "data")
+    return Message(channel, text, event or None, source_id, retry)
 
 
-def _check(value: str, name: str) -> None:
+def check_text(value: str, name: str) -> str:
+    """Refuse a lone surrogate: it is not a Unicode scalar value, so no UTF-8 can carry it."""
+    # An ASCII string (the common case) is known to be one without looking at it.
+    if not value.isascii():
+        found = _SURROGATE.search(value)
+        if found:
+            raise InvalidMessage(
+                f"'{name}' contains U+{ord(found.group()):04X}, a lone surrogate: text must be "
+                "valid Unicode (a \\u escape of a surrogate needs its pair)")
+    return value
+
+
+def _check_field(value: str, name: str) -> None:
     try:
         wire.check_field(name, value)
     except wire.FieldError as error:
         raise InvalidMessage(str(error)) from None
+    check_text(value, name)
+
+
+class _NotFinite(ValueError):
+    """NaN, Infinity, or a number too large for a double: Python's json takes them, JSON has none."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(f"{text[:40]} is too large for a number")
+    return value
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A publish body as JSON (RFC 8259) in UTF-8; raises InvalidJson saying what is wrong."""
+    try:
+        return _loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InvalidJson(f"the body is not UTF-8: {error.reason} at byte {error.start}") from None
+    except (ValueError, RecursionError) as error:
+        raise InvalidJson(f"the body is not valid JSON: {error}") from None
+
+
+def decode_text(raw: bytes, what: str) -> str:
+    """Bytes from outside as text: UTF-8, strictly; raises InvalidMessage naming `what`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidMessage(f"{what} is not UTF-8: {error.reason} at byte {error.start}") from None
 
 
 def from_publish_body(channel: str, body: Any) -> Message:
@@ -155,7 +246,8 @@ def from_publish_body(channel: str, body: Any) -> Message:
         raise InvalidMessage("the body must be a JSON object with a 'data' field")
     unknown = set(body) - {"data", "event", "type", "id", "retry"}
     if unknown:
-        raise InvalidMessage(f"unknown field(s): {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(repr(name[:40]) for name in unknown))
+        raise InvalidMessage(f"unknown field(s): {names}")
     if "event" in body and "type" in body and body["event"] != body["type"]:
         raise InvalidMessage("'event' and 'type' are aliases; give one")
     event = body.get("event", body.get("type"))
@@ -163,28 +255,30 @@ def from_publish_body(channel: str, body: Any) -> Message:
 
 
 def from_broker_payload(channel: str, payload: bytes) -> Message:
-    """A message as it arrives from the broker: JSON in our format, or any other text as data.
+    """A message as the broker carries it: JSON in our format, or any other text as the data.
 
-    Raises InvalidMessage for a JSON object that is not a valid message (e.g. no `data`).
+    Raises InvalidMessage for bytes that are not UTF-8 and for a JSON object that is not a
+    valid message (no `data`, a bad field, NaN, a lone surrogate). Any `stream_id` field is
+    ignored like every unknown field: an event's id never comes from its message.
     """
-    text = payload.decode("utf-8", errors="replace")
+    text = decode_text(payload, "the message")
     try:
-        body = json.loads(text)
-    except ValueError:
+        body = _loads(text)
+    except json.JSONDecodeError:
+        return Message(channel, text)  # not JSON: any text is the data
+    except (ValueError, RecursionError) as error:
+        # JSON's syntax, but not a value it can carry (NaN, a number too long, nesting too deep):
+        # a message object with one is refused rather than shown to clients as text.
+        if text.lstrip().startswith("{"):
+            raise InvalidMessage(f"the message is not valid JSON: {error}") from None
         return Message(channel, text)
     if not isinstance(body, dict):
         return Message(channel, text)
-    event_id = None
-    if "stream_id" in body:
-        event_id = parse_id(str(body.pop("stream_id")))
-        if event_id is None:
-            raise InvalidMessage("'stream_id' is not a stream id")
     if "data" not in body:
         raise InvalidMessage("'data' is required")
     event = body.get("type", body.get("event"))
-    message = build_message(channel, body["data"], event, _optional_str(body.get("id")),
-                            body.get("retry"))
-    return message.with_id(event_id) if event_id else message
+    return build_message(channel, body["data"], event, _optional_str(body.get("id")),
+                         body.get("retry"))
 
 
 def _optional_str(value: Any) -> Optional[str]:

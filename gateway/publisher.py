@@ -45,6 +45,7 @@ class Publisher:
                                           socket_timeout=timeout)
             self._script = client.register_script(redis_schema.PUBLISH_SCRIPT)
             self._redis_error = redis.RedisError
+            self._redis_refusal = redis.ResponseError
         elif not url.startswith(("http://", "https://")):
             raise ValueError(f"unsupported URL {url!r}: use redis://, rediss://, unix:// or http(s)://")
 
@@ -74,6 +75,11 @@ class Publisher:
                                                *self._limits)
         try:
             reply = self._script(keys=keys, args=args)
+        except self._redis_refusal as error:
+            why = redis_schema.refusal(error)
+            if why is not None:
+                raise ValueError(why) from None
+            raise PublishError(f"Redis did not take the event: {error}") from None
         except self._redis_error as error:
             raise PublishError(f"Redis did not take the event: {error}") from None
         event_id, receivers = redis_schema.parse_publish_reply(reply)

@@ -1,14 +1,20 @@
 """What the gateway keeps in Redis, shared by the gateway and its publishers (no gevent here).
 
 Per channel `C` and key prefix `P`:
-- pub/sub channel `P` + `C`: live messages, JSON; the gateway's carry `stream_id`;
 - stream `P` + `sse-gateway:history:` + `C`: the history, one entry per event, field `m`
-  holding the message JSON without `stream_id` (the entry's own id is the event id).
+  holding the message JSON (the entry's own id is the event id);
+- pub/sub channel `P` + `sse-gateway/live/` + `C`: the gateway's own live events, each
+  `<event id> <message JSON>`, published by `PUBLISH_SCRIPT` only;
+- pub/sub channel `P` + `C`: raw messages (`redis-cli PUBLISH`, flask-sse publishers), which
+  have no id and no history; whatever they carry, they never move a channel's position.
 
-`PUBLISH_SCRIPT` appends to the history and publishes in one atomic step, so no subscriber
-can see an event that history lacks, or the reverse. Any language can run it with EVAL:
-KEYS[1] = history key, ARGV = pub/sub channel, message JSON object, max length, max age (ms).
-It returns `[event id, number of gateway processes that received it]`.
+No channel name contains `/`, so no channel's raw pub/sub name is another's live one.
+
+`PUBLISH_SCRIPT` checks the message, then appends it to the history and publishes it live in
+one atomic step, so no subscriber can see an event that history lacks, or the reverse. Any
+language can run it with EVAL: KEYS[1] = history key, ARGV = live channel, message JSON object,
+max length, max age (ms). It returns `[event id, number of gateway processes that received it]`,
+or refuses with an error reply that starts with `INVALID` and stores nothing.
 """
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -16,10 +22,66 @@ from typing import Any, Dict, List, Optional, Tuple
 from .ids import ZERO, EventId, HistoryBounds, parse_id
 
 HISTORY_KEY = "sse-gateway:history:"
+LIVE_CHANNEL = "sse-gateway/live/"
+REFUSED = "INVALID"
 
-PUBLISH_SCRIPT = """
-local key, maxlen, age = KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4])
-local id = redis.call('XADD', key, '*', 'm', ARGV[2])
+# What the script cannot check is checked again when the gateway reads it (message.py):
+# UTF-8 of the raw bytes (a Lua pattern scan costs about 60 ns a byte on Redis' one thread,
+# so 4 ms for a 64 KB message) and a `retry` written as a float (cjson reads 3000.0 as 3000).
+PUBLISH_SCRIPT = r"""
+local key, live, message = KEYS[1], ARGV[1], ARGV[2]
+local maxlen, age = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function refuse(why)
+  return redis.error_reply('INVALID ' .. why)
+end
+local function finite(value)
+  if type(value) == 'number' then
+    return value == value and value ~= math.huge and value ~= -math.huge
+  elseif type(value) == 'table' then
+    for _, item in pairs(value) do
+      if not finite(item) then return false end
+    end
+  end
+  return true
+end
+-- One channel's names: <P>sse-gateway:history:<C> and <P>sse-gateway/live/<C>, C without '/'.
+local channel = string.match(live, '[^/]*$')
+local prefix = string.sub(live, 1, #live - #channel - 17)
+if string.sub(live, #prefix + 1, #prefix + 17) ~= 'sse-gateway/live/'
+    or key ~= prefix .. 'sse-gateway:history:' .. channel then
+  return refuse('KEYS[1] and ARGV[1] must be <prefix>sse-gateway:history:<channel> and '
+    .. '<prefix>sse-gateway/live/<channel>')
+end
+if #channel > 128 or not string.find(channel, '^[%w_.:%-]+$') then
+  return refuse('invalid channel name: use 1-128 of A-Z a-z 0-9 _ . : -')
+end
+-- cjson refuses invalid JSON, nesting beyond 1000 and \u escapes of lone surrogates.
+local ok, body = pcall(cjson.decode, message)
+if not ok then
+  return refuse('the message is not JSON: ' .. tostring(body))
+end
+if type(body) ~= 'table' or not string.find(message, '^%s*{') then
+  return refuse('the message must be a JSON object with a string data field')
+end
+if not finite(body) then
+  return refuse('NaN and Infinity are not JSON numbers')
+end
+if type(body.data) ~= 'string' then
+  return refuse("'data' is required and must be a string")
+end
+for _, name in ipairs({'type', 'event', 'id'}) do
+  local value = body[name]
+  if value ~= nil and value ~= cjson.null
+      and (type(value) ~= 'string' or string.find(value, '[\r\n%z]')) then
+    return refuse("'" .. name .. "' must be a string without CR, LF or NUL")
+  end
+end
+local retry = body.retry
+if retry ~= nil and retry ~= cjson.null and (type(retry) ~= 'number'
+    or not (retry >= 0 and retry <= 86400000) or retry % 1 ~= 0) then
+  return refuse("'retry' must be an integer number of milliseconds, 0 to 86400000")
+end
+local id = redis.call('XADD', key, '*', 'm', message)
 -- Redis records only XDEL in max-deleted-entry-id, not trimming; resume needs to know what
 -- was trimmed, so the script trims exactly and records the largest trimmed id itself.
 local trimmed = nil
@@ -40,7 +102,7 @@ if trimmed then
   redis.call('XSETID', key, id, 'MAXDELETEDID', trimmed)
 end
 redis.call('PEXPIRE', key, age)
-local receivers = redis.call('PUBLISH', ARGV[1], '{"stream_id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
+local receivers = redis.call('PUBLISH', live, id .. ' ' .. message)
 return {id, receivers}
 """
 
@@ -49,11 +111,31 @@ def history_key(prefix: str, channel: str) -> str:
     return f"{prefix}{HISTORY_KEY}{channel}"
 
 
+def live_channel(prefix: str, channel: str) -> str:
+    return f"{prefix}{LIVE_CHANNEL}{channel}"
+
+
 def publish_args(
     prefix: str, channel: str, message_json: str, max_length: int, max_age_ms: int
 ) -> Tuple[List[str], List[Any]]:
     """KEYS and ARGV for PUBLISH_SCRIPT."""
-    return [history_key(prefix, channel)], [prefix + channel, message_json, max_length, max_age_ms]
+    return ([history_key(prefix, channel)],
+            [live_channel(prefix, channel), message_json, max_length, max_age_ms])
+
+
+def refusal(error: Exception) -> Optional[str]:
+    """Why the script refused a message, if `error` (its error reply) is a refusal."""
+    text = str(error)
+    return text[len(REFUSED) + 1:] if text.startswith(REFUSED + " ") else None
+
+
+def split_live(payload: bytes) -> Tuple[EventId, bytes]:
+    """The event id and the message of a live payload; ValueError if it has no valid id."""
+    head, _, message = payload.partition(b" ")
+    event_id = parse_id(head.decode("ascii", errors="replace"))
+    if event_id is None:
+        raise ValueError(f"a live message must start with an event id, not {head[:40]!r}")
+    return event_id, message
 
 
 def parse_publish_reply(reply: List[Any]) -> Tuple[EventId, int]:

@@ -11,6 +11,7 @@ from gateway.ids import (
     history_gap,
     parse_cursor,
     parse_id,
+    successor,
 )
 
 # -- event ids ------------------------------------------------------------------------------
@@ -38,6 +39,39 @@ def test_parse_id_reads_milliseconds_and_sequence(text, expected):
 )
 def test_parse_id_rejects_anything_but_digits_dash_digits(text):
     assert parse_id(text) is None
+
+
+@pytest.mark.parametrize("text", ["18446744073709551616-0", "0-18446744073709551616",
+                                  "99999999999999999999-0", "99999999999999999999-99999999999999999999"])
+def test_parse_id_rejects_parts_beyond_64_bits_which_no_stream_id_has(text):
+    assert parse_id(text) is None
+
+
+@pytest.mark.parametrize("text", ["\u0661-0", "1-\u0967", "\uff11-0"])
+def test_parse_id_rejects_digits_other_than_ascii(text):
+    assert parse_id(text) is None
+
+
+@pytest.mark.parametrize("event_id, expected", [
+    ((0, 0), (0, 1)),
+    ((5, 7), (5, 8)),
+    ((5, 2**64 - 1), (6, 0)),
+    ((2**64 - 1, 2**64 - 2), (2**64 - 1, 2**64 - 1)),
+    ((2**64 - 1, 2**64 - 1), None),
+])
+def test_successor_is_the_smallest_id_after_and_none_after_the_largest(event_id, expected):
+    assert successor(event_id) == expected
+
+
+@pytest.mark.parametrize("text, channels", [
+    ("99999999999999999999-0", ["chat"]),
+    ("18446744073709551616-0 publisher-id", ["chat"]),
+    ("a=99999999999999999999-0,b=0-0", ["a", "b"]),
+    ("a=0-0,b=0-18446744073709551616", ["a", "b"]),
+])
+def test_cursor_with_an_id_beyond_64_bits_is_unreadable(text, channels):
+    with pytest.raises(CursorError):
+        parse_cursor(text, channels)
 
 
 @pytest.mark.parametrize("event_id", [(0, 0), (1, 0), (1795280678065, 3), (2**64 - 1, 2**64 - 1)])

@@ -1,15 +1,22 @@
 """The Redis broker: one pub/sub connection per process, history in Redis streams.
 
-A single listener greenlet owns the pub/sub connection. Channels are SUBSCRIBEd when their
-first local subscriber arrives and UNSUBSCRIBEd when the last one leaves. When the connection
-drops, the listener reconnects with capped exponential backoff and jitter, resubscribes, and
-fills the gap from each channel's stream before reading live messages again, dropping the
-live duplicates by id.
+A single listener greenlet owns the pub/sub connection. A channel's two pub/sub names (the
+gateway's live events and raw messages, see redis_schema) are SUBSCRIBEd when its first local
+subscriber arrives and UNSUBSCRIBEd when the last one leaves. When the connection drops, the
+listener reconnects with capped exponential backoff and jitter, resubscribes, and fills the
+gap from each channel's stream before reading live messages again, dropping the live
+duplicates by id.
+
+No message can stop delivery: each one is handled under a guard that logs, counts and skips
+it whatever goes wrong, and should the listener still end, a supervisor starts it again (it
+resubscribes and fills the gap) while `check` reports the broker unavailable.
 """
 
 import logging
 import random
-from typing import Dict, Optional
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
 import gevent.event
@@ -18,9 +25,11 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
-from ..ids import ZERO, EventId, HistoryBounds, format_id, history_gap
-from ..message import InvalidMessage, Message, from_broker_payload, reset_message
+from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
+from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .shared_reads import ChannelRead, SharedReads
+from .slots import NoSlot, Slots
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,12 @@ _COMMAND_TIMEOUT = 5.0
 _CONFIRM_TIMEOUT = 5.0
 _BACKOFF_FIRST = 0.1
 _BACKOFF_CAP = 5.0
+# Connections for commands (history reads, publishes, health checks); the URL's
+# `max_connections` overrides it. The pub/sub connection is apart from these.
+POOL_SIZE = 50
+# How long a command may wait for one: far longer than a healthy Redis keeps a process's
+# connections busy, reconnect storm included; only a Redis that does not answer reaches it.
+_POOL_WAIT = 10.0
 
 
 class RedisBroker(Broker):
@@ -37,11 +52,17 @@ class RedisBroker(Broker):
     def __init__(self, url: str, prefix: str = "", history_length: int = 1000,
                  history_age: float = 3600.0) -> None:
         self._prefix = prefix
+        self._raw_prefix = prefix.encode("utf-8")
+        self._live_prefix = redis_schema.live_channel(prefix, "").encode("utf-8")
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT
+        self._pool = redis.ConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_timeout=_COMMAND_TIMEOUT,
         )
+        self._client = redis.Redis(connection_pool=self._pool)
+        # Commands take turns for the pool's connections, rather than fail when all are busy.
+        self._slots = Slots(self._pool.max_connections)
         self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
@@ -51,33 +72,44 @@ class RedisBroker(Broker):
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
+        self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
         self._write_lock = gevent.lock.Semaphore()
         self._sink: Optional[MessageSink] = None
         self._listener: Optional[gevent.Greenlet] = None
+        self._restart: Optional[gevent.Greenlet] = None
+        self._restart_delay = _BACKOFF_FIRST
+        self._stopping = False
+        self._failure: Optional[str] = None  # why the listener is being restarted
+        self._connected_before = False
         self._ready = gevent.event.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, sink: MessageSink) -> None:
         self._sink = sink
-        self._listener = gevent.spawn(self._listen_forever)
+        self._start_listener()
 
     def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.kill(block=True, timeout=2)
+        self._stopping = True
+        for greenlet in (self._restart, self._listener):
+            if greenlet is not None:
+                greenlet.kill(block=True, timeout=2)
         self._drop_connection()
-        self._client.close()
+        self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
     def check(self) -> None:
         try:
-            self._client.ping()
+            with self._slot():
+                self._client.ping()
         except RedisError as error:
             raise BrokerUnavailable(f"Redis is unreachable: {error}") from None
+        if self._failure is not None:
+            raise BrokerUnavailable(self._failure)
         if not self._ready.is_set():
             raise BrokerUnavailable("the pub/sub connection to Redis is not established yet")
 
@@ -88,57 +120,129 @@ class RedisBroker(Broker):
             self._prefix, message.channel, message.to_json(), self._max_length, self._max_age_ms
         )
         try:
-            reply = self._script(keys=keys, args=args)
+            with self._slot():
+                reply = self._script(keys=keys, args=args)
+        except ResponseError as error:
+            why = redis_schema.refusal(error)
+            if why is not None:
+                raise InvalidMessage(why) from None
+            raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
         except RedisError as error:
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
         event_id, receivers = redis_schema.parse_publish_reply(reply)
         return PublishResult(event_id, receivers)
 
-    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+    def history(self, positions: Dict[str, EventId],
+                limit: Optional[int] = None) -> Dict[str, History]:
+        histories, skipped = self._reads.history(positions, limit)
+        self.skipped += skipped
+        return histories
+
+    def _read(self, positions: Dict[str, EventId], limit: Optional[int]) -> Dict[str, ChannelRead]:
+        """Each channel's entries after its position (at most `limit`), all at one instant."""
         # One transaction: every channel is read at the same instant, so replayed events of
         # several channels keep the order they were published in.
-        channels = list(positions)
-        try:
+        # From the id after each position, rather than Redis' exclusive "(id", which is an
+        # error after the largest id there is (a client may send it): nothing follows that one.
+        starts = {channel: successor(after) for channel, after in positions.items()}
+        page = limit or self._max_length
+        found = {}
+        with self._slot():
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    for channel, start in starts.items():
+                        key = redis_schema.history_key(self._prefix, channel)
+                        pipe.xinfo_stream(key)
+                        if start is not None:
+                            pipe.xrange(key, min=format_id(start), max="+", count=page)
+                    replies = iter(pipe.execute(raise_on_error=False))
+                for channel, start in starts.items():
+                    info = next(replies)
+                    entries = next(replies) if start is not None else []
+                    for reply in (info, entries):
+                        if isinstance(reply, Exception) and not _no_such_key(reply):
+                            raise BrokerUnavailable(f"could not read history from Redis: {reply}")
+                    bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
+                              else redis_schema.bounds_from_xinfo(info))
+                    entries = entries if bounds.exists else []
+                    if limit is None and len(entries) == page:
+                        entries, bounds = self._rest(channel, entries, bounds, page)
+                    found[channel] = entries, bounds
+            except RedisError as error:
+                raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
+        return {channel: self._channel_read(channel, entries, bounds, limit)
+                for channel, (entries, bounds) in found.items()}
+
+    def _rest(self, channel: str, entries: List[Any], bounds: HistoryBounds,
+              page: int) -> Tuple[List[Any], HistoryBounds]:
+        """The pages after the first of a history longer than this gateway keeps (another
+        publisher's --history-length may be larger), up to its end when the first was read.
+
+        Entries trimmed meanwhile are reported as lost history (a larger `max_deleted`).
+        """
+        key = redis_schema.history_key(self._prefix, channel)
+        entries = list(entries)
+        batch = entries
+        while len(batch) == page:
+            start = successor(redis_schema.parse_stream_id(entries[-1][0]))
+            if start is None or start > bounds.last:
+                break
             with self._client.pipeline(transaction=True) as pipe:
-                for channel in channels:
-                    key = redis_schema.history_key(self._prefix, channel)
-                    pipe.xinfo_stream(key)
-                    # History is capped (exactly) at its length: one read takes all of it.
-                    pipe.xrange(key, min="(" + format_id(positions[channel]), max="+")
-                replies = pipe.execute(raise_on_error=False)
-        except RedisError as error:
-            raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
-        result = {}
-        for index, channel in enumerate(channels):
-            info, entries = replies[2 * index], replies[2 * index + 1]
-            for reply in (info, entries):
-                if isinstance(reply, Exception) and not _no_such_key(reply):
-                    raise BrokerUnavailable(f"could not read history from Redis: {reply}")
-            bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
-                      else redis_schema.bounds_from_xinfo(info))
-            messages = [self._decode_entry(channel, raw_id, fields)
-                        for raw_id, fields in (entries if bounds.exists else [])]
-            result[channel] = History([m for m in messages if m is not None],
-                                      history_gap(positions[channel], bounds))
-        return result
+                pipe.xinfo_stream(key)
+                pipe.xrange(key, min=format_id(start), max=format_id(bounds.last), count=page)
+                info, batch = pipe.execute(raise_on_error=False)
+            if isinstance(batch, Exception) or isinstance(info, Exception):
+                error = batch if isinstance(batch, Exception) else info
+                if not _no_such_key(error):
+                    raise BrokerUnavailable(f"could not read history from Redis: {error}")
+                info, batch = None, []
+            now = redis_schema.bounds_from_xinfo(info)
+            lost = now.max_deleted if now.exists else bounds.last
+            if lost >= start:
+                bounds = replace(bounds, max_deleted=max(bounds.max_deleted, lost))
+            entries.extend(batch)
+        return entries, bounds
+
+    def _channel_read(self, channel: str, entries: List[Any], bounds: HistoryBounds,
+                      limit: Optional[int]) -> ChannelRead:
+        messages, skipped = [], []
+        for raw_id, fields in entries:
+            message = self._decode_entry(channel, raw_id, fields)
+            if message is None:
+                skipped.append(redis_schema.parse_stream_id(raw_id))
+            else:
+                messages.append(message)
+        complete = (limit is None or len(entries) < limit
+                    or redis_schema.parse_stream_id(entries[-1][0]) >= bounds.last)
+        return ChannelRead(messages, skipped, complete, bounds)
 
     def _bounds(self, key: str) -> HistoryBounds:
         try:
-            info = self._client.xinfo_stream(key)
+            with self._slot():
+                info = self._client.xinfo_stream(key)
         except ResponseError as error:
             if _no_such_key(error):
                 return HistoryBounds(exists=False)
             raise
         return redis_schema.bounds_from_xinfo(info)
 
-    def _decode_entry(self, channel: str, raw_id, fields) -> Optional[Message]:
-        payload = redis_schema.entry_payload(fields)
-        event_id = redis_schema.parse_stream_id(raw_id)
-        if payload is None:
-            log.warning("history entry %s of channel %r has no message; skipped", raw_id, channel)
-            return None
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the pool's connections for the block, in turn (see slots.py)."""
         try:
-            return from_broker_payload(channel, payload).with_id(event_id)
+            with self._slots.hold(_POOL_WAIT):
+                yield
+        except NoSlot as error:
+            raise BrokerUnavailable(f"no Redis connection became free: {error}") from None
+
+    def _decode_entry(self, channel: str, raw_id, fields) -> Optional[Message]:
+        """A history entry as a message; None, logged, for one that is not valid."""
+        payload = redis_schema.entry_payload(fields)
+        try:
+            if payload is None:
+                raise InvalidMessage("it has no message")
+            return from_broker_payload(channel, payload).with_id(
+                redis_schema.parse_stream_id(raw_id))
         except InvalidMessage as error:
             log.warning("history entry %s of channel %r is malformed (%s); skipped",
                         raw_id, channel, error)
@@ -177,31 +281,57 @@ class RedisBroker(Broker):
         except BrokerUnavailable:
             pass  # the reconnect will not resubscribe it
 
+    def _pubsub_names(self, *channels: str) -> Tuple[str, ...]:
+        # Raw first, live last: the live name's confirmation then means both are in.
+        return tuple(name for channel in channels for name in
+                     (self._prefix + channel, redis_schema.live_channel(self._prefix, channel)))
+
     def _send(self, command: str, channel: str) -> None:
         connection = self._connection
         if connection is None:
             raise BrokerUnavailable("not connected to Redis")
         with self._write_lock:
             try:
-                connection.send_command(command, self._prefix + channel)
+                connection.send_command(command, *self._pubsub_names(channel))
             except (RedisError, OSError) as error:
                 raise BrokerUnavailable(f"could not {command} at Redis: {error}") from None
 
-    # -- the listener ---------------------------------------------------------------------------
+    # -- the listener and its supervisor ------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        self._restart = None
+        self._listener = gevent.spawn(self._listen_forever)
+        self._listener.link(self._on_listener_end)
+
+    def _on_listener_end(self, listener: gevent.Greenlet) -> None:
+        """The supervisor: whatever ended the listener, start it again after a pause."""
+        if self._stopping:
+            return
+        self.listener_restarts += 1
+        reason = repr(listener.exception) if listener.exception is not None else "it returned"
+        self._failure = f"the Redis pub/sub listener ended ({reason}) and is being restarted"
+        self._ready.clear()
+        self._drop_connection()
+        delay, self._restart_delay = self._restart_delay, min(self._restart_delay * 2, _BACKOFF_CAP)
+        log.error("the Redis pub/sub listener ended (%s); restarting it in %.2f s, open streams "
+                  "stay open", reason, delay)
+        self._restart = gevent.spawn_later(delay, self._start_listener)
 
     def _listen_forever(self) -> None:
         delay = _BACKOFF_FIRST
-        connected_before = False
         while True:
             try:
-                self._connect()
-                if connected_before:
+                early = self._connect()
+                if self._connected_before:
                     self._fill_gaps()
-                log.log(logging.WARNING if connected_before else logging.INFO,
+                for reply in early:
+                    self._handle(reply)
+                log.log(logging.WARNING if self._connected_before else logging.INFO,
                         "pub/sub connection to Redis established; %d channel(s) subscribed",
                         len(self._channels))
-                connected_before = True
-                delay = _BACKOFF_FIRST
+                self._connected_before = True
+                delay = self._restart_delay = _BACKOFF_FIRST
+                self._failure = None
                 self._ready.set()
                 self._read_forever()
             except (RedisError, OSError, BrokerUnavailable) as error:
@@ -214,29 +344,40 @@ class RedisBroker(Broker):
                 gevent.sleep(wait)
                 delay = min(delay * 2, _BACKOFF_CAP)
 
-    def _connect(self) -> None:
+    def _connect(self) -> List[Any]:
+        """Connect and resubscribe; returns the messages that came before every confirmation.
+
+        Those wait until the gap is filled: delivered first, a live event would move its
+        channel's position past the events that the gap fill has yet to deliver.
+        """
         connection = self._listen_pool.make_connection()
         connection.connect()
         self._connection = connection
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
+        early: List[Any] = []
         if channels:
             with self._write_lock:
-                connection.send_command("SUBSCRIBE", *[self._prefix + c for c in channels])
-            pending = set(channels)
+                connection.send_command("SUBSCRIBE", *self._pubsub_names(*channels))
+            pending = {redis_schema.live_channel(self._prefix, c).encode("utf-8") for c in channels}
             while pending:
                 reply = connection.read_response()
-                if self._handle(reply) == "subscribe":
-                    pending.discard(self._channel_of(reply[1]))
+                if reply[0] == b"message":
+                    early.append(reply)
+                elif self._handle(reply) == "subscribe":
+                    pending.discard(reply[1])
+        return early
 
     def _fill_gaps(self) -> None:
         """Deliver what was published while the pub/sub connection was down."""
-        for channel, history in self.history(dict(self._channels)).items():
+        histories, skipped = self._reads.history(dict(self._channels), fresh=True)
+        self.skipped += skipped
+        for channel, history in histories.items():
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
                             "connection was down; its subscribers are told to reload", channel)
-                self._deliver(reset_message([channel], "history-lost"))
+                self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
-                self._deliver(message)
+                self._deliver_safely(message)
 
     def _read_forever(self) -> None:
         connection = self._connection
@@ -246,20 +387,39 @@ class RedisBroker(Broker):
     def _handle(self, reply) -> Optional[str]:
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "message":
-            self._on_payload(self._channel_of(reply[1]), reply[2])
-        elif kind == "subscribe":
+            self._on_payload(reply[1], reply[2])
+        elif kind == "subscribe" and reply[1].startswith(self._live_prefix):
             confirmed = self._confirmations.get(self._channel_of(reply[1]))
             if confirmed is not None:
                 confirmed.set()
         return kind
 
-    def _on_payload(self, channel: str, payload: bytes) -> None:
+    def _on_payload(self, name: bytes, payload: bytes) -> None:
+        """One pub/sub message: whatever goes wrong with it is logged, counted and skipped."""
+        channel = self._channel_of(name)
         try:
-            message = from_broker_payload(channel, payload)
-        except InvalidMessage as error:
+            if name.startswith(self._live_prefix):
+                event_id, payload = redis_schema.split_live(payload)
+                message = from_broker_payload(channel, payload).with_id(event_id)
+            else:
+                # A raw message: whatever it says, it has no id and moves no position.
+                message = from_broker_payload(channel, payload)
+        except ValueError as error:  # InvalidMessage, or a live message without an id
+            self.refused += 1
             log.warning("skipped a malformed message on channel %r: %s", channel, error)
             return
-        self._deliver(message)
+        except Exception:
+            self.refused += 1
+            log.exception("reading a message on channel %r failed; skipped", channel)
+            return
+        self._deliver_safely(message)
+
+    def _deliver_safely(self, message: Message) -> None:
+        try:
+            self._deliver(message)
+        except Exception:
+            self.refused += 1
+            log.exception("delivering a message on channel %r failed; skipped", message.channel)
 
     def _deliver(self, message: Message) -> None:
         channel = message.channel
@@ -272,9 +432,9 @@ class RedisBroker(Broker):
         if self._sink is not None:
             self._sink(message)
 
-    def _channel_of(self, raw: bytes) -> str:
-        name = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-        return name[len(self._prefix):]
+    def _channel_of(self, name: bytes) -> str:
+        prefix = self._live_prefix if name.startswith(self._live_prefix) else self._raw_prefix
+        return name[len(prefix):].decode("utf-8", errors="replace")
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None

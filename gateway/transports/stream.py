@@ -51,7 +51,8 @@ class EventStream(Subscriber):
     While the socket takes everything, each event is sent as it is dispatched; for a
     one-channel stream that is the message's shared bytes, already in chunked framing. When
     the socket cannot take more, the rest waits in `out` and later events queue, framed, until
-    the socket drains; too many of them and the hub drops the stream.
+    the socket drains; too many of them and the hub drops the stream. Only then does the
+    stream count what it holds (`out` and the queue) in the hub's budget.
     """
 
     __slots__ = ("options", "session", "opening", "sock", "chunked", "fast", "out", "sent",
@@ -97,6 +98,7 @@ class EventStream(Subscriber):
             self._deadline = loop.timer(options.rotate_seconds)
             self._deadline.start(self.end, ROTATE)
         held, self.queue = self.queue, []
+        self._hold(0)
         body = self.opening + self.session.frames(held)
         self.opening = b""
         self.sent = len(body)
@@ -111,7 +113,8 @@ class EventStream(Subscriber):
         if self.fast and message.shared:
             # The fan-out's hot path, hence _send's common case written out here.
             if self.out:
-                return self.push(message.frame)
+                frame = message.frame
+                return self.push(frame, len(frame))
             data = message.chunk if self.chunked else message.frame
             try:
                 sent = self.sock.send(data)
@@ -125,7 +128,7 @@ class EventStream(Subscriber):
             return True
         if self.sock is None or self.closed:
             # Not live yet: held, and filtered against the replay when it goes live.
-            return self.closed or self.push(message)
+            return self.closed or self.push(message, len(message.frame))
         session = self.session
         if self.fast:
             # Everything up to the hub's tail reached this client: that is its position.
@@ -153,6 +156,7 @@ class EventStream(Subscriber):
             tail = (wire.http_chunk(tail) if tail else b"") + LAST_CHUNK
         if self.out:
             self.out += tail
+            self._hold(len(self.out))
         else:
             self._send(tail)
         if not self.out:
@@ -164,6 +168,11 @@ class EventStream(Subscriber):
         if not self.closed:
             self._leave_hub()
         self._shut()
+
+    def release(self) -> None:
+        # Once live, what the stream holds is still to be sent: `_shut` lets it go.
+        if self.sock is None:
+            super().release()
 
     def _leave_hub(self) -> None:
         super().close()
@@ -182,7 +191,7 @@ class EventStream(Subscriber):
         self.sent += len(frame)
         ok = True
         if self.out:
-            ok = self.push(frame)
+            ok = self.push(frame, len(frame))
         else:
             self._send(wire.http_chunk(frame) if self.chunked else frame)
         rotate_bytes = self.options.rotate_bytes
@@ -206,30 +215,36 @@ class EventStream(Subscriber):
         self.out = rest
         self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
         self._writable.start(self._on_writable)
+        self._hold(len(rest))  # last: over the budget, this may drop the stream
 
     def _on_writable(self) -> None:
+        held = self.held  # len(out) + the queue's frames
         while True:
             data = self.out
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self.close()
                 return
             self.stalls = 0
+            held -= sent
             if sent < len(data):
                 self.out = data[sent:]
-                return
+                break
             if not self.queue:
+                self.out = b""
                 break
             frames = b"".join(self.queue)
             self.queue = []
             self.out = wire.http_chunk(frames) if self.chunked else frames
-        self.out = b""
-        self._stop("_writable")
-        if self.ending:
-            self._shut()
+            held += len(self.out) - len(frames)
+        self._hold(held)
+        if not self.out:
+            self._stop("_writable")
+            if self.ending:
+                self._shut()
 
     def _on_readable(self) -> None:
         # A client sends nothing after its request: readable means it closed or reset.
@@ -270,6 +285,7 @@ class EventStream(Subscriber):
         sock, self.sock = self.sock, None
         self.out = b""
         self.queue = []
+        self._hold(0)
         if sock is not None:
             sock.close()
 
