@@ -32,6 +32,10 @@ class Config:
     history_length: int = 1000
     history_age: float = 3600.0
     shutdown_timeout: float = 5.0
+    max_connections: int = 0  # 0: the file-descriptor limit less a reserve
+    max_head_size: int = 16 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 75.0
     workers: int = 1
     log_level: str = "info"
     demo: bool = False
@@ -56,6 +60,13 @@ class Config:
             parse_networks(self.trusted_proxies)
         except ValueError as error:
             problems.append(str(error))
+        if self.max_connections < 0:
+            problems.append("max-connections must not be negative (0: from the descriptor limit)")
+        if self.max_head_size < 1024:
+            problems.append("max-head-size must be at least 1024 bytes")
+        for name in ("header_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.replace('_', '-')} must be above 0")
         if self.history_age <= 0:
             problems.append("history-age must be above 0")
         if self.retry < 0:
@@ -126,6 +137,15 @@ OPTIONS: List[Option] = [
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
+    Option("max_connections", "most client connections one process holds open, streams "
+           "included; a client beyond them is refused at once (0: the file-descriptor limit "
+           "less a reserve of max(128, limit/16))", parse=int),
+    Option("max_head_size", "largest request head (request line and headers), in bytes; "
+           "larger gets 431 (414 for a request line alone)", parse=int),
+    Option("header_timeout", "seconds a client has to send a request head (and again a "
+           "request body) before the connection is closed", parse=float),
+    Option("idle_timeout", "seconds a kept-alive connection may wait for its next request "
+           "(keep it above a proxy's upstream keepalive_timeout, 60 s in nginx)", parse=float),
     Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
            "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),

@@ -9,10 +9,8 @@ ends (`_unavailable`): any other status would make an EventSource give up for go
 """
 
 import logging
-import time
 from http import HTTPStatus
 from typing import Callable, Iterable, List, Optional, Tuple
-from wsgiref.handlers import format_date_time
 
 from . import subscribe
 from .brokers import BrokerUnavailable
@@ -40,7 +38,6 @@ class EventsEndpoint:
             rotate_bytes=config.rotate_bytes, rotate_seconds=config.rotate_seconds)
         # A rotated stream ends its response and then its connection.
         self._rotated_headers = [("Connection", "close")]
-        self._date = _HttpDate()
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -81,9 +78,9 @@ class EventsEndpoint:
         try:
             log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
             stream.start(session, backlog)
+            # The server adds Date, and the framing, to the head it hands the stream.
             start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
-                                      ("Date", self._date()), *headers,
-                                      *(self._rotated_headers if padded else ())])
+                                      *headers, *(self._rotated_headers if padded else ())])
         except BaseException:
             stream.close()  # attached: it must leave the hub, or it stays there for good
             raise
@@ -107,25 +104,9 @@ class EventsEndpoint:
         # The client comes back no sooner than the retry time: keeping the connection open for
         # it would only hold a socket and a greenlet meanwhile.
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
-                                  ("Content-Length", str(len(body))), ("Date", self._date()),
-                                  *headers, ("Connection", "close")])
+                                  ("Content-Length", str(len(body))), *headers,
+                                  ("Connection", "close")])
         return [body]
-
-
-class _HttpDate:
-    """The Date header, formatted once a second rather than once a connection."""
-
-    __slots__ = ("second", "value")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.value = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self.second:
-            self.second, self.value = now, format_date_time(now)
-        return self.value
 
 
 def _path_channel(path: str) -> Optional[str]:

@@ -1,90 +1,34 @@
-"""The gevent WSGI server around the app: start, log, and shut down gracefully on a signal."""
+"""The gateway process: broker, hub and application behind the HTTP layer; start, log, and
+shut down gracefully on a signal."""
 
-import _socket
 import gc
 import logging
+import random
 import signal
+from typing import Callable, Optional
 
 import gevent
 import gevent.event
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
 from .app import create_app
 from .brokers import create_broker
 from .config import Config
+from .cors import subscribe_policy
+from .events_endpoint import EventsEndpoint
 from .greenlet_pool import GreenletPool
+from .http import h1
+from .http.acceptor import Acceptor, default_max_connections
+from .http.connection import Server, Settings
 from .hub import Hub
 from .listener import BACKLOG, bind
-from .request_headers import RequestHeaders
+from .subscribe import UNCACHEABLE
+from .wire import encode_comment, encode_retry
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
-READ_BUFFER = 1024
 GC_THRESHOLD = 20_000
 STARTUP_WAIT = 5.0  # seconds to wait for the broker before serving anyway
 IDLE_GREENLETS = 1024
-
-
-class Handler(WSGIHandler):
-    """pywsgi's handler, handing an event stream its connection and response head.
-
-    A body with a `take_over` method (transports.StreamResponse) gets the connection as a
-    plain non-blocking socket, to send the head itself; the handler's greenlet then ends and
-    pywsgi forgets the connection without closing it.
-    """
-
-    def __init__(self, sock, address, server):
-        # Request heads are small: a smaller buffer than pywsgi's for every connection.
-        super().__init__(sock, address, server, rfile=sock.makefile("rb", READ_BUFFER))
-
-    def MessageClass(self, fp, *args):
-        return RequestHeaders(fp)
-
-    def log_request(self):
-        # pywsgi formats the line before the logger could decline it.
-        if access_log.isEnabledFor(logging.DEBUG):
-            super().log_request()
-
-    def process_result(self):
-        take_over = getattr(self.result, "take_over", None)
-        if take_over is None:
-            return super().process_result()
-        head = self._response_head()
-        self.response_length = len(head)
-        sock, self.socket = self.socket, None  # ends pywsgi's keep-alive loop, socket open
-        # The descriptor moves to a bare socket: none of gevent's per-socket watchers.
-        raw = _socket.socket(*self.server.client_socket_kind, sock.detach())
-        raw.setblocking(False)
-        take_over(raw, self.response_use_chunked, head)
-
-    def _response_head(self) -> bytes:
-        # The status line and headers as pywsgi's first write makes them. pywsgi would send
-        # them and the body's first bytes in two sends, each asking the kernel for the
-        # socket's buffer size first; the stream sends everything in one.
-        self.headers_sent = True
-        self.finalize_headers()
-        lines = [b"HTTP/1.1 " + self.status]
-        lines += [name + b": " + value for name, value in self.response_headers]
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class Server(WSGIServer):
-    """pywsgi's server with the gateway's handler, and the settings that connection bursts need."""
-
-    handler_class = Handler
-    # gevent accepts 100 connections per loop turn by default. When thousands of clients
-    # reconnect at once the kernel's accept queue then overflows, and each dropped SYN costs
-    # its client a one-second retransmission: drain the whole queue each turn instead.
-    max_accept = BACKLOG
-
-    def __init__(self, listener, app, spawn) -> None:
-        super().__init__(
-            listener, app, spawn=spawn,
-            log=LoggingLogAdapter(access_log, logging.DEBUG),
-            error_log=LoggingLogAdapter(logging.getLogger("gateway.server"), logging.ERROR),
-        )
-        # What every accepted socket is, read once: the socket properties build enums each time.
-        self.client_socket_kind = (listener.family, listener.type, listener.proto)
+REFUSAL_RETRY = 5  # seconds a client over the connection cap is asked to wait, at least
 
 
 def serve(config: Config, reuse_port: bool = False) -> None:
@@ -111,28 +55,64 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         listener.listen(BACKLOG)
     app = create_app(config, hub, broker)
     greenlets = GreenletPool(keep=IDLE_GREENLETS)
-    server = Server(listener, app, greenlets)
-    server.start()
+    settings = Settings(max_head=config.max_head_size, header_timeout=config.header_timeout,
+                        idle_timeout=config.idle_timeout, max_body=config.max_message_size)
+    address = listener.getsockname()
+    server = Server(app, settings, address, _refusal(config))
+    max_connections = config.max_connections or default_max_connections()
+    acceptor = Acceptor(listener, server, greenlets, max_connections, BACKLOG)
+    acceptor.start()
     _tune_garbage_collector()
-    host, port = server.address[:2]
     log.info(
         "listening on http://%s:%d; broker %s%s; heartbeat %gs, max message %d B, "
-        "max pending %d, max channels %d, history %d events / %gs; publishing %s",
-        host, port, broker.name, f" ({_redacted(config.redis_url)})" if config.redis_url else "",
+        "max pending %d, max channels %d, max connections %d, history %d events / %gs; "
+        "publishing %s",
+        address[0], address[1], broker.name,
+        f" ({_redacted(config.redis_url)})" if config.redis_url else "",
         config.heartbeat, config.max_message_size, config.max_pending, config.max_channels,
-        config.history_length, config.history_age,
+        max_connections, config.history_length, config.history_age,
         f"with {len(config.publish_tokens)} token(s)" if config.publish_tokens
         else "from loopback only",
     )
     stopping.wait()
     log.info("shutting down: ending %d stream(s)", hub.subscriber_count)
-    server.close()
+    acceptor.close()
+    server.stop()
     hub.close_all()
     if not greenlets.join(config.shutdown_timeout):
         log.warning("%d request(s) still running after %gs; exiting anyway", greenlets.busy,
                     config.shutdown_timeout)
     broker.stop()
     log.info("stopped")
+
+
+def _refusal(config: Config) -> Callable[[Optional[h1.Request]], bytes]:
+    """The answer to a client over the connection cap, from its request head if it came.
+
+    An EventSource treats any status but 200 as final and gives up, so a stream request gets
+    a 200 event stream that only sets a retry delay and ends: the browser reconnects later.
+    Everything else gets 503 with Retry-After. Both delays are spread at random, so refused
+    clients do not all come back at the same instant.
+    """
+    cors = subscribe_policy(config.cors_origins)
+    date = h1.HttpDate()
+
+    def refusal(request: Optional[h1.Request]) -> bytes:
+        delay = REFUSAL_RETRY * (1 + random.random())
+        if request is not None and request.method == "GET" and EventsEndpoint.handles(request.path):
+            origin = next((value for name, value in request.fields if name == "origin"), None)
+            body = encode_retry(int(delay * 1000)) + encode_comment(
+                "the gateway is at its connection limit; reconnect later")
+            return h1.response_head("200 OK", [
+                ("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Content-Length", str(len(body))), *UNCACHEABLE.items(),
+                *cors.headers(origin).items(), ("Date", date()), ("Connection", "close"),
+            ]) + body
+        error = h1.HttpError(503, "service unavailable",
+                             "the gateway is at its connection limit; retry later")
+        return h1.error_response(error, date(), (("Retry-After", str(int(delay))),))
+
+    return refusal
 
 
 def _tune_garbage_collector() -> None:

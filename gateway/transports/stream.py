@@ -1,8 +1,8 @@
 """The event-stream transport: native EventSource, and the padded, rotated stream for XHR/XDR.
 
-The WSGI server hands the connection over with the response head it made
-(`StreamResponse.take_over`); the stream sends that head, its opening bytes and the events
-that came meanwhile in one write. From then on a stream has no greenlet:
+The server hands the connection over with the response head it made (`StreamResponse` is an
+`http.seam.TakeOver`); the stream sends that head, its opening bytes and the events that came
+meanwhile in one write. From then on a stream has no greenlet:
 the hub's dispatch writes each event to its socket with a non-blocking send, and event-loop
 watchers do the rest: finish a write the socket could not take at once, send heartbeats,
 rotate a padded stream, notice the client leaving. An idle stream is a few small objects.
@@ -16,6 +16,7 @@ from typing import List, Optional
 from gevent import get_hub
 
 from .. import wire
+from ..http.seam import TakeOver
 from ..hub import Subscriber
 from ..message import Message
 from .session import Session
@@ -289,8 +290,8 @@ class EventStream(Subscriber):
             sock.close()
 
 
-class StreamResponse:
-    """The WSGI body of an event stream, for the gateway's server (see server.Handler).
+class StreamResponse(TakeOver):
+    """The WSGI body of an event stream: it takes the connection over (see http.seam).
 
     The server hands the connection and the response head to `take_over`. If the response
     ends before that, WSGI's `close` lets the stream go.

@@ -1,0 +1,241 @@
+"""One client connection: request heads read within deadlines, each request run, kept alive.
+
+A connection runs in a greenlet of the server's pool. Its socket is a plain non-blocking one:
+a read or write that can be done at once is just a system call, and only one that must wait
+takes an event-loop watcher (`gevent.socket.wait_read` / `wait_write`), so the usual event
+stream request, whose head is in the socket when it is accepted, costs no watcher at all.
+
+Deadlines bound what a client can hold: a request head must arrive within the header timeout
+(from the connection's start, or from the first byte after an idle keep-alive wait), a chunked
+body likewise, and a kept-alive connection may sit idle for the idle timeout. A refused request
+gets its JSON error, then a lingering close (RFC 9112 section 9.6): the gateway stops sending
+and reads what the client still sends for a moment, so the client's kernel does not discard the
+answer on the reset that closing an unread socket would cause.
+"""
+
+import logging
+import socket
+from dataclasses import dataclass
+from time import monotonic
+from typing import Callable, Optional, Set
+
+from gevent.socket import wait_read, wait_write
+
+from . import h1
+from .wsgi import respond
+
+log = logging.getLogger("gateway.http")
+
+READ_SIZE = 4096
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
+REFUSAL_WAIT = 1.0  # seconds a refused client gets to send the head that says what it wants
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The HTTP layer's limits (see config.py for what each option means)."""
+
+    max_head: int
+    header_timeout: float
+    idle_timeout: float
+    max_body: int  # the largest chunked body read for the application
+
+
+class Server:
+    """What a process's connections share: the application, the settings, the Date cache,
+    the idle connections to close when the process stops."""
+
+    def __init__(self, app: Callable, settings: Settings, address: tuple,
+                 refusal: Callable[[Optional[h1.Request]], bytes]) -> None:
+        self.app = app
+        self.settings = settings
+        self.server_name = str(address[0])
+        self.server_port = str(address[1])
+        self.date = h1.HttpDate()
+        # The whole answer to a client over the connection cap, given its head (or None).
+        self.refusal = refusal
+        self.stopping = False
+        self.idle: Set["Connection"] = set()
+
+    def handle(self, sock: socket.socket, address: tuple) -> None:
+        """Serve one accepted connection until it closes or is handed over (a pool job)."""
+        Connection(self, sock, address).serve()
+
+    def refuse(self, sock: socket.socket, address: tuple) -> None:
+        """Answer a connection over the cap with `refusal`, then close it (a pool job)."""
+        Connection(self, sock, address).refuse()
+
+    def stop(self) -> None:
+        """Serve no further request: idle connections close now, busy ones after their
+        response."""
+        self.stopping = True
+        for connection in list(self.idle):
+            connection.wake()
+
+
+class Connection:
+    __slots__ = ("server", "sock", "address", "buffer", "taken")
+
+    def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.buffer = b""  # bytes received and not yet used: the start of the next request
+        self.taken = False  # the socket belongs to a TakeOver response now
+
+    def serve(self) -> None:
+        server = self.server
+        settings = server.settings
+        try:
+            deadline = monotonic() + settings.header_timeout
+            while True:
+                request = self.read_head(deadline)
+                if request is None or not respond(self, request) or server.stopping:
+                    return
+                if not self.buffer and not self._wait_idle(settings.idle_timeout):
+                    return
+                deadline = monotonic() + settings.header_timeout
+        except h1.HttpError as error:
+            self.fail(error)
+        except OSError as error:  # the client left or timed out; nothing to answer
+            log.debug("connection from %s ended: %s", self.address[0], error)
+        finally:
+            if not self.taken:
+                self.sock.close()
+
+    def refuse(self) -> None:
+        try:
+            wait = min(REFUSAL_WAIT, self.server.settings.header_timeout)
+            try:
+                request = self.read_head(monotonic() + wait)
+            except (h1.HttpError, OSError):
+                request = None
+            send_now(self.sock, self.server.refusal(request))
+            if request is None or request.has_body or self.buffer:
+                self.linger()  # else nothing more is due from the client: closing is safe
+        finally:
+            self.sock.close()
+
+    def read_head(self, deadline: float) -> Optional[h1.Request]:
+        """The next request's head; None if the client closed (or went quiet) before sending
+        any of it. Raises HttpError for a head to refuse, 408 for one that came too slowly."""
+        limit = self.server.settings.max_head
+        data = self.buffer
+        if data[:1] in (b"\r", b"\n"):
+            data = h1.skip_empty_lines(data)
+        end = h1.head_end(data)
+        if end < 0:
+            buffer = bytearray(data)  # grows in place however the head is split
+            while True:
+                if len(buffer) > limit:
+                    raise h1.head_too_large(bytes(buffer), limit)
+                searched = len(buffer)
+                try:
+                    received = self.recv(deadline, idle=not buffer)
+                except socket.timeout:
+                    if not buffer:
+                        return None
+                    raise h1.HttpError(408, "request timeout", "the request head did not "
+                                       "arrive in time") from None
+                if not received:
+                    return None
+                buffer += received
+                if buffer[:1] in (b"\r", b"\n"):
+                    buffer = bytearray(h1.skip_empty_lines(bytes(buffer)))
+                    searched = 0
+                end = h1.head_end(buffer, searched)
+                if end >= 0:
+                    data = bytes(buffer)
+                    break
+        if end > limit:
+            raise h1.head_too_large(data, limit)
+        self.buffer = data[end:]
+        return h1.parse_request_head(data[:end])
+
+    def recv(self, deadline: float, idle: bool = False) -> bytes:
+        """Bytes from the client (b"" once it closed); socket.timeout after `deadline`.
+        `idle`: nothing of a request is in hand yet, so stopping the server may close it."""
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(READ_SIZE)
+            except BlockingIOError:
+                pass
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out")
+            if idle:
+                if self.server.stopping:
+                    return b""
+                self.server.idle.add(self)
+            try:
+                wait_read(sock.fileno(), remaining)
+            finally:
+                if idle:
+                    self.server.idle.discard(self)
+
+    def send_all(self, data: bytes) -> None:
+        """Send everything, waiting while the socket is full; socket.timeout if it takes
+        nothing for the idle timeout."""
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        timeout = self.server.settings.idle_timeout
+        while view:
+            wait_write(sock.fileno(), timeout)
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                pass
+
+    def fail(self, error: h1.HttpError) -> None:
+        """Answer a refused request with its JSON error and close the connection."""
+        log.debug("refused a request from %s: %s", self.address[0], error)
+        send_now(self.sock, h1.error_response(error, self.server.date()))
+        self.linger()
+
+    def linger(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = self.recv(deadline)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:
+            pass
+
+    def wake(self) -> None:
+        # Its greenlet waits to read: a shut-down socket reads as closed.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _wait_idle(self, timeout: float) -> bool:
+        """Wait for the next request of a kept-alive connection; False if none comes."""
+        server = self.server
+        server.idle.add(self)
+        try:
+            wait_read(self.sock.fileno(), timeout)
+        except socket.timeout:
+            return False
+        finally:
+            server.idle.discard(self)
+        return not server.stopping
+
+
+def send_now(sock: socket.socket, data: bytes) -> None:
+    """Send a short answer without waiting: the socket's buffer takes it, or the client is gone."""
+    try:
+        sock.send(data)
+    except OSError:
+        pass

@@ -1,0 +1,39 @@
+"""The seam between the server and a response that takes its connection over.
+
+An event stream outlives its request: once its response head is ready, the server hands it the
+connection and forgets it, and the stream writes to the socket from then on (from the hub's
+fan-out, with no greenlet). A WSGI application asks for that by returning a `TakeOver` as its
+body; the server recognises it by this type, never by looking for a method.
+"""
+
+import socket
+from abc import ABC, abstractmethod
+
+
+class TakeOver(ABC):
+    """A WSGI response body that takes the connection over once its head is ready.
+
+    The server calls exactly one of the two methods: `take_over` when the response can start,
+    or `close` (WSGI's) when it ends before that (the client left, the server is stopping).
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def take_over(self, sock: socket.socket, chunked: bool, response_head: bytes) -> None:
+        """Own the connection from now on: a non-blocking socket, to close when done.
+
+        `response_head` is the whole response head (status line, headers, empty line) for the
+        receiver to send first, in one write with its first body bytes; the body is in chunked
+        framing if `chunked` (HTTP/1.1) and delimited by the end of the connection if not
+        (HTTP/1.0). Closing the socket is what releases the connection's place under the
+        server's connection cap.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """The response ends without taking over (WSGI's `close`): let go of what it holds."""
+
+    def __iter__(self):
+        # A WSGI body must be iterable; a server that does not know the seam sends no body.
+        return iter(())
