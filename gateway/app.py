@@ -17,11 +17,11 @@ from .config import Config
 from .cors import publish_policy, subscribe_policy
 from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
-from .hub import Hub, Subscriber
+from .hub import Hub
 from .ids import format_id
 from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
 from .subscribe import UNCACHEABLE, ApiError
-from .transports import CALLBACK, encode_json, encode_jsonp, poll
+from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp, poll
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
         # From here on the session is attached, and `poll` detaches it whatever happens.
-        session, backlog = subscribe.open_session(hub, Subscriber(channels, config.max_pending),
+        session, backlog = subscribe.open_session(hub, PollQueue(channels, config.max_pending),
                                                   cursor)
         body = poll(session, backlog, hold, batch, config.retry)
         if callback is None:

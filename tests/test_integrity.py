@@ -433,7 +433,7 @@ def test_failed_stream_starts_leave_no_subscriber_in_the_hub():
     from gateway.hub import Hub
 
     broker = EmbeddedBroker()
-    hub = Hub(broker)
+    hub = Hub(broker, Config().max_buffered_bytes)
     broker.start(hub.dispatch)
     broker.publish(Message("leak", "\ud800"))  # cannot be encoded
     endpoint = EventsEndpoint(Config(), hub, subscribe_policy(()))
