@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""Fan-out benchmark runner: sse-gateway against nginx+nchan and flask-sse, in one run.
+"""Benchmark runner: sse-gateway against nginx+nchan and flask-sse, in one run.
 
 For each target and each subscriber count it starts Redis (where the target needs it) and the
-server pinned to core 0, runs ``loadgen.py`` pinned to core 1, stops everything, and finally
-prints a results table with ratios against nchan. Rows are also written as JSON lines.
+server pinned to core 0, runs the workload's client pinned to core 1, stops everything, and
+finally prints a results table with ratios against nchan. Rows are also written as JSON lines.
+Workloads: ``fanout`` (``loadgen.py``: N open streams, R events/s), ``storm`` (``storm.py``: N
+clients reconnecting at once with a recent Last-Event-ID) and ``longpoll`` (``longpoll.py``: N
+clients long-polling while R events/s are published).
 
-    python3 benchmarks/run.py                      # full matrix, ~5 minutes
+    python3 benchmarks/run.py                      # fan-out matrix, ~5 minutes
     python3 benchmarks/run.py --targets nchan,flask-sse --subscribers 1000,5000
+    python3 benchmarks/run.py --workload storm     # reconnect storm, gateway and nchan
+    python3 benchmarks/run.py --workload longpoll  # long-poll, gateway and nchan
     python3 benchmarks/run.py --smoke              # gateway alone, N=100, for CI
 
 Needs Linux, taskset, redis-server and nginx; installs libnginx-mod-nchan with apt-get when it is
@@ -17,6 +22,7 @@ dependencies) on first use. Every server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import hashlib
 import json
@@ -43,6 +49,14 @@ NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 # On a one-core machine (a CI runner, say) both share core 0 and the figures mean little.
 SERVER_CORE, LOADGEN_CORE = 0, 1 if (os.cpu_count() or 1) > 1 else 0
 ALL_TARGETS = ("sse-gateway", "nchan", "flask-sse")
+WORKLOADS = ("fanout", "storm", "longpoll")
+# Per workload: default targets, subscriber counts and rate (flask-sse neither resumes from a
+# Last-Event-ID nor long-polls).
+WORKLOAD_DEFAULTS = {
+    "fanout": (ALL_TARGETS, "1000,5000,10000", 20.0),
+    "storm": (("sse-gateway", "nchan"), "1000,3000", 0.0),
+    "longpoll": (("sse-gateway", "nchan"), "1000,3000", 1.0),
+}
 # Not in the default matrix: `serve --workers 2` on every core, the generator on one of them.
 EXTRA_TARGETS = ("sse-gateway-x2",)
 CHANNEL = "bench"
@@ -189,6 +203,22 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- processes
 
 
+def die_with_runner() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when this runner dies, however it dies (Linux's
+    parent-death signal, kept across exec), so a killed run leaves no server behind. SIGTERM:
+    each server then stops its own workers."""
+    runner = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != runner:  # the runner died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def child_pids(pid: int) -> list[int]:
     """All descendants of pid (gunicorn and nginx workers)."""
     found: list[int] = []
@@ -232,6 +262,7 @@ class Services:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=die_with_runner(),
         )
         self.procs.append((name, proc))
         return proc
@@ -336,6 +367,9 @@ class Started:
     subscribe_url: str
     publish_args: list[str]
     cpu_pids: list[int]
+    poll_url: str = ""  # long-poll URL, where the target has one
+    poll_protocol: str = ""  # how longpoll.py follows it: gateway or nchan
+    redis_url: str = ""  # the target's Redis, whose commands storm.py and longpoll.py count
 
 
 def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
@@ -379,6 +413,9 @@ def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
         subscribe_url=f"{base}/events/{CHANNEL}",
         publish_args=["--publish", "http-json", "--publish-url", f"{base}/publish/{CHANNEL}"],
         cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
+        poll_url=f"{base}/poll/{CHANNEL}",
+        poll_protocol="gateway",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
     )
 
 
@@ -409,6 +446,12 @@ http {{
 
         location ~ ^/sub/(\\w+)$ {{
             nchan_subscriber eventsource;
+            nchan_channel_id $1;
+            nchan_subscriber_first_message newest;
+        }}
+
+        location ~ ^/lp/(\\w+)$ {{
+            nchan_subscriber longpoll;
             nchan_channel_id $1;
             nchan_subscriber_first_message newest;
         }}
@@ -450,6 +493,8 @@ def start_nchan(svc: Services, python: str) -> Started:
         subscribe_url=f"{base}/sub/{CHANNEL}",
         publish_args=["--publish", "http-nchan", "--publish-url", f"{base}/pub/{CHANNEL}"],
         cpu_pids=[proc.pid, *child_pids(proc.pid)],
+        poll_url=f"{base}/lp/{CHANNEL}",
+        poll_protocol="nchan",
     )
 
 
@@ -519,6 +564,7 @@ class Plan:
     drain: float = 5.0
     settle: float = 1.0
     quiet_wait: float = 0.0
+    workload: str = "fanout"
 
 
 def connect_budget(subscribers: int) -> float:
@@ -534,45 +580,66 @@ def cell_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def client_argv(started: Started, target: str, subscribers: int, plan: Plan,
+                python: str) -> tuple[list[str], float]:
+    """The workload's client for one cell, pinned to its core, and its time limit."""
+    connect_timeout = connect_budget(subscribers)
+    pids = [arg for pid in started.cpu_pids for arg in ("--server-pid", str(pid))]
+    redis = ["--redis-url", started.redis_url] if started.redis_url else []
+    head = ["taskset", "-c", str(LOADGEN_CORE), python]
+    if plan.workload == "storm":
+        return [*head, str(BENCH / "storm.py"), "--url", started.subscribe_url,
+                "--clients", str(subscribers), *started.publish_args, *redis, *pids,
+                "--timeout", str(connect_timeout), "--label", target], 3 * connect_timeout + 20
+    if plan.workload == "longpoll":
+        if not started.poll_url:
+            raise TargetError(f"{target} has no long-poll endpoint")
+        timeout = connect_timeout + plan.settle + plan.seconds + plan.drain + 20
+        return [*head, str(BENCH / "longpoll.py"), "--url", started.poll_url, "--protocol",
+                started.poll_protocol, "--clients", str(subscribers), *started.publish_args,
+                "--rate", str(plan.rate), "--duration", str(plan.seconds), "--drain",
+                str(plan.drain), "--settle", str(max(plan.settle, 2.0)), "--timeout",
+                str(connect_timeout), *redis, *pids, "--label", target], timeout
+    timeout = connect_timeout + plan.settle + plan.seconds + plan.drain + 20
+    argv = [
+        *head,
+        str(BENCH / "loadgen.py"),
+        "--url",
+        started.subscribe_url,
+        "--subscribers",
+        str(subscribers),
+        *started.publish_args,
+        "--rate",
+        str(plan.rate),
+        "--duration",
+        str(plan.seconds),
+        "--drain",
+        str(plan.drain),
+        "--settle",
+        str(plan.settle),
+        "--connect-timeout",
+        str(connect_timeout),
+        "--timeout",
+        str(timeout),
+        "--label",
+        target,
+        "--server-core",
+        str(SERVER_CORE),
+        *pids,
+    ]
+    return argv, timeout
+
+
 def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str, object]:
     row: dict[str, object] = {"target": target, "subscribers": subscribers}
+    if plan.workload != "fanout":
+        row["workload"] = plan.workload
     row["busy_cores_before"] = round(wait_quiet(plan.quiet_wait), 2)
     with cell_dir() as workdir:
         svc = Services(workdir)
         try:
             started = STARTERS[target](svc, python)
-            connect_timeout = connect_budget(subscribers)
-            timeout = connect_timeout + plan.settle + plan.seconds + plan.drain + 20
-            argv = [
-                "taskset",
-                "-c",
-                str(LOADGEN_CORE),
-                python,
-                str(BENCH / "loadgen.py"),
-                "--url",
-                started.subscribe_url,
-                "--subscribers",
-                str(subscribers),
-                *started.publish_args,
-                "--rate",
-                str(plan.rate),
-                "--duration",
-                str(plan.seconds),
-                "--drain",
-                str(plan.drain),
-                "--settle",
-                str(plan.settle),
-                "--connect-timeout",
-                str(connect_timeout),
-                "--timeout",
-                str(timeout),
-                "--label",
-                target,
-                "--server-core",
-                str(SERVER_CORE),
-            ]
-            for pid in started.cpu_pids:
-                argv += ["--server-pid", str(pid)]
+            argv, timeout = client_argv(started, target, subscribers, plan, python)
             try:
                 done = subprocess.run(
                     argv,
@@ -581,12 +648,13 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
                     text=True,
                     timeout=timeout + 45,
                     stdin=subprocess.DEVNULL,
+                    preexec_fn=die_with_runner(),
                 )
             except subprocess.TimeoutExpired as exc:
-                raise TargetError("loadgen did not exit in time") from exc
+                raise TargetError("the client did not exit in time") from exc
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
             if not lines:
-                raise TargetError(f"loadgen printed no result: {done.stderr.strip()[-300:]}")
+                raise TargetError(f"the client printed no result: {done.stderr.strip()[-300:]}")
             row.update(json.loads(lines[-1]))
             for name, proc in svc.procs:
                 if proc.poll() is not None:
@@ -632,9 +700,56 @@ RATIOS = (
     ("deliv/s", "deliveries_per_s"),
 )
 
+STORM_COLUMNS = (
+    ("target", "target", "{}"),
+    ("N", "subscribers", "{}"),
+    ("ok", "ok", "{}"),
+    ("headers", "headers_ok", "{}"),
+    ("serve s", "serve_seconds", "{:.2f}"),
+    ("p50 ms", "serve_p50_ms", "{:.0f}"),
+    ("p99 ms", "serve_p99_ms", "{:.0f}"),
+    ("CPU s", "server_cpu_s", "{:.2f}"),
+    ("CPU ms/client", "cpu_ms_per_client", "{:.3f}"),
+    ("Redis cmds", "redis_command_total", "{}"),
+    ("XRANGE", "redis_commands.xrange", "{}"),
+)
+
+STORM_RATIOS = (("serve s", "serve_seconds"), ("CPU", "server_cpu_s"))
+
+LONGPOLL_COLUMNS = (
+    ("target", "target", "{}"),
+    ("N", "subscribers", "{}"),
+    ("R", "rate", "{:g}"),
+    ("delivered", "delivered", "{}"),
+    ("expected", "expected", "{}"),
+    ("loss %", "loss", "pct"),
+    ("polls", "polls", "{}"),
+    ("p50 ms", "latency_p50_ms", "{:.1f}"),
+    ("p99 ms", "latency_p99_ms", "{:.1f}"),
+    ("CPU s/1k", "cpu_s_per_1k", "{:.4f}"),
+    ("Redis cmds", "redis_command_total", "{}"),
+    ("XRANGE", "redis_commands.xrange", "{}"),
+)
+
+LONGPOLL_RATIOS = (("CPU/1k", "cpu_s_per_1k"), ("p99", "latency_p99_ms"))
+
+TABLES = {
+    "fanout": (COLUMNS, RATIOS),
+    "storm": (STORM_COLUMNS, STORM_RATIOS),
+    "longpoll": (LONGPOLL_COLUMNS, LONGPOLL_RATIOS),
+}
+
+
+def lookup(row: dict[str, object], key: str) -> object:
+    """row[key]; a dotted key looks inside a nested object (redis_commands.xrange)."""
+    value: object = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
 
 def cell(row: dict[str, object], key: str, fmt: str) -> str:
-    value = row.get(key)
+    value = lookup(row, key)
     if value is None or value == "":
         return "-"
     if fmt == "pct":
@@ -642,21 +757,22 @@ def cell(row: dict[str, object], key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def render_table(rows: list[dict[str, object]]) -> str:
-    table = [[c[0] for c in COLUMNS]]
+def render_table(rows: list[dict[str, object]], workload: str = "fanout") -> str:
+    columns, ratios = TABLES[workload]
+    table = [[c[0] for c in columns]]
     errors = []
     for row in rows:
-        table.append([cell(row, key, fmt) for _, key, fmt in COLUMNS])
+        table.append([cell(row, key, fmt) for _, key, fmt in columns])
         where = f"  {row['target']} N={row['subscribers']}: "
         if row.get("error"):
             errors.append(where + str(row["error"]))
         errors.extend(where + w for w in warnings(row))
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     lines = [
         "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in table
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    ratio_lines = render_ratios(rows)
+    ratio_lines = render_ratios(rows, ratios)
     if ratio_lines:
         lines += [
             "",
@@ -668,16 +784,17 @@ def render_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(rows: list[dict[str, object]]) -> str:
+def render_markdown(rows: list[dict[str, object]], workload: str = "fanout") -> str:
     """The table and the ratios to nchan as Markdown, for the README."""
-    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |"]
-    lines.append("| --- " * len(COLUMNS) + "|")
+    columns, ratio_keys = TABLES[workload]
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |"]
+    lines.append("| --- " * len(columns) + "|")
     for row in rows:
-        values = [cell(row, key, fmt) for _, key, fmt in COLUMNS]
+        values = [cell(row, key, fmt) for _, key, fmt in columns]
         if row.get("error"):
-            values[2:] = ["error: " + str(row["error"])[:80]] + [""] * (len(COLUMNS) - 3)
+            values[2:] = ["error: " + str(row["error"])[:80]] + [""] * (len(columns) - 3)
         lines.append("| " + " | ".join(values) + " |")
-    ratios = render_ratios(rows)
+    ratios = render_ratios(rows, ratio_keys)
     if ratios:
         lines += ["", "Ratios to nchan at the same N:", "", "```", *ratios, "```"]
     return "\n".join(lines)
@@ -685,7 +802,7 @@ def render_markdown(rows: list[dict[str, object]]) -> str:
 
 def report(paths: list[Path]) -> int:
     """Print Markdown tables from earlier runs' JSON lines; rows of later files win."""
-    cells: dict[tuple[object, object], dict[str, object]] = {}
+    cells: dict[tuple[object, object, object], dict[str, object]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
@@ -693,10 +810,15 @@ def report(paths: list[Path]) -> int:
                 meta = row["meta"]
                 print(f"<!-- {path.name}: {meta.get('date')}, {meta.get('nproc')} x {meta.get('cpu')} -->")
             else:
-                cells[(row["target"], row["subscribers"])] = row
+                cells[(row.get("workload", "fanout"), row["target"], row["subscribers"])] = row
     order = {name: i for i, name in enumerate(ALL_TARGETS + EXTRA_TARGETS)}
-    rows = sorted(cells.values(), key=lambda r: (order.get(str(r["target"]), 99), r["subscribers"]))
-    print(render_markdown(rows))
+    for workload in WORKLOADS:
+        rows = sorted((r for r in cells.values() if r.get("workload", "fanout") == workload),
+                      key=lambda r: (order.get(str(r["target"]), 99), r["subscribers"]))
+        if rows:
+            if workload != "fanout":
+                print(f"\n{workload}:\n")
+            print(render_markdown(rows, workload))
     return 0
 
 
@@ -733,7 +855,8 @@ def warnings(row: dict[str, object]) -> list[str]:
     return out
 
 
-def render_ratios(rows: list[dict[str, object]]) -> list[str]:
+def render_ratios(rows: list[dict[str, object]],
+                  ratios: tuple[tuple[str, str], ...] = RATIOS) -> list[str]:
     base = {r["subscribers"]: r for r in rows if r["target"] == "nchan" and not r.get("error")}
     out = []
     for row in rows:
@@ -741,7 +864,7 @@ def render_ratios(rows: list[dict[str, object]]) -> list[str]:
         if ref is None or row["target"] == "nchan":
             continue
         parts = []
-        for label, key in RATIOS:
+        for label, key in ratios:
             mine, theirs = row.get(key), ref.get(key)
             if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs > 0:
                 parts.append(f"{label} x{mine / theirs:.2f}")
@@ -756,13 +879,17 @@ def render_ratios(rows: list[dict[str, object]]) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=WORKLOADS, default="fanout",
+                   help="fanout (open streams), storm (reconnect storm) or longpoll")
     p.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help=f"comma-separated, from {', '.join(ALL_TARGETS + EXTRA_TARGETS)}",
+        help=f"comma-separated, from {', '.join(ALL_TARGETS + EXTRA_TARGETS)} (default: "
+        + "; ".join(f"{w}: {','.join(d[0])}" for w, d in WORKLOAD_DEFAULTS.items()) + ")",
     )
-    p.add_argument("--subscribers", default="1000,5000,10000", help="comma-separated N values")
-    p.add_argument("--rate", type=float, default=20.0, help="published events per second")
+    p.add_argument("--subscribers", help="comma-separated N values (default: "
+                   + "; ".join(f"{w}: {d[1]}" for w, d in WORKLOAD_DEFAULTS.items()) + ")")
+    p.add_argument("--rate", type=float, help="published events per second (default: fanout "
+                   "20, longpoll 1)")
     p.add_argument("--seconds", type=float, default=10.0, help="publish phase length")
     p.add_argument("--out", type=Path, help="JSON lines file (default benchmarks/results/)")
     p.add_argument(
@@ -795,12 +922,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered",
     )
     args = p.parse_args(argv)
+    targets, subscribers, rate = WORKLOAD_DEFAULTS[args.workload]
     if args.smoke:
-        args.targets, args.subscribers = "sse-gateway", "100"
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        args.workload, targets, subscribers = "fanout", ("sse-gateway",), "100"
+        args.targets = args.subscribers = None
+    args.targets = [t.strip() for t in (args.targets or ",".join(targets)).split(",") if t.strip()]
+    args.subscribers = args.subscribers or subscribers
+    args.rate = rate if args.rate is None else args.rate
     unknown = set(args.targets) - set(ALL_TARGETS + EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.workload != "fanout" and "flask-sse" in args.targets:
+        p.error(f"flask-sse has no {args.workload} workload: it neither resumes nor long-polls")
     args.subscribers = [int(n) for n in args.subscribers.split(",") if n.strip()]
     return args
 
@@ -830,14 +963,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     nofile = raise_fd_limit()
     python = choose_python(args)
-    plan = Plan(rate=args.rate, seconds=args.seconds, quiet_wait=args.quiet_wait)
+    plan = Plan(rate=args.rate, seconds=args.seconds, quiet_wait=args.quiet_wait,
+                workload=args.workload)
     if args.smoke:
         plan.drain, plan.settle = 2.0, 0.5
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or BENCH / "results" / f"run-{stamp}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = machine_facts(python)
-    meta.update(rate=args.rate, seconds=args.seconds, nofile=nofile, python_path=python)
+    meta.update(workload=args.workload, rate=args.rate, seconds=args.seconds, nofile=nofile,
+                python_path=python)
     log(f"{meta['date']}  {meta['nproc']} cores  {meta['cpu']}  RLIMIT_NOFILE={nofile}")
     rows: list[dict[str, object]] = []
     with open(out, "w") as f:
@@ -857,11 +992,14 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 summary = row.get("error") or (
+                    f"{row.get('ok')}/{n} served in {row.get('serve_seconds')} s, "
+                    f"{row.get('redis_command_total', '-')} Redis commands"
+                    if args.workload == "storm" else
                     f"delivered {row.get('delivered')}/{row.get('expected')}, "
                     f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}"
                 )
                 log(f"   {summary}")
-    print(render_table(rows))
+    print(render_table(rows, args.workload))
     print(f"\nJSON lines: {out}")
     if args.smoke:
         row = rows[0]

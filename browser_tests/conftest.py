@@ -4,8 +4,9 @@ Every page is served by a second origin (a small HTTP server started here), so e
 cross-origin as on a legacy site: the page loads `<gateway>/static/eventsource.js` with a script
 tag and subscribes to `<gateway>/events/<channel>`. Tests assert on what the page received.
 
-The process fixtures (`redis_db`, `start_gateway`, `broker_args`) come from tests/conftest.py
-(see support.py); the helpers the tests import are in support.py.
+The process fixtures (`redis_db`, `start_gateway`, `broker_args`) and the check that no process
+outlives the tests come from tests/conftest.py (see support.py); the helpers the tests import
+are in support.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from typing import Iterator, List, Optional, Sequence
 
 import pytest
 
+from .engines import (
+    FIREFOX,
+    MINIBROWSER,
+    WEBKIT_DRIVER,
+    XVFB,
+    ChromiumEngine,
+    EngineHarness,
+    FirefoxEngine,
+    WebKitEngine,
+)
 from .support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -33,6 +44,7 @@ redis_server = process_fixtures.redis_server
 redis_db = process_fixtures.redis_db
 start_gateway = process_fixtures.start_gateway
 broker_args = process_fixtures.broker_args
+no_process_outlives_the_tests = process_fixtures.no_process_outlives_the_tests
 
 
 # -- gateways ---------------------------------------------------------------------------------
@@ -172,3 +184,41 @@ def open_harness(context, page_origin):
         return Harness(context.new_page(), origin or page_origin, gateway_url, needed)
 
     return open_
+
+
+# -- every engine -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", params=["chromium", "firefox", "webkit"])
+def engine(request):
+    """Each browser engine in turn (tests are grouped by engine: one runs at a time)."""
+    binaries = {"chromium": [CHROMIUM], "firefox": [FIREFOX],
+                "webkit": [WEBKIT_DRIVER, MINIBROWSER, XVFB]}[request.param]
+    for binary in binaries:
+        if not os.access(binary, os.X_OK):
+            pytest.fail(f"{binary} is missing: {SETUP_HINT}")
+    if request.param == "chromium":
+        made = ChromiumEngine(request.getfixturevalue("browser"))
+    elif request.param == "firefox":
+        made = FirefoxEngine()
+    else:
+        made = WebKitEngine(free_port())
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def open_engine_harness(engine, page_origin):
+    """open_engine_harness(gateway_url) -> EngineHarness in a new page of the engine; the pages
+    are closed at the end of the test."""
+    pages: List = []
+
+    def open_(gateway_url: str) -> EngineHarness:
+        pages.append(engine.new_page())
+        return EngineHarness(pages[-1], page_origin.origin, gateway_url)
+
+    yield open_
+    for page in pages:
+        page.close_once()

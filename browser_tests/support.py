@@ -50,6 +50,7 @@ process_fixtures = _load_process_fixtures()
 Gateway = process_fixtures.Gateway
 free_port = process_fixtures.free_port
 wait_until = process_fixtures.wait_until
+die_with_parent = process_fixtures.die_with_parent
 
 #: Every way a page can receive events: the browser's own EventSource, then the polyfill forced
 #: onto each of its transports (xdr-stream through pages/xdr_shim.js: Chromium has no XDR).
@@ -73,9 +74,13 @@ class PinnedGateway(Gateway):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(port), *self.args],
             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(),
         )
-        wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        try:
+            wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        except BaseException:
+            self.cleanup()
+            raise
 
     def health(self) -> dict:
         return requests.get(self.url + "/healthz", timeout=5).json()
@@ -102,14 +107,36 @@ class FastPublisher:
 
 
 #: Scripted endpoints, `/<name>/<key>/...` (e.g. `/gone/k1/events/x`, and for long-poll
-#: transports `/gone/k1/poll/x`): the first request of each key gets a good answer that sets a
-#: 100 ms retry; every later one gets the status given here, with an empty body and
-#: `Access-Control-Allow-Origin: *` as the gateway would send.
+#: transports `/gone/k1/poll/x`): the first request of each key gets the first answer named here
+#: (see ANSWERS), every later one the second: a status with an empty body and
+#: `Access-Control-Allow-Origin: *` as the gateway would send, "drop" (the connection closed with
+#: no answer: a network error), or an answer again.
 SCRIPTED = {
     "flaky": ("good", 503),
     "gone": ("good", 204),
+    "broken": ("good", "drop"),
     # A stream with one complete event (id 1) and one cut off before its blank line (id 2).
     "partial": ("partial", 204),
+    # A stream that starts with two byte order marks.
+    "bom": ("bom", 204),
+    # An event whose id is outside Latin-1.
+    "unicode-id": ("unicode-id", 204),
+    # A good answer that sets a 1 s retry, every time.
+    "steady": ("slow-retry", "slow-retry"),
+}
+
+UNICODE_ID = "ünï😀"
+
+#: The answers: a stream body that ends, and what a long-poll answers instead.
+ANSWERS = {
+    "good": (b"retry: 100\n: ok\n\n", {"events": [], "lastEventId": "", "retry": 100}),
+    "partial": (b"retry: 100\n: ok\n\nid: 1\ndata: complete\n\nid: 2\ndata: unfinished\n",
+                {"events": [{"id": "1", "data": "complete"}], "lastEventId": "1", "retry": 100}),
+    "bom": ("\ufeff\ufeffdata: hidden\n\ndata: shown\n\nretry: 100\n\n".encode(), None),
+    "unicode-id": (f"retry: 100\nid: {UNICODE_ID}\ndata: one\n\n".encode(),
+                   {"events": [{"id": UNICODE_ID, "data": "one"}], "lastEventId": UNICODE_ID,
+                    "retry": 100}),
+    "slow-retry": (b"retry: 1000\n: ok\n\n", {"events": [], "lastEventId": "", "retry": 1000}),
 }
 
 
@@ -120,7 +147,7 @@ class Hit:
     at: float  # time.monotonic() on arrival
     path: str  # with the query string
     status: int
-    kind: str  # "page", "stream-end", "poll", or the status of an empty answer ("503", "204")
+    kind: str  # "page", "stream-end", "poll", "drop", "preflight", or an empty answer's status ("503")
     headers: Dict[str, str] = field(default_factory=dict)
 
 
@@ -137,6 +164,10 @@ class PageServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 owner._handle(self)
+
+            def do_OPTIONS(self) -> None:  # noqa: N802 (a CORS preflight: recorded, refused)
+                owner._record(self, 405, "preflight")
+                owner._send(self, 405, b"", {})
 
             def log_message(self, format: str, *args) -> None:  # noqa: A002
                 pass
@@ -173,39 +204,39 @@ class PageServer:
             self._record(request, 200, "page")
             self._send(request, 200, body, {"Content-Type": kind + "; charset=utf-8"})
         elif len(parts) > 2 and parts[1] in SCRIPTED:
-            first_answer, later_status = SCRIPTED[parts[1]]
+            first_answer, later = SCRIPTED[parts[1]]
             with self._lock:
                 first = parts[2] not in self._keys_seen
                 self._keys_seen.add(parts[2])
-            if first:
-                self._answer_well(request, url, partial=first_answer == "partial")
+            if first or later in ANSWERS:
+                self._answer_well(request, url, first_answer if first else later)
+            elif later == "drop":
+                self._record(request, 0, "drop")
+                request.close_connection = True
             else:
-                self._record(request, later_status, str(later_status))
-                self._send(request, later_status, b"", {"Access-Control-Allow-Origin": "*"})
+                self._record(request, later, str(later))
+                self._send(request, later, b"", {"Access-Control-Allow-Origin": "*"})
         else:
             self._record(request, 404, "404")
             self._send(request, 404, b"not found", {"Content-Type": "text/plain"})
 
-    def _answer_well(self, request: BaseHTTPRequestHandler, url, partial: bool) -> None:
-        """A good answer that sets a 100 ms retry: an empty long-poll answer (JSON, or JSONP with
-        a `callback`), or an event stream that ends (`partial`: with events, the last one cut
-        off before its blank line)."""
+    def _answer_well(self, request: BaseHTTPRequestHandler, url, answer: str) -> None:
+        """A good answer of ANSWERS: an event stream that ends, or a long-poll answer (JSON, or
+        JSONP with a `callback`)."""
         cors = {"Access-Control-Allow-Origin": "*"}
+        stream, poll = ANSWERS[answer]
         if "/poll/" in url.path:
             self._record(request, 200, "poll")
-            answer = json.dumps({"events": [], "lastEventId": "", "retry": 100})
+            body = json.dumps(poll)
             callback = parse_qs(url.query).get("callback")
             if callback:
-                body, ctype = f"/**/{callback[0]}({answer});".encode(), "application/javascript"
+                body, ctype = f"/**/{callback[0]}({body});".encode(), "application/javascript"
             else:
-                body, ctype = answer.encode(), "application/json"
+                body, ctype = body.encode(), "application/json"
             self._send(request, 200, body, {**cors, "Content-Type": ctype})
         else:
             self._record(request, 200, "stream-end")
-            body = b"retry: 100\n: ok\n\n"
-            if partial:
-                body += b"id: 1\ndata: complete\n\nid: 2\ndata: unfinished\n"
-            self._send(request, 200, body, {**cors, "Content-Type": "text/event-stream"})
+            self._send(request, 200, stream, {**cors, "Content-Type": "text/event-stream"})
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, status: int, body: bytes,

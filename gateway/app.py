@@ -14,7 +14,7 @@ from . import subscribe
 from .assets import load_bundle
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
-from .cors import publish_policy, subscribe_policy
+from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
 from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub
@@ -22,6 +22,7 @@ from .ids import format_id
 from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp, poll
+from .transports.poll import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     proxies = parse_networks(config.trusted_proxies)
     subscribe_cors = subscribe_policy(config.cors_origins)
     publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
+    publish_origins = frozenset(config.publish_cors_origins)
     refused = 0  # publish requests refused for what they sent (the broker counts its own)
 
     @app.after_request
@@ -98,7 +100,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         callback = args.get("callback")
         if callback is not None and not CALLBACK.fullmatch(callback):
             raise ApiError(400, "invalid callback",
-                           "callback must match ^[A-Za-z_$][A-Za-z0-9_$.]{0,63}$")
+                           f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
         if callback is not None and config.cors_origins:
             _check_jsonp_referer(config.cors_origins)
         hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
@@ -107,10 +109,14 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
-        # From here on the session is attached, and `poll` detaches it whatever happens.
-        session, backlog = subscribe.open_session(hub, PollQueue(channels, config.max_pending),
-                                                  cursor)
-        body = poll(session, backlog, hold, batch, config.retry)
+        try:
+            session, backlog = subscribe.open_session(
+                hub, PollQueue(channels, config.max_pending), cursor)
+        except BrokerUnavailable:
+            body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
+        else:
+            # The session is attached, and `poll` detaches it whatever happens.
+            body = poll(session, backlog, hold, batch, config.retry)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
         return Response(encode_jsonp(callback, body),
@@ -120,6 +126,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     @app.post("/publish/<channel>")
     def publish(channel: str):
         nonlocal refused
+        _check_publish_origin(publish_origins, config.demo)
         _authorize_publisher(config.publish_tokens, proxies)
         try:
             message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
@@ -218,6 +225,16 @@ def _check_jsonp_referer(origins) -> None:
     if origin not in origins:
         raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
                        "named by the request's Referer")
+
+
+def _check_publish_origin(allowed, demo: bool) -> None:
+    # Tokens or not: a page must not publish unless its origin is listed, or the page is the
+    # demo that the gateway itself serves.
+    origin = request.headers.get("Origin")
+    own = own_origin(request.scheme, request.host) if demo else None
+    if not page_may_publish(origin, allowed, own):
+        raise ApiError(403, "forbidden", f"pages of origin {origin[:200]!r} may not publish; "
+                       "list the origin with --publish-cors-origin")
 
 
 def _authorize_publisher(tokens, proxies) -> None:

@@ -1,7 +1,11 @@
 """Build and load the EventSource polyfill that the gateway serves at /static/eventsource.js.
 
 The polyfill is the files of ``static_js/src`` joined in ``SOURCES`` order (``_head.js`` and
-``_tail.js`` open and close the one closure around them) and minified by webassets' rjsmin filter.
+``_tail.js`` open and close the one closure around them) and minified by webassets: rjsmin, then
+``ES3Mangle``, which shortens local names with calmjs.parse, safely for IE8. (JScript puts a
+``catch (x)`` clause's variable in the scope of the enclosing function, so a catch variable renamed
+to the name of a local of that function, or of an outer name it uses, would overwrite it there:
+every such catch variable is renamed once more, to a name used nowhere in the script.)
 
 Where the files are: the source directory is ``Path(__file__).parent.parent / "static_js" / "src"``.
 A source checkout has it there; a package that ships the sources must keep that layout. A released
@@ -17,13 +21,20 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Iterable
 
+from calmjs.parse import asttypes, es5
+from calmjs.parse.unparsers.es5 import minify_print
+from calmjs.parse.walkers import Walker
 from webassets import Bundle, Environment
+from webassets.filter import Filter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,7 @@ SOURCES = (
     "xdr_stream.js",
     "xhr_poll.js",
     "jsonp_poll.js",
+    "shared.js",
     "eventsource.js",
     "_tail.js",
 )
@@ -63,6 +75,63 @@ class BuiltAsset:
         )
 
 
+_FUNCTIONS = (asttypes.FuncDecl, asttypes.FuncExpr)
+
+
+def _names(walker: Walker, node) -> Counter:
+    return Counter(n.value for n in walker.filter(node, lambda n: isinstance(n, asttypes.Identifier)))
+
+
+def _innermost_functions(walker: Walker, tree) -> Dict[int, object]:
+    """Each catch clause (by id) mapped to the function whose scope its variable leaks into."""
+    owner: Dict[int, object] = {}
+    # Pre-order: a nested function comes after its parent and overwrites the entry.
+    for function in itertools.chain([tree], walker.filter(tree, lambda n: isinstance(n, _FUNCTIONS))):
+        for clause in walker.filter(function, lambda n: isinstance(n, asttypes.Catch)):
+            owner[id(clause)] = function
+    return owner
+
+
+def _fresh_names(taken: Iterable[str]):
+    taken = set(taken)
+    for number in itertools.count():
+        name = f"${number}"
+        if name not in taken:
+            yield name
+
+
+def ie8_safe(source: str) -> str:
+    """The script with every catch variable that IE8 would leak onto a used name renamed."""
+    tree = es5(source)
+    walker = Walker()
+    fresh = _fresh_names(_names(walker, tree))
+    owners = _innermost_functions(walker, tree)
+    clauses = list(walker.filter(tree, lambda n: isinstance(n, asttypes.Catch)))
+    for clause in clauses:
+        name = clause.identifier.value
+        if _names(walker, owners[id(clause)])[name] > _names(walker, clause)[name]:
+            new = next(fresh)
+            for node in walker.filter(clause, lambda n: isinstance(n, asttypes.Identifier)):
+                if node.value == name and not isinstance(node, asttypes.PropIdentifier):
+                    node.value = new
+    return minify_print(tree, obfuscate=False)
+
+
+def mangle(source: str) -> str:
+    """Local names shortened, then made IE8-safe."""
+    return ie8_safe(minify_print(es5(source), obfuscate=True, obfuscate_globals=False,
+                                 shadow_funcname=False))
+
+
+class ES3Mangle(Filter):
+    """webassets filter: `mangle` on the joined output."""
+
+    name = "es3-mangle"
+
+    def output(self, _in, out, **kwargs) -> None:
+        out.write(mangle(_in.read()))
+
+
 def source_paths(src_dir: Path = SRC_DIR) -> list[Path]:
     """The polyfill's source files, in bundle order."""
     return [src_dir / name for name in SOURCES]
@@ -78,7 +147,8 @@ def build_assets(output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     # No webassets cache or manifest: they would leave files beside the output for one small bundle.
     env = Environment(directory=str(output_dir), url="/static", cache=False, manifest=False)
-    bundle = Bundle(*(str(p) for p in sources), filters="rjsmin", output=OUTPUT_NAME)
+    bundle = Bundle(*(str(p) for p in sources), filters=("rjsmin", ES3Mangle),
+                    output=OUTPUT_NAME)
     env.register("eventsource", bundle)
     bundle.build(force=True)
     out = output_dir / OUTPUT_NAME

@@ -54,8 +54,9 @@ def _publish_parser(subparsers) -> None:
 def _build_assets_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "build-assets", help="build the EventSource polyfill bundle ahead of time",
-        description="Minify the polyfill into DIR/eventsource.min.js (default: the package's "
-                    "static/ folder, which the gateway serves from when it is up to date).",
+        description="Minify the polyfill's sources (static_js/src/ of a source checkout) into "
+                    "DIR/eventsource.min.js (default: the package's static/ folder, which the "
+                    "gateway serves from when it is up to date).",
     )
     parser.add_argument("dir", nargs="?", help="output directory")
 
@@ -83,8 +84,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _build_assets(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .assets import PREBUILT, build_assets
+    from .assets import PREBUILT, SRC_DIR, build_assets
 
+    if not SRC_DIR.is_dir():
+        # An installed package has no sources, and needs none: its bundle is built already.
+        print(f"sse-gateway build-assets: no polyfill sources in {SRC_DIR}: this command builds "
+              "the bundle in a source checkout of sse-gateway; run it there (an installed "
+              "package ships the bundle built)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = build_assets(Path(args.dir) if args.dir else PREBUILT.parent)
     print(path)

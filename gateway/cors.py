@@ -2,9 +2,15 @@
 
 Without an allowlist, any origin may subscribe, without credentials (`*`). With one, only the
 listed origins get CORS headers, and they may send credentials (cookies).
+
+Publishing is refused outright to a page of any origin not listed: CORS headers only decide
+whether a page may read the answer, and a "simple" request (a POST of text/plain) is sent
+without asking first.
 """
 
-from typing import Dict, Optional, Sequence
+import ipaddress
+from typing import Collection, Dict, Optional, Sequence
+from urllib.parse import urlsplit
 
 SUBSCRIBE_METHODS = "GET, OPTIONS"
 SUBSCRIBE_HEADERS = "Last-Event-ID, Cache-Control, X-Requested-With"
@@ -46,3 +52,31 @@ def subscribe_policy(origins: Sequence[str]) -> CorsPolicy:
 
 def publish_policy(origins: Sequence[str]) -> CorsPolicy:
     return CorsPolicy(origins, False, PUBLISH_METHODS, PUBLISH_HEADERS)
+
+
+def page_may_publish(origin: Optional[str], allowed: Collection[str],
+                     own: Optional[str] = None) -> bool:
+    """Whether a publish request with this Origin header may go on.
+
+    Browsers name the page's origin on every POST, so a request without one comes from no page
+    (a server, curl). A page's request must come from an allowed origin, or from `own`.
+    """
+    return origin is None or origin in allowed or (own is not None and origin == own)
+
+
+def own_origin(scheme: str, host: str) -> Optional[str]:
+    """The origin a request was sent to, from its scheme and Host header; None unless the host
+    is an IP address or localhost. A page of a DNS name can have that name resolve to the
+    gateway (DNS rebinding) and so appear to be the gateway's own."""
+    origin = f"{scheme}://{host}".lower()
+    try:
+        name = urlsplit(origin).hostname or ""
+    except ValueError:
+        return None
+    if name == "localhost":
+        return origin
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    return origin

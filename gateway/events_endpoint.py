@@ -3,6 +3,9 @@
 Thousands of clients hold this endpoint open, and they all reconnect at once when a gateway
 restarts, so a connection here costs only what it needs: no routing table, request or response
 objects, or contexts; the query is parsed only when there is one.
+
+While the broker is down, a subscriber gets a 200 stream that asks it to come back later and
+ends (`_unavailable`): any other status would make an EventSource give up for good.
 """
 
 import logging
@@ -12,11 +15,13 @@ from typing import Callable, Iterable, List, Optional, Tuple
 from wsgiref.handlers import format_date_time
 
 from . import subscribe
+from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
 from .hub import Hub
 from .subscribe import ApiError
 from .transports import EventStream, StreamOptions, StreamResponse
+from .transports.stream import PADDING
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class EventsEndpoint:
             return self._stream(environ, start_response, headers)
         except ApiError as error:
             return _error(start_response, error, headers)
+        except BrokerUnavailable:
+            return self._unavailable(environ, start_response, headers)
         except Exception:
             log.exception("unhandled error on GET %s", environ.get("PATH_INFO"))
             error = ApiError(500, "internal server error", "the gateway failed; see its log")
@@ -81,6 +88,28 @@ class EventsEndpoint:
             stream.close()  # attached: it must leave the hub, or it stays there for good
             raise
         return StreamResponse(stream)
+
+    def _unavailable(self, environ: dict, start_response: Callable,
+                     headers: List[Tuple[str, str]]) -> List[bytes]:
+        """The broker is down: a stream with a retry hint and a comment that says why, then its end.
+
+        WHATWG HTML: a 200 event stream that ends makes the browser "reestablish the connection"
+        after the reconnection time, which a `retry:` line sets as soon as it is read; any other
+        status makes it "fail the connection", for good. No blank line, so nothing is dispatched,
+        and no `id:` line: the client's last event id cannot change, and its next connection
+        resumes from it.
+        """
+        retry = subscribe.outage_retry(self._config.retry)
+        padded = subscribe.wants_padding(subscribe.Query(environ.get("QUERY_STRING", "")))
+        body = b"%sretry: %d\n: broker unavailable; reconnect in %d ms\n" % (
+            PADDING if padded else b"", retry, retry)
+        log.debug("%s turned away: the broker is unavailable", environ.get("REMOTE_ADDR"))
+        # The client comes back no sooner than the retry time: keeping the connection open for
+        # it would only hold a socket and a greenlet meanwhile.
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                                  ("Content-Length", str(len(body))), ("Date", self._date()),
+                                  *headers, ("Connection", "close")])
+        return [body]
 
 
 class _HttpDate:

@@ -19,7 +19,7 @@ import re
 from typing import Any, Dict, Optional, Sequence
 
 from . import wire
-from .ids import EventId, format_cursor, format_id
+from .ids import EventId, HistoryBounds, format_cursor, format_id, history_gap
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -128,6 +128,27 @@ RESET_EVENT = "gateway-reset"
 def reset_message(channels: Sequence[str], reason: str) -> Message:
     data = json.dumps({"channels": list(channels), "reason": reason}, separators=(",", ":"))
     return Message(channels[0], data, event=RESET_EVENT)
+
+
+class HistoryLost(Message):
+    """The `gateway-reset` for a channel's open streams when its history lost events while the
+    broker's connection was down; `bounds` is what history held when the broker read it, after
+    subscribing again. A stream that resumed from the new history meanwhile lost nothing: each
+    stream asks `concerns` (transports.Session.accept)."""
+
+    __slots__ = ("bounds",)
+
+    def __init__(self, channel: str, bounds: HistoryBounds) -> None:
+        super().__init__(channel, reset_message([channel], "history-lost").data, event=RESET_EVENT)
+        self.bounds = bounds
+
+    def concerns(self, position: EventId) -> bool:
+        """Whether a stream at `position` lost events."""
+        bounds = self.bounds
+        if bounds.exists and position > bounds.last:
+            # Read from history after the broker was: every later event reaches it live.
+            return False
+        return history_gap(position, bounds)
 
 
 def build_message(

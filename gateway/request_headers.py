@@ -4,14 +4,20 @@ pywsgi parses every request's headers with http.client, which builds an email me
 fifth of what a new connection costs the gateway. This reads the same lines within the same
 limits (65,536 bytes a line, 100 lines) and offers what pywsgi uses of that message: `get`,
 `getheader`, `typeheader`, deletion, the raw lines in `headers`, and `status`, which names what
-is wrong with a head pywsgi must answer with 400.
+is wrong with a head pywsgi must answer with 400: a line too long, too many lines, or a line
+that is no `token: value` (RFC 9110 and 9112: no space before the colon, no line folding, no
+CR, LF or NUL in a value).
 """
 
+import re
 from typing import BinaryIO, Dict, List, Optional
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
 _END = (b"\r\n", b"\n", b"")
+# A name that is a token (RFC 9110, section 5.6.2), so no space before the colon and no line
+# folding (RFC 9112 refuses both); a value without CR, LF or NUL (RFC 9110, section 5.5).
+_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\r\n\0]*)(?:\r?\n)?")
 
 
 class RequestHeaders:
@@ -32,13 +38,12 @@ class RequestHeaders:
                 self.status = f"More than {MAX_HEADERS} headers"
                 return
             text = line.decode("latin-1")
-            name, colon, value = text.partition(":")
-            # RFC 9112: no space before the colon, no line folding; both are refused.
-            if not colon or not name or name[0] in " \t" or name[-1] in " \t":
+            field = _LINE.fullmatch(text)
+            if field is None:
                 self.status = "Invalid header line"
                 return
             self.headers.append(text)
-            self._first.setdefault(name.lower(), value.strip())
+            self._first.setdefault(field[1].lower(), field[2].strip())
 
     def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of a header (case-insensitive name), as email's message gives."""

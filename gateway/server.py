@@ -104,8 +104,8 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     hub = Hub(broker, config.max_buffered_bytes)
     broker.start(hub.dispatch)
     if not broker.wait_ready(STARTUP_WAIT):
-        log.warning("the broker is not reachable yet; serving anyway (subscribers get 503 "
-                    "until it is)")
+        log.warning("the broker is not reachable yet; serving anyway (subscribers are asked to "
+                    "come back later until it is)")
     if reuse_port:
         # Only now: until it listens, the kernel gives the port's connections to the others.
         listener.listen(BACKLOG)

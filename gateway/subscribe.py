@@ -1,14 +1,15 @@
 """What a subscribe request asks for, read from its query and headers without any web framework.
 
-Shared by the event-stream endpoint (bare WSGI) and the long-poll routes (Flask).
+Shared by the event-stream endpoint (bare WSGI) and the long-poll routes (Flask), as is the rule
+for answering while the broker is down.
 """
 
 import json
 import logging
+import random
 from typing import Dict, List, Optional, Protocol, Tuple
 from urllib.parse import parse_qsl
 
-from .brokers import BrokerUnavailable
 from .hub import Hub, Subscriber
 from .message import InvalidMessage, Message, check_channel
 from .transports import Session
@@ -22,6 +23,8 @@ UNCACHEABLE = {
     "Pragma": "no-cache",
     "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
 }
+# The least reconnection delay asked for while the broker is down, whatever --retry says.
+OUTAGE_MIN_RETRY = 1000
 
 
 class Args(Protocol):
@@ -121,10 +124,20 @@ def number_arg(args: Args, name: str, default: float, maximum: float,
 
 def open_session(hub: Hub, subscriber: Subscriber,
                  cursor: Optional[str]) -> Tuple[Session, List[Message]]:
-    """Attach a new session and read its backlog; 503 when the broker cannot serve."""
+    """Attach a new session and read its backlog.
+
+    Raises BrokerUnavailable, with nothing left attached, when the broker cannot serve; the
+    caller then answers with a retry hint (`outage_retry`), never with an error status.
+    """
     session = Session(hub, subscriber)
-    try:
-        backlog = session.open(cursor)
-    except BrokerUnavailable as error:
-        raise ApiError(503, "broker unavailable", str(error)) from None
-    return session, backlog
+    return session, session.open(cursor)
+
+
+def outage_retry(retry_ms: int) -> int:
+    """The reconnection delay, in ms, to ask of a client turned away while the broker is down.
+
+    At random from the --retry delay (at least OUTAGE_MIN_RETRY) to twice that: clients turned
+    away together then come back spread out, not all at once, and more so at every round.
+    """
+    base = max(retry_ms, OUTAGE_MIN_RETRY)
+    return base + random.randint(0, base)

@@ -3,10 +3,12 @@
 Each worker is a whole gateway (its own hub and its one Redis pub/sub connection) listening
 with SO_REUSEPORT, so the kernel spreads connections across them. The supervisor holds the
 port, restarts a worker that dies (a client of a dead worker resumes on another from history),
-and on SIGTERM or SIGINT stops them all within their shutdown timeout. It runs no event loop:
+and on SIGTERM or SIGINT stops them all within their shutdown timeout. The workers stop too
+when the supervisor dies any other way (SIGKILL, the OOM killer). It runs no event loop:
 the workers start from a fork before gevent is set up.
 """
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -23,6 +25,7 @@ RESTART_DELAY = 1.0
 RESTART_DELAY_MAX = 30.0
 STABLE_SECONDS = 10.0  # a worker that lived this long restarts after the shortest delay
 KILL_GRACE = 5.0  # beyond the workers' own shutdown timeout
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
@@ -35,12 +38,13 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
     workers: Dict[int, float] = {}  # pid -> start time
     stopping = False
     clean = True
+    supervisor = os.getpid()
 
     def start() -> None:
         pid = os.fork()
         if pid == 0:
             holder.close()
-            _run_child(run_worker, config)
+            _run_child(run_worker, config, supervisor)
         workers[pid] = time.monotonic()
 
     def stop(signum: int, frame: object) -> None:
@@ -86,11 +90,12 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
     return 0 if clean else 1
 
 
-def _run_child(run_worker: Callable[[Config], None], config: Config) -> None:
+def _run_child(run_worker: Callable[[Config], None], config: Config, supervisor: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     code = 0
     try:
+        _stop_with(supervisor)
         run_worker(config)
     except BaseException:
         log.exception("worker %d failed", os.getpid())
@@ -100,6 +105,25 @@ def _run_child(run_worker: Callable[[Config], None], config: Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _stop_with(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies, however it dies.
+
+    A worker that outlived its supervisor would keep its SO_REUSEPORT share of the port: a
+    supervisor started again would share the port with it, and nothing would restart or stop
+    it. The parent-death signal (Linux) covers every way the supervisor can die, from before
+    the worker runs any code of its own, and needs nothing in the worker's event loop, as a
+    pipe the worker watched would. SIGTERM rather than SIGKILL: the worker ends its streams
+    cleanly and exits within its shutdown timeout, so its clients reconnect at once. The
+    signal follows the thread that forked, and the supervisor has only one.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != supervisor:  # it died before the prctl: as if the signal had come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pid: int, signum: int) -> None:

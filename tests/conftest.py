@@ -1,5 +1,9 @@
 """Fixtures that start real processes: redis-server and `sse-gateway serve`, on free ports;
-and the helpers that talk to them, shared by the test modules."""
+and the helpers that talk to them, shared by the test modules.
+
+Every process a test starts takes `preexec_fn=die_with_parent()`, and the run fails when one
+outlives the tests (see child_processes.py).
+"""
 
 import os
 import shutil
@@ -14,6 +18,12 @@ from typing import Dict, List, Optional
 import pytest
 import redis
 import requests
+from child_processes import (
+    children,
+    die_with_parent,
+    gone,
+    no_process_outlives_the_tests,  # noqa: F401 (autouse)
+)
 from sse_client import Stream, subscribed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,14 +55,16 @@ class RedisServer:
         self.proc: Optional[subprocess.Popen] = None
         self.client = redis.Redis(port=self.port, socket_timeout=5)
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Start (again, on the same port and directory); `options` override the defaults
+        (e.g. `--appendonly yes`)."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; run the README's test command")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no", *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent(),
         )
         wait_until(self._answers, 10, message="redis-server to answer PING")
 
@@ -97,10 +109,11 @@ def redis_db(redis_server):
 
 
 class Gateway:
-    """One `sse-gateway serve` process."""
+    """One `sse-gateway serve` process (on `port`, e.g. a killed gateway's, or a free one)."""
 
-    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
-        self.port = free_port()
+    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None,
+                 port: Optional[int] = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tempfile.mktemp(prefix="sse-gateway-", suffix=".log")
         self._log = open(self.log_path, "wb")
@@ -108,8 +121,13 @@ class Gateway:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *args],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(),
         )
-        wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        try:
+            wait_until(self._healthy, 15, message=f"the gateway on {self.url} to be healthy")
+        except BaseException:
+            self.cleanup()
+            raise
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -138,6 +156,7 @@ class Gateway:
         return self.proc.returncode
 
     def cleanup(self) -> None:
+        workers = children(self.proc.pid) if self.proc.poll() is None else []  # --workers
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
@@ -146,6 +165,9 @@ class Gateway:
             os.unlink(self.log_path)
         except OSError:
             pass
+        # They stop on their own when the supervisor dies (SIGTERM: their clean shutdown).
+        wait_until(lambda: all(map(gone, workers)), 15,
+                   message=f"the workers {workers} to exit with their supervisor")
 
 
 def health(gateway) -> dict:
@@ -160,8 +182,9 @@ def start_gateway():
     """Start gateways with given CLI args; all are killed at the end of the test."""
     started: List[Gateway] = []
 
-    def start(*args: str, env: Optional[Dict[str, str]] = None) -> Gateway:
-        gateway = Gateway(list(args), env)
+    def start(*args: str, env: Optional[Dict[str, str]] = None,
+              port: Optional[int] = None) -> Gateway:
+        gateway = Gateway(list(args), env, port)
         started.append(gateway)
         return gateway
 

@@ -10,6 +10,9 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
+[ -x /usr/bin/WebKitWebDriver ] || missing+=(webkit2gtk-driver)
+[ -x /usr/bin/Xvfb ] || missing+=(xvfb)
 command -v node >/dev/null || missing+=(nodejs npm)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,9 +24,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test,hiredis]"
+echo "installing the Python packages (log: .venv/install.log)"
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e ".[test,hiredis]"; } >.venv/install.log 2>&1; then
+  cat .venv/install.log
+  exit 1
+fi
 
 suites=(tests)
 [ -d browser_tests ] && suites+=(browser_tests)
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "${suites[@]}" "$@"
+# One line per test file with its progress, then a summary of what failed and the slowest tests.
+exec .venv/bin/python -m pytest -p no:cacheprovider -rfEX --durations=10 "${suites[@]}" "$@"

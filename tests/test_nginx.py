@@ -24,20 +24,24 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
+from child_processes import die_with_parent
 from conftest import ROOT, Gateway, free_port, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher
 from gateway.config import Config
 from gateway.redis_schema import history_key
+from gateway.wire import EventStreamParser
 
 NGINX_DIR = Path(ROOT) / "nginx"
 DOCS = Path(ROOT) / "docs" / "nginx.md"
 # Snippets without placeholders: the tests use the shipped files unchanged.
-SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf")
+SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf",
+            "unavailable.conf")
 EVENTS_READ_TIMEOUT = "proxy_read_timeout 60s;"
 GZIP_TYPES = "gzip_types text/css text/plain application/json application/javascript text/javascript;"
 SHORT_READ_TIMEOUT = 3  # seconds, for the tests of idle streams
@@ -149,11 +153,13 @@ class Nginx:
 
     def check_config(self) -> subprocess.CompletedProcess:
         return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30,
-                              check=False)
+                              check=False, preexec_fn=die_with_parent())
 
     def start(self) -> Nginx:
+        # SIGTERM when pytest dies: nginx's fast shutdown, which stops its workers too.
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent(signal.SIGTERM))
         wait_until(self._listening, 10, message=f"nginx on {self.public_port} and "
                                                 f"{self.internal_port}")
         return self
@@ -696,6 +702,140 @@ def test_publish_forwarded_by_nginx_is_refused_when_the_gateway_trusts_no_proxy(
     assert gateway.publish("untrusted", {"data": "x"}).status_code == 200  # direct: local
 
 
+# When no gateway answers: nginx answers in its place, so that browsers keep retrying.
+
+PAGE = "https://www.example.com"
+NGINX_RETRY = range(2000, 6000)  # what unavailable.conf asks for, in ms
+
+
+@pytest.fixture
+def all_down(start_gateway, nginx_factory):
+    """The example nginx in front of two gateway processes that were started, then stopped."""
+    stopped = [start_gateway(), start_gateway()]
+    for gateway in stopped:
+        gateway.stop()
+    return nginx_factory([gateway.port for gateway in stopped])
+
+
+def get_raw(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, float]:
+    """One GET: status, headers (lower-cased names), the whole body, and the seconds it took."""
+    parts = urlsplit(url)
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request("GET", parts.path + ("?" + parts.query if parts.query else ""),
+                           headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        found = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, found, body, time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def assert_nginx_fallback_headers(headers: dict[str, str], content_type: str) -> None:
+    assert headers["content-type"] == content_type, headers
+    assert headers["cache-control"] == "no-cache, no-store", headers
+    assert headers["pragma"] == "no-cache" and headers["expires"].startswith("Thu, 01 Jan 1970")
+    assert headers["x-content-type-options"] == "nosniff"
+    # The page's own origin, with credentials: an EventSource sending cookies can read it too.
+    assert headers["access-control-allow-origin"] == PAGE, headers
+    assert headers["access-control-allow-credentials"] == "true"
+    assert "origin" in headers["vary"].lower()
+
+
+def assert_retry_stream(body: bytes) -> int:
+    """A stream of a retry hint and a comment, nothing dispatched, no id: the retry time."""
+    parser = EventStreamParser()
+    assert parser.feed(body) == []
+    assert parser.retry in NGINX_RETRY, body
+    assert body == (f"retry: {parser.retry}\n: no gateway answered; reconnect in "
+                    f"{parser.retry} ms\n").encode()
+    return parser.retry
+
+
+@pytest.mark.parametrize("query", ["", "?transport=stream"], ids=["native", "padded"])
+def test_with_every_gateway_down_events_get_a_200_stream_with_a_retry_hint_that_ends(
+        all_down, query):
+    hints = set()
+    for _ in range(6):
+        status, headers, body, took = get_raw(
+            f"{all_down.public_url}/events/down{query}",
+            {"Origin": PAGE, "Last-Event-ID": "1796120157926-0", "Accept": "text/event-stream"})
+        assert status == 200, body
+        assert took < 5, "the answer must end at once, so that the browser reconnects"
+        assert_nginx_fallback_headers(headers, "text/event-stream; charset=utf-8")
+        # No blank line and no id: the browser's last event id stays as it was.
+        hints.add(assert_retry_stream(body))
+    assert len(hints) > 1, f"the retry hints should be spread: {hints}"
+    assert "connect() failed" in all_down.errors()
+
+
+def test_with_every_gateway_down_polls_get_an_empty_answer_after_a_pause(all_down):
+    cases = {
+        "json": ("lastEventId=1796120157926-0&timeout=0", None),
+        "jsonp": ("callback=__sseg_cb_mhq2x1k30&lastEventId=x", "__sseg_cb_mhq2x1k30"),
+        # Not a plain identifier: plain JSON, nothing of it reflected.
+        "dotted": ("callback=window.opener.document.body.click", None),
+        "script": ("callback=%3C%2Fscript%3Ealert(1)", None),
+    }
+    answers: dict[str, tuple] = {}
+    pollers = [threading.Thread(target=lambda name=name, query=query: answers.__setitem__(
+        name, get_raw(f"{all_down.public_url}/poll/down?{query}", {"Origin": PAGE})))
+        for name, (query, _) in cases.items()]
+    for poller in pollers:
+        poller.start()
+    for poller in pollers:
+        poller.join(30)
+    assert set(answers) == set(cases)
+    for name, (_query, callback) in cases.items():
+        status, headers, body, took = answers[name]
+        assert status == 200, (name, body)
+        # A client polls again at once: nginx sends the answer slowly instead of pausing.
+        assert 1.5 <= took < 15, (name, took)
+        text = body.decode("ascii")
+        if callback is None:
+            assert_nginx_fallback_headers(headers, "application/json; charset=utf-8")
+            answer = json.loads(text)
+            assert "window" not in text and "script" not in text
+        else:
+            assert_nginx_fallback_headers(headers, "application/javascript; charset=utf-8")
+            prefix = f"/**/{callback}("
+            assert text.startswith(prefix) and text.endswith(");"), text
+            answer = json.loads(text[len(prefix):-2])
+        # No cursor: the client keeps its own.
+        assert set(answer) == {"events", "retry"} and answer["events"] == [], answer
+        assert answer["retry"] in NGINX_RETRY
+
+
+def test_a_gateway_that_does_not_answer_in_time_is_answered_for_by_nginx(start_gateway,
+                                                                        nginx_factory):
+    # A hung process (stopped here with SIGSTOP) accepts connections and answers nothing:
+    # after proxy_read_timeout nginx has a 504, which events.conf turns into the retry stream.
+    hung = start_gateway()
+    proxy = nginx_factory([hung.port], snippet_edits={
+        "events.conf": (EVENTS_READ_TIMEOUT, f"proxy_read_timeout {SHORT_READ_TIMEOUT}s;")})
+    hung.proc.send_signal(signal.SIGSTOP)
+    try:
+        status, headers, body, took = get_raw(f"{proxy.public_url}/events/hung",
+                                              {"Origin": PAGE})
+    finally:
+        hung.proc.send_signal(signal.SIGCONT)
+    assert status == 200, body
+    assert SHORT_READ_TIMEOUT - 0.5 <= took < SHORT_READ_TIMEOUT + 10
+    assert_nginx_fallback_headers(headers, "text/event-stream; charset=utf-8")
+    assert_retry_stream(body)
+    assert "upstream timed out" in proxy.errors()
+
+
+def test_a_gateways_own_error_answers_pass_through_nginx_unchanged(proxy):
+    for path in ("/events/" + "x" * 129, "/poll/chan?callback=a.b", "/events/a/b"):
+        response = requests.get(proxy.public_url + path, timeout=10)
+        assert response.status_code in (400, 404), (path, response.status_code)
+        assert response.headers["Content-Type"].startswith("application/json"), path
+        assert set(response.json()) == {"error", "detail"}
+
+
 # TLS and HTTP/2, as docs/nginx.md shows them.
 
 def docs_block(containing: str) -> str:
@@ -731,7 +871,7 @@ def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, ngin
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
                     "/CN=push.example.com", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=30)
+                   check=True, capture_output=True, timeout=30, preexec_fn=die_with_parent())
     port = free_port()
     server = docs_block("listen 443 ssl http2;")
     for old, new in (("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
@@ -744,7 +884,7 @@ def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, ngin
          "--compressed", "--max-time", "30",
          "--resolve", f"push.example.com:{port}:127.0.0.1",
          f"https://push.example.com:{port}/events/over-h2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
     try:
         seen = bytearray()
         read_until(client, b"\nid:", 10, seen)  # the head: subscribed

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import requests
+from child_processes import die_with_parent
 from conftest import ROOT, Gateway, free_port, wait_until
 from sse_client import Stream, subscribed
 
@@ -34,6 +35,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args], cwd=ROOT, env={**clean, **(env or {})},
         capture_output=True, text=True, timeout=timeout, check=False,
+        preexec_fn=die_with_parent(),
     )
 
 
@@ -97,7 +99,8 @@ def non_loopback_ipv4() -> str | None:
         pass
     try:
         listing = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
-                                 text=True, timeout=10, check=False).stdout
+                                 text=True, timeout=10, check=False,
+                                 preexec_fn=die_with_parent()).stdout
         candidates.update(re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", listing))
     except (OSError, subprocess.SubprocessError):
         pass

@@ -10,6 +10,7 @@ import sys
 from contextlib import contextmanager
 
 import pytest
+from child_processes import die_with_parent, gone
 from conftest import ROOT, free_port, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
@@ -91,9 +92,27 @@ def test_sigterm_ends_every_workers_streams_and_exits_zero(start_gateway, redis_
     assert "all workers stopped" in gateway.log()
 
 
+def test_workers_stop_when_the_supervisor_is_killed_and_free_the_port(start_gateway, redis_db):
+    gateway = start_workers(start_gateway, 2, "--redis-url", redis_db.url,
+                            "--shutdown-timeout", "3")
+    pids = worker_pids(gateway.proc.pid)
+    with subscribed_streams(f"{gateway.url}/events/orphans", 4) as streams:
+        gateway.proc.kill()  # as the OOM killer would: the supervisor runs no code of its own
+        assert gateway.proc.wait(10) == -signal.SIGKILL
+        for stream in streams:
+            stream.read_to_end(15)
+            assert stream.ended, "each worker ended its streams cleanly"
+        wait_until(lambda: all(map(gone, pids)), 15, message=f"the workers {pids} to exit")
+    with socket.socket() as probe:  # no SO_REUSEPORT: it binds only if no worker holds the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", gateway.port))
+        probe.listen()
+
+
 def serve(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30,
+                          preexec_fn=die_with_parent())
 
 
 def test_workers_need_redis():

@@ -2,9 +2,9 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
-from ..ids import EventId
+from ..ids import EventId, HistoryBounds
 from ..message import Message
 
 MessageSink = Callable[[Message], None]
@@ -24,6 +24,7 @@ class PublishResult:
 class History:
     messages: List[Message]  # after the requested id, oldest first
     gap: bool  # events after the requested id were lost (trimmed, expired, or never known)
+    bounds: Optional[HistoryBounds] = None  # what history holds now, where the broker says
 
 
 class Broker(ABC):
@@ -60,8 +61,13 @@ class Broker(ABC):
     def unsubscribe(self, channel: str) -> None: ...
 
     @abstractmethod
-    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
-        """Each channel's events after its position, all read at one instant."""
+    def history(self, positions: Dict[str, EventId],
+                limit: Optional[int] = None) -> Dict[str, History]:
+        """Each channel's events after its position, all read at one instant: at most `limit`
+        per channel (the first ones: the caller continues from the last), else all of them.
+
+        The messages may be shared with other callers: treat them as immutable.
+        """
 
     @abstractmethod
     def check(self) -> None:

@@ -91,16 +91,24 @@ class EmbeddedBroker(Broker):
     def unsubscribe(self, channel: str) -> None:
         self._subscribed.discard(channel)
 
-    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
-        return {channel: self._history(channel, after) for channel, after in positions.items()}
+    def history(self, positions: Dict[str, EventId],
+                limit: Optional[int] = None) -> Dict[str, History]:
+        return {channel: self._history(channel, after, limit)
+                for channel, after in positions.items()}
 
-    def _history(self, channel: str, after: EventId) -> History:
+    def _history(self, channel: str, after: EventId, limit: Optional[int]) -> History:
         ring = self._rings.get(channel)
         if ring is None:
             return History([], history_gap(after, HistoryBounds(exists=False)))
         ring.trim(self._max_length, int(time.time() * 1000) - self._max_age_ms)
-        messages = [m for m in ring.messages if m.event_id > after]
-        return History(messages, history_gap(after, ring.bounds()))
+        # From the newest back: a client that missed a few events costs a few steps.
+        newer = []
+        for message in reversed(ring.messages):
+            if message.event_id <= after:
+                break
+            newer.append(message)
+        newer.reverse()
+        return History(newer if limit is None else newer[:limit], history_gap(after, ring.bounds()))
 
     def check(self) -> None:
         return None

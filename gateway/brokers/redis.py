@@ -14,7 +14,9 @@ resubscribes and fills the gap) while `check` reports the broker unavailable.
 
 import logging
 import random
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
 import gevent.event
@@ -23,9 +25,11 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
-from ..ids import ZERO, EventId, HistoryBounds, format_id, history_gap, successor
-from ..message import InvalidMessage, Message, from_broker_payload, reset_message
+from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
+from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .shared_reads import ChannelRead, SharedReads
+from .slots import NoSlot, Slots
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,12 @@ _COMMAND_TIMEOUT = 5.0
 _CONFIRM_TIMEOUT = 5.0
 _BACKOFF_FIRST = 0.1
 _BACKOFF_CAP = 5.0
+# Connections for commands (history reads, publishes, health checks); the URL's
+# `max_connections` overrides it. The pub/sub connection is apart from these.
+POOL_SIZE = 50
+# How long a command may wait for one: far longer than a healthy Redis keeps a process's
+# connections busy, reconnect storm included; only a Redis that does not answer reaches it.
+_POOL_WAIT = 10.0
 
 
 class RedisBroker(Broker):
@@ -46,9 +56,13 @@ class RedisBroker(Broker):
         self._live_prefix = redis_schema.live_channel(prefix, "").encode("utf-8")
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT
+        self._pool = redis.ConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_timeout=_COMMAND_TIMEOUT,
         )
+        self._client = redis.Redis(connection_pool=self._pool)
+        # Commands take turns for the pool's connections, rather than fail when all are busy.
+        self._slots = Slots(self._pool.max_connections)
         self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
@@ -58,6 +72,7 @@ class RedisBroker(Broker):
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
+        self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
         self._write_lock = gevent.lock.Semaphore()
@@ -82,14 +97,15 @@ class RedisBroker(Broker):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=2)
         self._drop_connection()
-        self._client.close()
+        self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
     def check(self) -> None:
         try:
-            self._client.ping()
+            with self._slot():
+                self._client.ping()
         except RedisError as error:
             raise BrokerUnavailable(f"Redis is unreachable: {error}") from None
         if self._failure is not None:
@@ -104,7 +120,8 @@ class RedisBroker(Broker):
             self._prefix, message.channel, message.to_json(), self._max_length, self._max_age_ms
         )
         try:
-            reply = self._script(keys=keys, args=args)
+            with self._slot():
+                reply = self._script(keys=keys, args=args)
         except ResponseError as error:
             why = redis_schema.refusal(error)
             if why is not None:
@@ -115,49 +132,111 @@ class RedisBroker(Broker):
         event_id, receivers = redis_schema.parse_publish_reply(reply)
         return PublishResult(event_id, receivers)
 
-    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
+    def history(self, positions: Dict[str, EventId],
+                limit: Optional[int] = None) -> Dict[str, History]:
+        histories, skipped = self._reads.history(positions, limit)
+        self.skipped += skipped
+        return histories
+
+    def _read(self, positions: Dict[str, EventId], limit: Optional[int]) -> Dict[str, ChannelRead]:
+        """Each channel's entries after its position (at most `limit`), all at one instant."""
         # One transaction: every channel is read at the same instant, so replayed events of
         # several channels keep the order they were published in.
         # From the id after each position, rather than Redis' exclusive "(id", which is an
         # error after the largest id there is (a client may send it): nothing follows that one.
         starts = {channel: successor(after) for channel, after in positions.items()}
-        try:
-            with self._client.pipeline(transaction=True) as pipe:
+        page = limit or self._max_length
+        found = {}
+        with self._slot():
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    for channel, start in starts.items():
+                        key = redis_schema.history_key(self._prefix, channel)
+                        pipe.xinfo_stream(key)
+                        if start is not None:
+                            pipe.xrange(key, min=format_id(start), max="+", count=page)
+                    replies = iter(pipe.execute(raise_on_error=False))
                 for channel, start in starts.items():
-                    key = redis_schema.history_key(self._prefix, channel)
-                    pipe.xinfo_stream(key)
-                    # History is capped (exactly) at its length: one read takes all of it.
-                    if start is not None:
-                        pipe.xrange(key, min=format_id(start), max="+")
-                replies = iter(pipe.execute(raise_on_error=False))
-        except RedisError as error:
-            raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
-        result = {}
-        for channel, start in starts.items():
-            info = next(replies)
-            entries = next(replies) if start is not None else []
-            for reply in (info, entries):
-                if isinstance(reply, Exception) and not _no_such_key(reply):
-                    raise BrokerUnavailable(f"could not read history from Redis: {reply}")
-            bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
-                      else redis_schema.bounds_from_xinfo(info))
-            messages = [self._decode_entry(channel, raw_id, fields)
-                        for raw_id, fields in (entries if bounds.exists else [])]
-            result[channel] = History([m for m in messages if m is not None],
-                                      history_gap(positions[channel], bounds))
-        return result
+                    info = next(replies)
+                    entries = next(replies) if start is not None else []
+                    for reply in (info, entries):
+                        if isinstance(reply, Exception) and not _no_such_key(reply):
+                            raise BrokerUnavailable(f"could not read history from Redis: {reply}")
+                    bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
+                              else redis_schema.bounds_from_xinfo(info))
+                    entries = entries if bounds.exists else []
+                    if limit is None and len(entries) == page:
+                        entries, bounds = self._rest(channel, entries, bounds, page)
+                    found[channel] = entries, bounds
+            except RedisError as error:
+                raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
+        return {channel: self._channel_read(channel, entries, bounds, limit)
+                for channel, (entries, bounds) in found.items()}
+
+    def _rest(self, channel: str, entries: List[Any], bounds: HistoryBounds,
+              page: int) -> Tuple[List[Any], HistoryBounds]:
+        """The pages after the first of a history longer than this gateway keeps (another
+        publisher's --history-length may be larger), up to its end when the first was read.
+
+        Entries trimmed meanwhile are reported as lost history (a larger `max_deleted`).
+        """
+        key = redis_schema.history_key(self._prefix, channel)
+        entries = list(entries)
+        batch = entries
+        while len(batch) == page:
+            start = successor(redis_schema.parse_stream_id(entries[-1][0]))
+            if start is None or start > bounds.last:
+                break
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(key)
+                pipe.xrange(key, min=format_id(start), max=format_id(bounds.last), count=page)
+                info, batch = pipe.execute(raise_on_error=False)
+            if isinstance(batch, Exception) or isinstance(info, Exception):
+                error = batch if isinstance(batch, Exception) else info
+                if not _no_such_key(error):
+                    raise BrokerUnavailable(f"could not read history from Redis: {error}")
+                info, batch = None, []
+            now = redis_schema.bounds_from_xinfo(info)
+            lost = now.max_deleted if now.exists else bounds.last
+            if lost >= start:
+                bounds = replace(bounds, max_deleted=max(bounds.max_deleted, lost))
+            entries.extend(batch)
+        return entries, bounds
+
+    def _channel_read(self, channel: str, entries: List[Any], bounds: HistoryBounds,
+                      limit: Optional[int]) -> ChannelRead:
+        messages, skipped = [], []
+        for raw_id, fields in entries:
+            message = self._decode_entry(channel, raw_id, fields)
+            if message is None:
+                skipped.append(redis_schema.parse_stream_id(raw_id))
+            else:
+                messages.append(message)
+        complete = (limit is None or len(entries) < limit
+                    or redis_schema.parse_stream_id(entries[-1][0]) >= bounds.last)
+        return ChannelRead(messages, skipped, complete, bounds)
 
     def _bounds(self, key: str) -> HistoryBounds:
         try:
-            info = self._client.xinfo_stream(key)
+            with self._slot():
+                info = self._client.xinfo_stream(key)
         except ResponseError as error:
             if _no_such_key(error):
                 return HistoryBounds(exists=False)
             raise
         return redis_schema.bounds_from_xinfo(info)
 
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the pool's connections for the block, in turn (see slots.py)."""
+        try:
+            with self._slots.hold(_POOL_WAIT):
+                yield
+        except NoSlot as error:
+            raise BrokerUnavailable(f"no Redis connection became free: {error}") from None
+
     def _decode_entry(self, channel: str, raw_id, fields) -> Optional[Message]:
-        """A history entry as a message; None, counted and logged, for one that is not valid."""
+        """A history entry as a message; None, logged, for one that is not valid."""
         payload = redis_schema.entry_payload(fields)
         try:
             if payload is None:
@@ -165,7 +244,6 @@ class RedisBroker(Broker):
             return from_broker_payload(channel, payload).with_id(
                 redis_schema.parse_stream_id(raw_id))
         except InvalidMessage as error:
-            self.skipped += 1
             log.warning("history entry %s of channel %r is malformed (%s); skipped",
                         raw_id, channel, error)
             return None
@@ -291,11 +369,13 @@ class RedisBroker(Broker):
 
     def _fill_gaps(self) -> None:
         """Deliver what was published while the pub/sub connection was down."""
-        for channel, history in self.history(dict(self._channels)).items():
+        histories, skipped = self._reads.history(dict(self._channels), fresh=True)
+        self.skipped += skipped
+        for channel, history in histories.items():
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
                             "connection was down; its subscribers are told to reload", channel)
-                self._deliver_safely(reset_message([channel], "history-lost"))
+                self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver_safely(message)
 

@@ -3,6 +3,9 @@
 A poll answers at once when events after the client's cursor exist (at most `batch` of them),
 else holds until one arrives or the hold time ends. The cursor in the answer covers exactly the
 events in it, so the next poll resumes after them: nothing lost, nothing twice.
+
+While the broker is down, a poll is held a short while and answered with no events and the
+client's own cursor (`unavailable`): never an error status, and the client keeps its place.
 """
 
 import json
@@ -10,13 +13,16 @@ import re
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import gevent
 import gevent.event
 
 from ..hub import Seat
 from ..message import Message
 from .session import Session
 
-CALLBACK = re.compile(r"[A-Za-z_$][\w$.]{0,63}", re.ASCII)
+# A plain identifier only: a dotted path such as window.opener.document.body.click would let
+# any page make the gateway's response call a method of another window of this origin.
+CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 
 
 class PollQueue:
@@ -103,6 +109,16 @@ def poll(session: Session, backlog: List[Message], hold: float, batch: int,
         return {"events": events, "lastEventId": session.cursor(), "retry": retry_ms}
     finally:
         session.close()
+
+
+def unavailable(cursor: Optional[str], hold: float, retry_ms: int) -> Dict[str, Any]:
+    """The answer while the broker is down, after a hold of `retry_ms` (at most `hold` seconds).
+
+    A client polls again as soon as it has an answer: the hold keeps it from polling in a tight
+    loop. Its cursor comes back unchanged ("" if it sent none), so it loses nothing.
+    """
+    gevent.sleep(min(hold, retry_ms / 1000))
+    return {"events": [], "lastEventId": cursor or "", "retry": retry_ms}
 
 
 def _take(session: Session, messages: List[Message], batch: int) -> List[Dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 from .. import wire
 from ..hub import Hub, Subscriber
 from ..ids import ZERO, CursorError, EventId, format_cursor, parse_cursor
-from ..message import RESET_EVENT, Message, reset_message
+from ..message import RESET_EVENT, HistoryLost, Message, reset_message
 
 __all__ = ["RESET_EVENT", "Session"]
 
@@ -65,7 +65,8 @@ class Session:
         """Whether the client still needs this message; advances its position if so."""
         event_id = message.event_id
         if event_id is None:
-            return True
+            return not isinstance(message, HistoryLost) or message.concerns(
+                self.positions[message.channel])
         if event_id <= self.positions.get(message.channel, event_id):
             return False
         self.positions[message.channel] = event_id

@@ -7,19 +7,35 @@ var TRANSPORTS = {
     "xhr-poll": xhrPoll,
     "jsonp-poll": jsonpPoll
   },
-  NS = window.SSEGateway || {};
+  NS = window.SSEGateway || {},
+  BUFFERED = "SSEGateway buffered ";
 
 /* "auto": XHR streaming where XHR has CORS (IE10+, all others); on IE8/9, long-poll XHR on the
    page's origin, XDomainRequest streaming across origins (it needs the page's scheme and cannot
-   send cookies); JSONP long-poll where none of these works. */
+   send cookies); JSONP long-poll where none of these works. Streaming found buffered on the way
+   to this origin earlier in the session gives way to long-polling at once. */
 function pickTransport(es, name) {
-  var X = window.XMLHttpRequest, scheme = window.location.protocol;
-  return TRANSPORTS[name] || TRANSPORTS[
+  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name];
+  es._auto = !t;
+  t = t || TRANSPORTS[
     X && "withCredentials" in new X() ? "xhr-stream" :
       !es._cross ? (X && window.JSON ? "xhr-poll" : "jsonp-poll") :
         window.XDomainRequest && !es.withCredentials &&
           es._origin.slice(0, scheme.length) == scheme ? "xdr-stream" : "jsonp-poll"
   ];
+  try {
+    if (window.sessionStorage[BUFFERED + es._origin]) {
+      t = downgrade(t);
+    }
+  } catch (e) {
+    /* no session storage: nothing remembered */
+  }
+  return t;
+}
+
+/* The long-poll that replaces a stream transport. */
+function downgrade(t) {
+  return t == xdrStream ? jsonpPoll : t == xhrStream ? xhrPoll : t;
 }
 
 /* Calls one listener; an exception is reported asynchronously, as a browser would, and the
@@ -41,12 +57,22 @@ function invoke(target, listener, event) {
 /* options: withCredentials, transport ("auto", "xhr-stream", "xdr-stream", "xhr-poll",
    "jsonp-poll"), heartbeatTimeout (ms without a byte before reconnecting, default 45000),
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
-   path segment turned into "/poll"). */
+   path segment turned into "/poll"), shared (one connection for all the origin's pages that
+   open this URL with shared: true; see shared.js). */
 function EventSource(url, options) {
-  var me = this, a = window.document.createElement("a");
+  var me = this, a = window.document.createElement("a"), URL = window.URL;
   options = options || {};
   a.href = url;
   me.url = a.href;
+  /* WHATWG: a URL the URL parser rejects throws a SyntaxError. (An <a> returns such a URL as
+     given; where URL cannot be constructed, as in IE, only what <a> resolves is checked.) */
+  if (typeof URL == "function") {
+    try {
+      new URL(me.url);
+    } catch (e) {
+      throw syntaxError(url);
+    }
+  }
   me.withCredentials = !!options.withCredentials;
   me.readyState = CONNECTING;
   me._origin = originOf(me.url);
@@ -62,9 +88,14 @@ function EventSource(url, options) {
   }, function (ms) {
     me._retry = ms;
   });
-  me._transport = pickTransport(me, options.transport);
-  /* Connect in a later task, so that listeners added right after construction see "open". */
-  me._wait(0);
+  /* Any scheme but http(s) has no transport: the first attempt fails the connection, as a
+     browser's fetch of it would. */
+  me._transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
+  /* Connect in a later task, so that listeners added right after construction see "open";
+     or share another page's connection, where the browser can. */
+  if (!(options.shared && share(me))) {
+    me._wait(0);
+  }
 }
 
 EventSource.CONNECTING = CONNECTING;
@@ -83,6 +114,7 @@ EventSource.prototype = {
   close: function () {
     this._stop();
     this.readyState = CLOSED;
+    this._unshare();
   },
 
   addEventListener: function (type, listener) {
@@ -114,7 +146,8 @@ EventSource.prototype = {
   dispatchEvent: function (event) {
     var me = this, type = event.type, list = me._listeners["$" + type] || [],
       handler = /^(open|message|error)$/.test(type) && me["on" + type], i;
-    event.target = event.currentTarget = me;
+    setProp(event, "target", me);
+    setProp(event, "currentTarget", me);
     if (typeof handler == "function") {
       invoke(me, handler, event);
     }
@@ -126,11 +159,15 @@ EventSource.prototype = {
     return true;
   },
 
-  _fire: function (type, event) {
-    event = event || {};
-    event.type = type;
-    this.dispatchEvent(event);
+  /* Dispatches an event; a shared connection's leader posts it to the other pages. */
+  _fire: function (type, init) {
+    this.dispatchEvent(makeEvent(type, init));
+    if (this._post) {
+      this._post(type, init);
+    }
   },
+
+  _unshare: noop,
 
   _streamUrl: function () {
     return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
@@ -158,7 +195,8 @@ EventSource.prototype = {
     try {
       me._abort = me._transport(me);
     } catch (e) {
-      /* This browser cannot make the request at all (a forced transport it lacks, a URL it refuses). */
+      /* No request can be made: a forced transport this browser lacks, a URL it refuses, a
+         scheme that is not http(s) (no transport). */
       me._end(-1);
     }
   },
@@ -190,13 +228,26 @@ EventSource.prototype = {
     }
   },
 
-  /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error. */
+  /* (Re)starts the heartbeat timer: no byte for that long ends the request as a network error.
+     An automatic stream that has shown no byte yet gets 5 s: a proxy that buffers holds back its
+     opening comment (and with it, its first events until more come). Then the connection goes
+     on by long-polling from the last event ID, silently, and the session remembers it. */
   _alive: function () {
-    var me = this;
+    var me = this, poll = me._auto && !me._seen && downgrade(me._transport);
     clearTimeout(me._timer);
     me._timer = setTimeout(function () {
-      me._end(0);
-    }, me._heartbeat);
+      if (poll && poll != me._transport) {
+        me._transport = poll;
+        try {
+          window.sessionStorage[BUFFERED + me._origin] = 1;
+        } catch (e) {
+          /* remembered for this source only */
+        }
+        me._go();
+      } else {
+        me._end(0);
+      }
+    }, poll && poll != me._transport ? 5000 : me._heartbeat);
   },
 
   /* A stream's text so far: the parser gets the part it has not seen yet. */
@@ -245,40 +296,41 @@ EventSource.prototype = {
   },
 
   /* The request is over. status: the HTTP status, 0 for a network error or a heartbeat timeout,
-     -1 for a response that is no event stream. again: the server asked for the next request at
+     -1 for what fails the connection whatever the status: a response that is no event stream,
+     an abort that the polyfill did not make, a request the browser cannot make. again: the server asked for the next request at
      once (a ": rotate" comment, or a long-poll answer). */
   _end: function (status, again) {
-    var me = this, retry = me._retry, delay;
+    var me = this, retry = Math.max(me._retry, 500), failures = me._failures, delay;
     me._stop();
-    if (status == 1223) {
-      status = 204; /* IE's XHR reports 204 No Content as 1223. */
-    }
     if (me.readyState == CLOSED) {
       return;
     }
     if (status == 200 && again) {
       return me._wait(0);
     }
-    if (status == 200 || !status || status > 499) {
-      /* WHATWG "reestablish the connection", with exponential backoff and jitter on top of the
-         retry time (at least 500 ms, even after "retry: 0"), capped at 30 s unless the retry time
-         is longer, reset by the next good response: a restarting gateway is not stormed. */
+    if (status == 200 || !status) {
+      /* WHATWG "reestablish the connection" after the retry time (at least 500 ms, even after
+         "retry: 0"). Each failure in a row after that doubles it, up to 30 s unless the retry
+         time is longer, plus up to half again of random jitter, so that a gateway that stays
+         down is not stormed; the next good response resets the count. */
       me.readyState = CONNECTING;
       me._fire("error");
       if (me.readyState == CONNECTING) {
-        delay = Math.min(Math.max(retry, 500) * Math.pow(2, me._failures++), Math.max(retry, 30000));
-        me._wait(delay + Math.random() * delay / 2);
+        me._failures++;
+        delay = Math.min(retry * Math.pow(2, failures), Math.max(retry, 30000));
+        me._wait(failures ? delay * (1 + Math.random() / 2) : delay);
       }
     } else {
-      /* WHATWG "fail the connection": 204, any other status, a wrong Content-Type. */
+      /* WHATWG "fail the connection": a stream's status other than 200, a wrong Content-Type, an
+         abort that the polyfill did not make, a URL it cannot fetch. */
       me.readyState = CLOSED;
       me._fire("error");
+      me._unshare();
     }
   }
 };
 
 NS.EventSource = EventSource;
-NS._cb = NS._cb || {};
 window.SSEGateway = NS;
 if (!window.EventSource) {
   window.EventSource = EventSource;

@@ -1,12 +1,21 @@
 /* Transport: long-polling with JSONP script tags, where nothing else works (IE6/7 cross-origin,
-   or no JSON). The callback lives at SSEGateway._cb.<name> only while its script is loading. */
+   or no JSON). The callback is a global, window.__sseg_cb_<uid>, only while its script is
+   loading: the gateway accepts plain names only, no dotted paths. */
 
 function jsonpPoll(es) {
   var doc = window.document,
     head = doc.getElementsByTagName("head")[0] || doc.documentElement,
     script = doc.createElement("script"),
-    callbacks = NS._cb,
-    name = "c" + uid();
+    name = "__sseg_cb_" + uid();
+
+  /* IE8 and older throw on delete of a window property. */
+  function forget() {
+    try {
+      delete window[name];
+    } catch (e) {
+      window[name] = undefined;
+    }
+  }
 
   /* Removes the script; a script that may still run gets a callback that only removes itself. */
   function finish(mayRunLater) {
@@ -20,11 +29,9 @@ function jsonpPoll(es) {
       s.parentNode.removeChild(s);
     }
     if (mayRunLater) {
-      callbacks[name] = function () {
-        delete callbacks[name];
-      };
+      window[name] = forget;
     } else {
-      delete callbacks[name];
+      forget();
     }
   }
 
@@ -35,7 +42,7 @@ function jsonpPoll(es) {
     }
   }
 
-  callbacks[name] = function (response) {
+  window[name] = function (response) {
     finish(false);
     es._poll(response);
   };
@@ -53,7 +60,7 @@ function jsonpPoll(es) {
     }
   };
   script.charset = "utf-8";
-  script.src = es._pollUrl(["callback", "SSEGateway._cb." + name]);
+  script.src = es._pollUrl(["callback", name]);
   head.insertBefore(script, head.firstChild);
   return function () {
     finish(true);

@@ -1,7 +1,9 @@
 /* Event-stream parser: the WHATWG HTML "interpret an event stream" algorithm, fed text in chunks.
    https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation */
 
-/* onEvent(type, data, lastEventId) is called for each event; onRetry(ms) for each valid retry field. */
+/* onEvent(type, data, lastEventId) is called for each event; onRetry(ms) for each valid retry field.
+   The text comes decoded by the browser's UTF-8 decoder, which has already removed the one leading
+   byte order mark that the spec ignores: a second one is part of the first field's name. */
 function Parser(onEvent, onRetry) {
   this.onEvent = onEvent;
   this.onRetry = onRetry;
@@ -17,7 +19,6 @@ Parser.prototype = {
     var me = this;
     me.buf = me.data = me.type = "";
     me.idBuf = me.id;
-    me.start = true;
     me.cr = me.rotate = false;
   },
 
@@ -26,15 +27,10 @@ Parser.prototype = {
     if (!text) {
       return;
     }
-    /* "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are present." */
-    if (me.start && text.charAt(0) == "\uFEFF") {
-      text = text.slice(1);
-    }
     /* The last chunk ended with a CR: a LF starting this one is the second half of that CRLF. */
     if (me.cr && text.charAt(0) == "\n") {
       text = text.slice(1);
     }
-    me.start = false;
     buf = me.buf + text;
     while ((m = lineEnd.exec(buf))) {
       me.line(buf.slice(pos, m.index));

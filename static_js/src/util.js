@@ -42,18 +42,120 @@ function withQuery(url, kv) {
   return query ? m[1] + "?" + query : m[1];
 }
 
-/* A GET XMLHttpRequest, opened. Same-origin requests carry Last-Event-ID as a header, as browsers
-   do; cross-origin ones only in the query string, so that no CORS preflight is needed. */
-function openXhr(es, url) {
-  var xhr = new window.XMLHttpRequest(), id = es._p.id;
+/* Sends a GET XMLHttpRequest and returns the function that aborts it. A stream (onData given) is
+   read as it arrives: onData(xhr) runs from readyState 2 on. onEnd(status, xhr) runs once, at the
+   end: the HTTP status, 0 for a network error, -1 for an abort that the polyfill did not make
+   (window.stop(): WHATWG "fail the connection"). An XHR without load events (IE8/9) ends on
+   readyState 4, where such an abort looks like a network error.
+   Same-origin requests carry the headers a browser's EventSource sends: Cache-Control, and
+   Last-Event-ID as UTF-8 bytes, as browsers send it (setRequestHeader takes only Latin-1). Across
+   origins they would cost a CORS preflight: the last event ID rides in the query string only. */
+function xhrRequest(es, url, onData, onEnd) {
+  var xhr = new window.XMLHttpRequest(), id = es._p.id, events = "onload" in xhr, over = false;
+
+  function end(status) {
+    if (!over) {
+      over = true;
+      /* IE's XHR reports 204 No Content as 1223. */
+      onEnd(status == 1223 ? 204 : status, xhr);
+    }
+  }
+
+  function change() {
+    var state = xhr.readyState;
+    if (over || state < 2) {
+      return;
+    }
+    /* Status 0 is an error or an abort: the load events tell which. */
+    if (onData && xhr.status) {
+      onData(xhr);
+    }
+    if (state == 4 && !events) {
+      end(xhr.status);
+    }
+  }
+
   xhr.open("GET", url, true);
   if (es.withCredentials && "withCredentials" in xhr) {
     xhr.withCredentials = true;
   }
-  if (id && !es._cross) {
-    xhr.setRequestHeader("Last-Event-ID", id);
+  if (!es._cross) {
+    xhr.setRequestHeader("Cache-Control", "no-cache");
+    try {
+      if (id) {
+        xhr.setRequestHeader("Last-Event-ID", unescape(encodeURIComponent(id)));
+      }
+    } catch (e) {
+      /* A lone surrogate or a line break (a long-poll answer can carry them): the query string has it. */
+    }
   }
-  return xhr;
+  xhr.onreadystatechange = change;
+  if (events) {
+    xhr.onprogress = change;
+    xhr.onload = function () {
+      end(xhr.status);
+    };
+    xhr.onerror = function () {
+      end(0);
+    };
+    xhr.onabort = function () {
+      end(-1);
+    };
+  }
+  if (onData) {
+    xhr.setRequestHeader("Accept", "text/event-stream");
+    /* An event stream is always UTF-8, whatever charset its Content-Type names. */
+    if (xhr.overrideMimeType) {
+      xhr.overrideMimeType("text/plain; charset=utf-8");
+    }
+  }
+  xhr.send(null);
+  return function () {
+    over = true;
+    xhr.abort();
+  };
+}
+
+/* A real Event (open, error) or MessageEvent (init: data, origin, lastEventId) where the browser can
+   make one, by constructor or else by document.createEvent (IE9-11); a plain object in IE8. */
+function makeEvent(type, init) {
+  var event;
+  try {
+    event = init ? new window.MessageEvent(type, init) : new window.Event(type);
+  } catch (e) {
+    try {
+      event = window.document.createEvent(init ? "MessageEvent" : "Event");
+      if (init) {
+        event.initMessageEvent(type, false, false, init.data, init.origin, init.lastEventId, null);
+      } else {
+        event.initEvent(type, false, false);
+      }
+    } catch (e2) {
+      event = init || {};
+      event.type = type;
+    }
+  }
+  return event;
+}
+
+/* The exception a browser's EventSource throws for a URL it cannot parse. */
+function syntaxError(url) {
+  var message = "Invalid URL: " + url;
+  try {
+    return new window.DOMException(message, "SyntaxError");
+  } catch (e) {
+    return new SyntaxError(message);
+  }
+}
+
+/* Sets a property that a real Event only has as a read-only getter (target); an assignment where
+   defineProperty cannot (plain objects in IE8, which has it for DOM objects only). */
+function setProp(object, name, value) {
+  try {
+    window.Object.defineProperty(object, name, {value: value, configurable: true});
+  } catch (e) {
+    object[name] = value;
+  }
 }
 
 function isEventStream(contentType) {

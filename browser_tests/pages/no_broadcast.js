@@ -1,0 +1,2 @@
+/* Hides BroadcastChannel, as in IE and old browsers: shared pages talk through storage events. */
+window.BroadcastChannel = undefined;
