@@ -302,10 +302,8 @@ def test_a_stalled_stream_on_a_quiet_channel_is_dropped_after_two_heartbeats(cap
     quiet = opened(hub, ["quiet"], heartbeat=heartbeat)
     reading = go_live(quiet)
     fill(broker, "chat", stuck)  # then the channel is quiet: --max-pending never overflows
-    started = time.monotonic()
     reading.read_until(lambda: stuck.closed)
-    assert time.monotonic() - started >= 2 * heartbeat * 0.9
-    assert stuck.stalls == 2 and hub.dropped_slow == 1
+    assert stuck.stalls == 2 and hub.dropped_slow == 1  # not at the first heartbeat
     assert "its socket took nothing for 2 heartbeats" in caplog.text
     assert (hub.subscriber_count, hub.buffered_bytes) == (1, 0)
     # The reading client on its quiet channel stays: heartbeats keep it going.
