@@ -17,11 +17,11 @@ from .config import Config
 from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
 from .events_endpoint import EventsEndpoint
 from .forwarded import is_loopback, parse_networks, resolve
-from .hub import Hub, Subscriber
+from .hub import Hub
 from .ids import format_id
 from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
 from .subscribe import UNCACHEABLE, ApiError
-from .transports import CALLBACK, encode_json, encode_jsonp, poll
+from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp, poll
 from .transports.poll import unavailable
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
                                          proxies).address, ",".join(channels))
         try:
             session, backlog = subscribe.open_session(
-                hub, Subscriber(channels, config.max_pending), cursor)
+                hub, PollQueue(channels, config.max_pending), cursor)
         except BrokerUnavailable:
             body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
         else:

@@ -6,10 +6,12 @@ and then, a long-poll queues it and wakes its request. A subscriber that has fal
 behind is dropped and counted, so one slow client never costs memory without bound nor slows
 the others; and the bytes all subscribers hold for their clients share one budget, so many slow
 clients together cannot either.
+
+A subscriber reaches back into the hub only through the `Seat` the hub gives it as it attaches.
 """
 
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Callable, Dict, List, Protocol, Sequence, Set
 
 import gevent.event
 
@@ -20,76 +22,56 @@ from .message import Message
 log = logging.getLogger(__name__)
 
 
-class Subscriber:
-    """One client's share of the hub: its channels and a bounded queue of messages.
+class Subscriber(Protocol):
+    """What the hub asks of a local subscriber (the transports implement it)."""
 
-    A long-poll waits on it (`wait`, `drain`); the event stream overrides `deliver` to write
-    to its socket instead (see transports.stream). `held` is what the subscriber holds for its
-    client, in bytes, as the hub's budget counts it (see `_hold`).
-    """
+    channels: Sequence[str]
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "held", "budget", "_wakeup")
-
-    def __init__(self, channels: Sequence[str], max_pending: int) -> None:
-        self.channels = tuple(channels)
-        # A list, not a deque: an empty deque costs a 600-byte block per idle subscriber.
-        self.queue: List[Any] = []
-        self.max_pending = max_pending
-        self.closed = False
-        self.held = 0
-        self.budget: Optional[Budget] = None  # the hub's, from when it is attached
-        self._wakeup: Optional[gevent.event.Event] = None  # made by the first wait
+    def attached(self, seat: "Seat") -> None:
+        """Take the seat the hub gives, before the first `deliver`."""
 
     def deliver(self, message: Message) -> bool:
-        """Take a message; False when the subscriber has fallen too far behind."""
-        return self.push(message, len(message.frame))
-
-    def push(self, item: Any, size: int) -> bool:
-        """Queue an item of `size` bytes; False when the queue is full."""
-        if self.closed:
-            return True  # dropped while this message was being dispatched
-        if len(self.queue) >= self.max_pending:
-            return False
-        self.queue.append(item)
-        self._hold(self.held + size)
-        if self._wakeup is not None:
-            self._wakeup.set()
-        return True
-
-    def wait(self, timeout: Optional[float]) -> bool:
-        """Block until there is something to take or the subscriber is closed."""
-        if self.queue or self.closed:
-            return True
-        if self._wakeup is None:
-            self._wakeup = gevent.event.Event()
-        return self._wakeup.wait(timeout)
-
-    def drain(self) -> List[Any]:
-        if self._wakeup is not None:
-            self._wakeup.clear()
-        items, self.queue = self.queue, []
-        self._hold(0)
-        return items
-
-    def release(self) -> None:
-        """Let go of what is queued: the subscriber has left the hub, nobody will take it."""
-        self.queue = []
-        self._hold(0)
-
-    def _hold(self, held: int) -> None:
-        """Tell the budget what the subscriber holds now (it may drop the largest holders)."""
-        if held != self.held:
-            self.budget.update(self, held)
+        """Take a message; False when too far behind, and the hub drops the subscriber."""
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self._wakeup is not None:
-                self._wakeup.set()
+        """Stop at once: let go of what it holds (`seat.hold(0)`) and leave (`seat.leave()`)."""
 
     def end(self) -> None:
-        """End cleanly (the server is stopping); a queue has nothing more to finish."""
-        self.close()
+        """End cleanly, the server stopping: as `close`, once the client has what it is owed."""
+
+
+class Seat:
+    """A subscriber's place at the hub: its one way back in, given as the hub attaches it.
+
+    Through it the subscriber reports the bytes it holds for its client (`hold`), reads how
+    far its channels have been dispatched (`tail`), asks to be dropped (`drop_slow`) and
+    leaves (`leave`). A subscriber that has left may still hold bytes (an ending stream whose
+    socket has not taken its last ones), and still reports them here until it lets them go.
+    """
+
+    __slots__ = ("subscriber", "held", "_hub")
+
+    def __init__(self, hub: "Hub", subscriber: Subscriber) -> None:
+        self.subscriber = subscriber
+        self.held = 0  # as the budget counts it
+        self._hub = hub
+
+    def hold(self, held: int) -> None:
+        """The bytes held now; over the budget, the largest holders (maybe this one) are dropped."""
+        if held != self.held:
+            self._hub.budget.update(self, held)
+
+    def tail(self, channel: str) -> EventId:
+        """The id of the last event dispatched on one of the subscriber's channels (or the
+        channel's last when the subscriber was attached)."""
+        return self._hub._channels[channel].tail
+
+    def drop_slow(self, why: str) -> None:
+        """Drop the subscriber as one that cannot keep up, counted and logged with `why`."""
+        self._hub._drop_slow(self.subscriber, why)
+
+    def leave(self) -> None:
+        self._hub._detach(self.subscriber)
 
 
 class _Channel:
@@ -108,29 +90,29 @@ class Budget:
     """The bytes held for slow clients across the process, against one limit.
 
     Subscribers report what they hold only when it changes: when a socket cannot take an
-    event, when it drains, when a long-poll queues or takes. Only the subscribers holding
-    bytes are tracked, so finding the largest costs nothing while every socket keeps up.
-    Over the limit, the largest holders are dropped until the total is back under it.
+    event, when it drains, when a long-poll queues or takes. Only the seats holding bytes are
+    tracked, so finding the largest costs nothing while every socket keeps up. Over the limit,
+    the largest holders are dropped until the total is back under it.
     """
 
     __slots__ = ("limit", "total", "_holders", "_drop", "_trimming")
 
-    def __init__(self, limit: int, drop: Callable[[Subscriber], None]) -> None:
+    def __init__(self, limit: int, drop: Callable[[Seat], None]) -> None:
         self.limit = limit
         self.total = 0
-        self._holders: Set[Subscriber] = set()
-        self._drop = drop  # must leave the subscriber holding nothing
+        self._holders: Set[Seat] = set()
+        self._drop = drop  # must leave the seat holding nothing
         self._trimming = False
 
-    def update(self, subscriber: Subscriber, held: int) -> None:
-        before = subscriber.held
-        subscriber.held = held
+    def update(self, seat: Seat, held: int) -> None:
+        before = seat.held
+        seat.held = held
         self.total += held - before
         if not held:
-            self._holders.discard(subscriber)
+            self._holders.discard(seat)
             return
         if not before:
-            self._holders.add(subscriber)
+            self._holders.add(seat)
         if held > before and self.total > self.limit and not self._trimming:
             self._trim()
 
@@ -150,8 +132,8 @@ class Budget:
                  over - self.total)
 
 
-def _held(subscriber: Subscriber) -> int:
-    return subscriber.held
+def _held(seat: Seat) -> int:
+    return seat.held
 
 
 class Hub:
@@ -161,6 +143,9 @@ class Hub:
         self.budget = Budget(max_buffered_bytes, self._drop_for_memory)
         self.dropped_slow = 0
         self.dropped_memory = 0
+        # While `dispatch` walks a channel's subscribers, those that leave wait here.
+        self._dispatching = False
+        self._leaving: List[Subscriber] = []
 
     @property
     def subscriber_count(self) -> int:
@@ -180,16 +165,16 @@ class Hub:
     def attach(self, subscriber: Subscriber) -> Dict[str, EventId]:
         """Subscribe on every channel; returns each channel's last event id at this moment.
 
-        Every message published after that id reaches the subscriber's queue. Raises
-        BrokerUnavailable (and leaves nothing attached) when the broker cannot subscribe.
+        Every message published after that id reaches the subscriber. Raises BrokerUnavailable
+        when the broker cannot subscribe, and closes the subscriber: nothing is left attached.
         """
-        subscriber.budget = self.budget
+        subscriber.attached(Seat(self, subscriber))
         positions: Dict[str, EventId] = {}
         try:
             for channel in subscriber.channels:
                 positions[channel] = self._attach_one(subscriber, channel)
         except BaseException:
-            self.detach(subscriber)
+            subscriber.close()
             raise
         return positions
 
@@ -210,7 +195,10 @@ class Hub:
         entry.ready.set(True)
         return entry.tail
 
-    def detach(self, subscriber: Subscriber) -> None:
+    def _detach(self, subscriber: Subscriber) -> None:
+        if self._dispatching:
+            self._leaving.append(subscriber)
+            return
         for channel in subscriber.channels:
             entry = self._channels.get(channel)
             if entry is None:
@@ -219,7 +207,6 @@ class Hub:
             if not entry.subscribers and entry.ready.ready():
                 del self._channels[channel]
                 self._broker.unsubscribe(channel)
-        subscriber.release()
 
     def dispatch(self, message: Message) -> None:
         """Called by the broker, once per message, in id order per channel."""
@@ -228,32 +215,31 @@ class Hub:
             return
         if message.event_id is not None:
             entry.tail = message.event_id
-        # A copy: a subscriber whose client is gone leaves the hub from inside `deliver`.
-        slow = [subscriber for subscriber in tuple(entry.subscribers)
-                if not subscriber.deliver(message)]
-        for subscriber in slow:
-            self.drop_slow(subscriber)
+        # No copy of the set: a subscriber that leaves meanwhile (its client gone, dropped,
+        # a stream rotated) is taken out after the loop. Nothing in the loop yields, so no
+        # other greenlet attaches or dispatches while it runs.
+        self._dispatching = True
+        try:
+            for subscriber in entry.subscribers:
+                if not subscriber.deliver(message):
+                    self._drop_slow(subscriber, "")
+        finally:
+            self._dispatching = False
+            if self._leaving:
+                leaving, self._leaving = self._leaving, []
+                for subscriber in leaving:
+                    self._detach(subscriber)
 
-    def drop_slow(self, subscriber: Subscriber, why: str = "") -> None:
+    def _drop_slow(self, subscriber: Subscriber, why: str) -> None:
         """Disconnect a subscriber that cannot keep up, and count it."""
-        if subscriber.closed:
-            return  # dropped for memory during the same dispatch
         self.dropped_slow += 1
         log.info("dropped a subscriber of %s: %s", ",".join(subscriber.channels),
-                 why or f"{len(subscriber.queue)} messages behind")
-        self._drop(subscriber)
-
-    def _drop_for_memory(self, subscriber: Subscriber) -> None:
-        self.dropped_memory += 1  # the budget logs what its drops freed
-        self._drop(subscriber)
-
-    def _drop(self, subscriber: Subscriber) -> None:
+                 why or "its queue is full (--max-pending)")
         subscriber.close()
-        self.detach(subscriber)  # which releases what it held
 
-    def tail(self, channel: str) -> EventId:
-        """The id of the last event dispatched on a channel (or current when it was attached)."""
-        return self._channels[channel].tail
+    def _drop_for_memory(self, seat: Seat) -> None:
+        self.dropped_memory += 1  # the budget logs what its drops freed
+        seat.subscriber.close()
 
     def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
         return self._broker.history(positions)

@@ -42,10 +42,21 @@ def check_channel(name: str) -> str:
 
 
 class Message:
-    """One event on one channel. Immutable once built; its wire bytes are computed once."""
+    """One event on one channel. Immutable once built; its wire bytes are computed once.
 
-    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "shared", "_body",
-                 "_frame", "_chunk")
+    `body`: the event's lines without its `id` line, shared by every subscriber. `frame`: the
+    whole event as a one-channel stream sends it. `chunk`: `frame` in HTTP/1.1 chunked framing,
+    for writing straight to a socket. Each is encoded on first use and then read as a plain
+    attribute (an unset slot's read lands in `__getattr__`, once): the fan-out reads one per
+    subscriber, and a property would cost a call each time.
+    """
+
+    __slots__ = ("channel", "data", "event", "source_id", "retry", "event_id", "shared", "body",
+                 "frame", "chunk")
+
+    body: bytes
+    frame: bytes
+    chunk: bytes
 
     def __init__(
         self,
@@ -65,37 +76,25 @@ class Message:
         # Whether `frame` is what every one-channel subscriber gets (a raw message with a
         # publisher's id needs each connection's own cursor in its `id:` line).
         self.shared = event_id is not None or source_id is None
-        self._body: Optional[bytes] = None
-        self._frame: Optional[bytes] = None
-        self._chunk: Optional[bytes] = None
+
+    def __getattr__(self, name: str) -> bytes:
+        if name == "body":
+            value = wire.encode_body(self.data, self.event, self.retry)
+        elif name == "frame":
+            cursor = None
+            if self.event_id is not None:
+                cursor = format_cursor((self.channel,), {self.channel: self.event_id},
+                                       self.source_id)
+            value = wire.encode_frame(self.body, cursor)
+        elif name == "chunk":
+            value = wire.http_chunk(self.frame)
+        else:
+            raise AttributeError(f"'Message' object has no attribute {name!r}")
+        setattr(self, name, value)
+        return value
 
     def with_id(self, event_id: EventId) -> "Message":
         return Message(self.channel, self.data, self.event, self.source_id, self.retry, event_id)
-
-    @property
-    def body(self) -> bytes:
-        """The event's lines without its `id` line: shared by every subscriber."""
-        if self._body is None:
-            self._body = wire.encode_body(self.data, self.event, self.retry)
-        return self._body
-
-    @property
-    def frame(self) -> bytes:
-        """The whole event as a one-channel stream sends it: encoded once, shared by all."""
-        if self._frame is None:
-            tail = b""
-            if self.event_id is not None:
-                tail = wire.encode_id(format_cursor((self.channel,), {self.channel: self.event_id},
-                                                    self.source_id))
-            self._frame = self.body + tail + b"\n"
-        return self._frame
-
-    @property
-    def chunk(self) -> bytes:
-        """`frame` in HTTP/1.1 chunked framing, for writing straight to a socket."""
-        if self._chunk is None:
-            self._chunk = wire.http_chunk(self.frame)
-        return self._chunk
 
     def to_json(self) -> str:
         """The broker payload, without the gateway id (the broker adds it)."""

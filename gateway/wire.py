@@ -1,7 +1,8 @@
-"""The WHATWG HTML event-stream format: events to bytes and bytes to events, with no I/O.
+"""The WHATWG HTML event-stream format: events to bytes and bytes to events, with no I/O;
+and the HTTP/1.1 chunked framing those bytes travel in. Every frame the gateway sends is made here.
 
-Reference: https://html.spec.whatwg.org/multipage/server-sent-events.html
-("Parsing an event stream" and "Interpreting an event stream").
+References: https://html.spec.whatwg.org/multipage/server-sent-events.html
+("Parsing an event stream" and "Interpreting an event stream"); RFC 9112, section 7.1.
 """
 
 import codecs
@@ -65,6 +66,15 @@ def encode_id(event_id: str) -> bytes:
     return f"id: {check_field('id', event_id)}\n".encode("utf-8")
 
 
+def encode_frame(body: bytes, event_id: Optional[str] = None) -> bytes:
+    """An event from its body (`encode_body`): its `id` line, if any, and the blank line that
+    dispatches it. With no body, the `id` line alone sets the client's last event id and
+    dispatches nothing: the data buffer is empty (the spec's "dispatch the event", step 2)."""
+    if event_id is None:
+        return body + b"\n"
+    return body + encode_id(event_id) + b"\n"
+
+
 def encode_event(
     data: str,
     event: Optional[str] = None,
@@ -72,8 +82,7 @@ def encode_event(
     retry: Optional[int] = None,
 ) -> bytes:
     """One complete event, ready for the wire."""
-    tail = encode_id(id) if id is not None else b""
-    return encode_body(data, event, retry) + tail + b"\n"
+    return encode_frame(encode_body(data, event, retry), id)
 
 
 def encode_comment(text: str = "") -> bytes:
@@ -86,9 +95,27 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")
 
 
+def encode_padding(size: int) -> bytes:
+    """A comment line of `size` spaces: clients ignore it, buffers on the way fill up."""
+    return b":" + b" " * size + b"\n"
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
 def http_chunk(data: bytes) -> bytes:
-    """One chunk of an HTTP/1.1 chunked body (RFC 9112, section 7.1)."""
+    """`data` as one chunk of an HTTP/1.1 chunked body (RFC 9112, section 7.1).
+
+    No data makes no bytes: a chunk of size zero is the last chunk, and would end the body.
+    """
+    if not data:
+        return b""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def http_end(data: bytes = b"") -> bytes:
+    """The end of a chunked body: `data` as its last chunk of data, then the last chunk."""
+    return http_chunk(data) + _LAST_CHUNK
 
 
 @dataclass(frozen=True)

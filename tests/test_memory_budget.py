@@ -21,9 +21,9 @@ from sse_client import Stream, StreamClosed, subscribed
 
 from gateway.brokers.embedded import EmbeddedBroker
 from gateway.config import Config, from_environment
-from gateway.hub import Hub, Subscriber
+from gateway.hub import Hub
 from gateway.message import build_message
-from gateway.transports import EventStream, Session, StreamOptions
+from gateway.transports import EventStream, PollQueue, Session, StreamOptions
 
 EVENT_BYTES = 60_000  # under the 64 KiB default --max-message-size, with the JSON around it
 STALLED_BUFFER = 4096  # a never-reading client's receive buffer
@@ -51,13 +51,13 @@ def in_process_hub(limit: int) -> tuple[Hub, EmbeddedBroker]:
     return hub, broker
 
 
-def attached(hub: Hub, subscriber: Subscriber) -> Session:
+def attached(hub: Hub, subscriber: PollQueue) -> Session:
     session = Session(hub, subscriber)
     assert session.open(None) == []
     return session
 
 
-def frames_of(subscriber: Subscriber) -> int:
+def frames_of(subscriber: PollQueue) -> int:
     return sum(len(message.frame) for message in subscriber.queue)
 
 
@@ -65,7 +65,7 @@ def test_long_poll_queues_are_counted_exactly_and_the_largest_holder_is_dropped_
     data = "x" * 1000
     frame = len(build_message("a", data).with_id((int(time.time() * 1000), 0)).frame)
     hub, broker = in_process_hub(limit=frame * 13 // 2)  # six and a half events
-    big, small = Subscriber(["a", "b"], 100), Subscriber(["a"], 100)
+    big, small = PollQueue(["a", "b"], 100), PollQueue(["a"], 100)
     big_session, small_session = attached(hub, big), attached(hub, small)
     for channel in ("a", "b", "a"):
         broker.publish(build_message(channel, data))

@@ -21,9 +21,13 @@ from gateway.wire import (
     encode_body,
     encode_comment,
     encode_event,
+    encode_frame,
     encode_id,
+    encode_padding,
     encode_retry,
     format_data,
+    http_chunk,
+    http_end,
 )
 
 
@@ -421,3 +425,30 @@ def test_a_stream_of_encoded_events_parses_back_in_order():
     assert as_tuples(events) == [(k, normalise_line_ends(d), i) for d, k, i in messages]
     assert parser.retry == 1000
     assert parser.comments == 201
+
+
+# -- frames and HTTP chunks -------------------------------------------------------------------
+
+
+def test_a_frame_is_the_body_its_id_line_and_the_blank_line_that_dispatches_it():
+    body = encode_body("x", event="e")
+    assert encode_frame(body, "5") == body + encode_id("5") + b"\n"
+    assert encode_frame(body) == body + b"\n" == encode_event("x", event="e")
+    events, _ = parse(encode_frame(b"", "chat=1-0") + encode_frame(body))
+    assert as_tuples(events) == [("e", "x", "chat=1-0")]  # the id alone dispatched nothing
+
+
+def test_padding_is_a_comment_line_the_client_ignores():
+    padding = encode_padding(2048)
+    assert len(padding) == 2050
+    events, parser = parse(padding + encode_retry(1000) + encode_event("after"))
+    assert as_tuples(events) == [("message", "after", "")]
+    assert (parser.comments, parser.retry) == (1, 1000)
+
+
+def test_http_chunks_carry_their_size_in_hex_and_no_data_makes_no_chunk():
+    assert http_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    # A chunk of size zero is the last chunk: an empty write must not end the body.
+    assert http_chunk(b"") == b""
+    assert http_end(b"bye") == b"3\r\nbye\r\n0\r\n\r\n"
+    assert http_end() == b"0\r\n\r\n"

@@ -28,7 +28,7 @@ class Session:
     def open(self, last_event_id: Optional[str]) -> List[Message]:
         """Attach and return the backlog to send first (resets, then replayed events).
 
-        Raises BrokerUnavailable, with nothing left attached, when the broker cannot serve.
+        Raises BrokerUnavailable, with the subscriber closed, when the broker cannot serve.
         """
         self.positions = self.hub.attach(self.subscriber)
         if last_event_id is None:
@@ -80,10 +80,11 @@ class Session:
         # A one-channel cursor is the event's own id; an event without an id has no cursor line.
         if message.shared and (message.event_id is None or len(self.channels) == 1):
             return message.frame
-        return message.body + wire.encode_id(self.cursor(message.source_id)) + b"\n"
+        return wire.encode_frame(message.body, self.cursor(message.source_id))
 
     def frames(self, messages: List[Message]) -> bytes:
         return b"".join([self.frame(m) for m in messages if self.accept(m)])
 
     def close(self) -> None:
-        self.hub.detach(self.subscriber)
+        """End at once: the subscriber lets go of what it holds and leaves the hub."""
+        self.subscriber.close()

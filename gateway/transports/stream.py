@@ -11,21 +11,20 @@ rotate a padded stream, notice the client leaving. An idle stream is a few small
 import socket
 from dataclasses import dataclass
 from functools import cached_property
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from gevent import get_hub
 
 from .. import wire
 from ..http.seam import TakeOver
-from ..hub import Subscriber
+from ..hub import Seat
 from ..message import Message
 from .session import Session
 
 HEARTBEAT = wire.encode_comment("keepalive")
 ROTATE = wire.encode_comment("rotate")
 # XDomainRequest shows nothing, and some proxies hold data back, until about 2 KB arrived.
-PADDING = b":" + b" " * 2048 + b"\n"
-LAST_CHUNK = b"0\r\n\r\n"
+PADDING = wire.encode_padding(2048)
 STALLED_HEARTBEATS = 2
 _READ, _WRITE = 1, 2
 
@@ -45,41 +44,57 @@ class StreamOptions:
         return padding + wire.encode_retry(self.retry_ms) + wire.encode_comment("ok")
 
 
-class EventStream(Subscriber):
-    """One event-stream connection: held events until it goes live, then written as they come.
+class EventStream:
+    """One event-stream connection (a hub.Subscriber): held events until it goes live, then
+    written as they come.
 
     While the socket takes everything, each event is sent as it is dispatched; for a
     one-channel stream that is the message's shared bytes, already in chunked framing. When
     the socket cannot take more, the rest waits in `out` and later events queue, framed, until
-    the socket drains; too many of them and the hub drops the stream. Only then does the
-    stream count what it holds (`out` and the queue) in the hub's budget.
+    the socket drains; more than `max_pending` of them and the hub drops the stream. Only then
+    does the stream count what it holds (`out` and the queue) in the hub's budget.
     """
 
-    __slots__ = ("options", "session", "opening", "sock", "chunked", "fast", "out", "sent",
-                 "ending", "stalls", "_reader", "_writable", "_heartbeat", "_deadline")
+    __slots__ = ("channels", "max_pending", "options", "session", "seat", "opening", "sock",
+                 "chunked", "fast", "queue", "out", "sent", "closed", "ending", "stalls",
+                 "_reader", "_writable", "_heartbeat", "_deadline")
 
     def __init__(self, channels: List[str], max_pending: int, options: StreamOptions) -> None:
-        super().__init__(channels, max_pending)
+        self.channels = tuple(channels)
+        self.max_pending = max_pending
         self.options = options
         self.session: Optional[Session] = None
+        self.seat: Optional[Seat] = None  # given by the hub
         self.opening = b""
         self.sock: Optional[socket.socket] = None  # set when live; None again when closed
         self.chunked = True
         # One channel, replay caught up and no rotation: every live event is new to the client
         # and its bytes are the shared ones.
         self.fast = False
+        # Messages until the stream is live, framed events behind `out` once it is. A list,
+        # not a deque: an empty deque costs a 600-byte block per idle stream.
+        self.queue: List[Union[Message, bytes]] = []
         self.out = b""  # bytes for the socket it has not taken yet
         self.sent = 0  # bytes of events and comments so far, for rotation
+        self.closed = False  # out of the hub: closed, or ending
         self.ending = False
         self.stalls = 0  # heartbeats in a row at which the socket had taken nothing more
         self._reader = self._writable = self._heartbeat = self._deadline = None
+
+    @property
+    def held(self) -> int:
+        """The bytes held for the client (`out` and the queue), as the hub's budget counts them."""
+        return self.seat.held if self.seat is not None else 0
+
+    def attached(self, seat: Seat) -> None:
+        self.seat = seat
 
     def start(self, session: Session, backlog: List[Message]) -> None:
         """Prepare the opening bytes: padding, retry, a comment, the replay, the position."""
         self.session = session
         # An id with no data dispatches nothing but gives the client a resume point at once.
         self.opening = b"".join((self.options.prelude, session.frames(backlog),
-                                 wire.encode_id(session.cursor()), b"\n"))
+                                 wire.encode_frame(b"", session.cursor())))
 
     def take_over(self, sock: socket.socket, chunked: bool, response_head: bytes) -> None:
         """Go live on a non-blocking socket: send the HTTP response head, then the events."""
@@ -98,7 +113,7 @@ class EventStream(Subscriber):
             self._deadline = loop.timer(options.rotate_seconds)
             self._deadline.start(self.end, ROTATE)
         held, self.queue = self.queue, []
-        self._hold(0)
+        self.seat.hold(0)
         body = self.opening + self.session.frames(held)
         self.opening = b""
         self.sent = len(body)
@@ -114,7 +129,7 @@ class EventStream(Subscriber):
             # The fan-out's hot path, hence _send's common case written out here.
             if self.out:
                 frame = message.frame
-                return self.push(frame, len(frame))
+                return self._enqueue(frame, len(frame))
             data = message.chunk if self.chunked else message.frame
             try:
                 sent = self.sock.send(data)
@@ -128,12 +143,12 @@ class EventStream(Subscriber):
             return True
         if self.sock is None or self.closed:
             # Not live yet: held, and filtered against the replay when it goes live.
-            return self.closed or self.push(message, len(message.frame))
+            return self.closed or self._enqueue(message, len(message.frame))
         session = self.session
         if self.fast:
             # Everything up to the hub's tail reached this client: that is its position.
             (channel,) = self.channels
-            session.positions[channel] = session.hub.tail(channel)
+            session.positions[channel] = self.seat.tail(channel)
             frame = session.frame(message)
         else:
             frame = session.frames([message])
@@ -153,10 +168,10 @@ class EventStream(Subscriber):
         tail = b"".join(self.queue) + last
         self.queue = []
         if self.chunked:
-            tail = (wire.http_chunk(tail) if tail else b"") + LAST_CHUNK
+            tail = wire.http_end(tail)
         if self.out:
             self.out += tail
-            self._hold(len(self.out))
+            self.seat.hold(len(self.out))
         else:
             self._send(tail)
         if not self.out:
@@ -169,29 +184,32 @@ class EventStream(Subscriber):
             self._leave_hub()
         self._shut()
 
-    def release(self) -> None:
-        # Once live, what the stream holds is still to be sent: `_shut` lets it go.
-        if self.sock is None:
-            super().release()
-
     def _leave_hub(self) -> None:
-        super().close()
-        if self.session is not None:
-            self.session.close()
+        self.closed = True
+        if self.seat is not None:
+            self.seat.leave()
 
     def _check_fast(self) -> None:
-        session, options = self.session, self.options
+        options = self.options
         if len(self.channels) == 1 and not options.rotate_bytes and not options.rotate_seconds:
             (channel,) = self.channels
             # Once the hub has dispatched past what replay sent, no live event repeats it.
-            self.fast = session.positions[channel] <= session.hub.tail(channel)
+            self.fast = self.session.positions[channel] <= self.seat.tail(channel)
+
+    def _enqueue(self, item: Union[Message, bytes], size: int) -> bool:
+        """Hold an item of `size` bytes; False when the queue is full."""
+        if len(self.queue) >= self.max_pending:
+            return False
+        self.queue.append(item)
+        self.seat.hold(self.seat.held + size)
+        return True
 
     def _write(self, frame: bytes) -> bool:
         """Send (or queue, behind what the socket has not taken) one or more framed events."""
         self.sent += len(frame)
         ok = True
         if self.out:
-            ok = self.push(frame, len(frame))
+            ok = self._enqueue(frame, len(frame))
         else:
             self._send(wire.http_chunk(frame) if self.chunked else frame)
         rotate_bytes = self.options.rotate_bytes
@@ -215,10 +233,10 @@ class EventStream(Subscriber):
         self.out = rest
         self._writable = get_hub().loop.io(self.sock.fileno(), _WRITE)
         self._writable.start(self._on_writable)
-        self._hold(len(rest))  # last: over the budget, this may drop the stream
+        self.seat.hold(len(rest))  # last: over the budget, this may drop the stream
 
     def _on_writable(self) -> None:
-        held = self.held  # len(out) + the queue's frames
+        held = self.seat.held  # len(out) + the queue's frames
         while True:
             data = self.out
             try:
@@ -240,7 +258,7 @@ class EventStream(Subscriber):
             self.queue = []
             self.out = wire.http_chunk(frames) if self.chunked else frames
             held += len(self.out) - len(frames)
-        self._hold(held)
+        self.seat.hold(held)
         if not self.out:
             self._stop("_writable")
             if self.ending:
@@ -267,8 +285,7 @@ class EventStream(Subscriber):
             # --max-pending; TCP keeps such a connection open for as long as the peer is up.
             self.stalls += 1
             if self.stalls >= STALLED_HEARTBEATS:
-                self.session.hub.drop_slow(self, f"its socket took nothing for {self.stalls} "
-                                                 "heartbeats")
+                self.seat.drop_slow(f"its socket took nothing for {self.stalls} heartbeats")
 
     def _stop(self, name: str) -> None:
         watcher = getattr(self, name)
@@ -285,7 +302,8 @@ class EventStream(Subscriber):
         sock, self.sock = self.sock, None
         self.out = b""
         self.queue = []
-        self._hold(0)
+        if self.seat is not None:
+            self.seat.hold(0)
         if sock is not None:
             sock.close()
 
