@@ -141,6 +141,8 @@ class HistoryLost(Message):
     def __init__(self, channel: str, bounds: HistoryBounds) -> None:
         super().__init__(channel, reset_message([channel], "history-lost").data, event=RESET_EVENT)
         self.bounds = bounds
+        # Not the same for every stream: each one's Session.accept asks `concerns`.
+        self.shared = False
 
     def concerns(self, position: EventId) -> bool:
         """Whether a stream at `position` lost events."""

@@ -149,7 +149,7 @@ class EventStream:
             # Everything up to the hub's tail reached this client: that is its position.
             (channel,) = self.channels
             session.positions[channel] = self.seat.tail(channel)
-            frame = session.frame(message)
+            frame = session.frames([message])
         else:
             frame = session.frames([message])
             self._check_fast()
