@@ -12,7 +12,7 @@ import logging
 from http import HTTPStatus
 from typing import Callable, Iterable, List, Optional, Tuple
 
-from . import subscribe
+from . import subscribe, wire
 from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
@@ -98,8 +98,8 @@ class EventsEndpoint:
         """
         retry = subscribe.outage_retry(self._config.retry)
         padded = subscribe.wants_padding(subscribe.Query(environ.get("QUERY_STRING", "")))
-        body = b"%sretry: %d\n: broker unavailable; reconnect in %d ms\n" % (
-            PADDING if padded else b"", retry, retry)
+        body = (PADDING if padded else b"") + wire.encode_turn_away(
+            retry, f"broker unavailable; reconnect in {retry} ms")
         log.debug("%s turned away: the broker is unavailable", environ.get("REMOTE_ADDR"))
         # The client comes back no sooner than the retry time: keeping the connection open for
         # it would only hold a socket and a greenlet meanwhile.

@@ -19,6 +19,7 @@ import re
 from typing import Any, Dict, Optional, Sequence
 
 from . import wire
+from .http import h1
 from .ids import EventId, HistoryBounds, format_cursor, format_id, history_gap
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -87,7 +88,7 @@ class Message:
                                        self.source_id)
             value = wire.encode_frame(self.body, cursor)
         elif name == "chunk":
-            value = wire.http_chunk(self.frame)
+            value = h1.encode_chunk(self.frame)
         else:
             raise AttributeError(f"'Message' object has no attribute {name!r}")
         setattr(self, name, value)

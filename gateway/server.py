@@ -22,7 +22,7 @@ from .http.connection import Server, Settings
 from .hub import Hub
 from .listener import BACKLOG, bind
 from .subscribe import UNCACHEABLE
-from .wire import encode_comment, encode_retry
+from .wire import encode_turn_away
 
 log = logging.getLogger("gateway")
 GC_THRESHOLD = 20_000
@@ -101,8 +101,8 @@ def _refusal(config: Config) -> Callable[[Optional[h1.Request]], bytes]:
         delay = REFUSAL_RETRY * (1 + random.random())
         if request is not None and request.method == "GET" and EventsEndpoint.handles(request.path):
             origin = next((value for name, value in request.fields if name == "origin"), None)
-            body = encode_retry(int(delay * 1000)) + encode_comment(
-                "the gateway is at its connection limit; reconnect later")
+            body = encode_turn_away(int(delay * 1000),
+                                    "the gateway is at its connection limit; reconnect later")
             return h1.response_head("200 OK", [
                 ("Content-Type", "text/event-stream; charset=utf-8"),
                 ("Content-Length", str(len(body))), *UNCACHEABLE.items(),

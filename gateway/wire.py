@@ -95,27 +95,19 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {int(milliseconds)}\n\n".encode("ascii")
 
 
+def encode_turn_away(milliseconds: int, why: str) -> bytes:
+    """A retry delay and a comment saying why, for a stream that ends at once.
+
+    No blank line: nothing is dispatched, so the client's last event ID stays what it was
+    (a dispatch sets it from this connection's ID buffer, which starts empty), and its next
+    connection resumes from there.
+    """
+    return f"retry: {int(milliseconds)}\n: {_LINE_BREAK.sub(' ', why)}\n".encode("utf-8")
+
+
 def encode_padding(size: int) -> bytes:
     """A comment line of `size` spaces: clients ignore it, buffers on the way fill up."""
     return b":" + b" " * size + b"\n"
-
-
-_LAST_CHUNK = b"0\r\n\r\n"
-
-
-def http_chunk(data: bytes) -> bytes:
-    """`data` as one chunk of an HTTP/1.1 chunked body (RFC 9112, section 7.1).
-
-    No data makes no bytes: a chunk of size zero is the last chunk, and would end the body.
-    """
-    if not data:
-        return b""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def http_end(data: bytes = b"") -> bytes:
-    """The end of a chunked body: `data` as its last chunk of data, then the last chunk."""
-    return http_chunk(data) + _LAST_CHUNK
 
 
 @dataclass(frozen=True)

@@ -394,3 +394,10 @@ def test_the_decoder_raises_only_http_error_and_splits_change_nothing(data, draw
     except HttpError as error:
         pieces = error.status
     assert pieces == whole
+
+
+def test_chunks_carry_their_size_in_hex_and_no_data_makes_no_chunk():
+    assert h1.encode_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    assert h1.encode_chunk(b"") == b""
+    assert h1.encode_last_chunk(b"bye") == b"3\r\nbye\r\n0\r\n\r\n"
+    assert h1.encode_last_chunk() == b"0\r\n\r\n"

@@ -25,9 +25,8 @@ from gateway.wire import (
     encode_id,
     encode_padding,
     encode_retry,
+    encode_turn_away,
     format_data,
-    http_chunk,
-    http_end,
 )
 
 
@@ -446,9 +445,12 @@ def test_padding_is_a_comment_line_the_client_ignores():
     assert (parser.comments, parser.retry) == (1, 1000)
 
 
-def test_http_chunks_carry_their_size_in_hex_and_no_data_makes_no_chunk():
-    assert http_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
-    # A chunk of size zero is the last chunk: an empty write must not end the body.
-    assert http_chunk(b"") == b""
-    assert http_end(b"bye") == b"3\r\nbye\r\n0\r\n\r\n"
-    assert http_end() == b"0\r\n\r\n"
+
+
+def test_a_turn_away_sets_the_retry_delay_and_dispatches_nothing():
+    parser = EventStreamParser()
+    parser.last_event_id = "7-0"
+    assert parser.feed(encode_turn_away(4321, "busy\nnow")) == []
+    assert parser.retry == 4321
+    assert parser.last_event_id == "7-0"
+    assert encode_turn_away(10, "a\r\nb") == b"retry: 10\n: a b\n"

@@ -324,11 +324,21 @@ def response_head(status: str, headers: List[Tuple[str, str]]) -> bytes:
 
 
 def encode_chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (RFC 9112 section 7.1); never call it with b""."""
+    """`data` as one chunk of a chunked body (RFC 9112 section 7.1).
+
+    No data makes no bytes: a chunk of size zero is the last chunk, and would end the body.
+    """
+    if not data:
+        return b""
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 LAST_CHUNK = b"0\r\n\r\n"  # last-chunk and an empty trailer section
+
+
+def encode_last_chunk(data: bytes = b"") -> bytes:
+    """The end of a chunked body: `data` as its last chunk of data, then the last chunk."""
+    return encode_chunk(data) + LAST_CHUNK
 
 
 def json_error_body(error: str, detail: str) -> bytes:

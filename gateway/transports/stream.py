@@ -16,6 +16,7 @@ from typing import List, Optional, Union
 from gevent import get_hub
 
 from .. import wire
+from ..http import h1
 from ..http.seam import TakeOver
 from ..hub import Seat
 from ..message import Message
@@ -117,7 +118,7 @@ class EventStream:
         body = self.opening + self.session.frames(held)
         self.opening = b""
         self.sent = len(body)
-        self._send(response_head + (wire.http_chunk(body) if chunked else body))
+        self._send(response_head + (h1.encode_chunk(body) if chunked else body))
         if self.closed:
             return  # the client left already
         self._check_fast()
@@ -168,7 +169,7 @@ class EventStream:
         tail = b"".join(self.queue) + last
         self.queue = []
         if self.chunked:
-            tail = wire.http_end(tail)
+            tail = h1.encode_last_chunk(tail)
         if self.out:
             self.out += tail
             self.seat.hold(len(self.out))
@@ -211,7 +212,7 @@ class EventStream:
         if self.out:
             ok = self._enqueue(frame, len(frame))
         else:
-            self._send(wire.http_chunk(frame) if self.chunked else frame)
+            self._send(h1.encode_chunk(frame) if self.chunked else frame)
         rotate_bytes = self.options.rotate_bytes
         if ok and rotate_bytes and self.sent >= rotate_bytes and not self.ending:
             self.end(ROTATE)
@@ -256,7 +257,7 @@ class EventStream:
                 break
             frames = b"".join(self.queue)
             self.queue = []
-            self.out = wire.http_chunk(frames) if self.chunked else frames
+            self.out = h1.encode_chunk(frames) if self.chunked else frames
             held += len(self.out) - len(frames)
         self.seat.hold(held)
         if not self.out:
