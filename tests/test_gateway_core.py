@@ -486,7 +486,7 @@ def test_sigterm_lets_a_publish_in_flight_finish_within_the_shutdown_timeout(sta
     assert [json.loads(fields[b"m"])["data"] for _, fields in entries] == ["last words"]
 
 
-def test_gateway_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
+def test_gateway_started_while_redis_is_down_is_unhealthy_turns_subscribers_away_then_recovers(tmp_path):
     redis_server = RedisServer()  # not started yet: its port refuses connections
     port = free_port()
     url = f"http://127.0.0.1:{port}"
