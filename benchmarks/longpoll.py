@@ -35,7 +35,7 @@ from loadgen import (
     split_http_url,
     sum_readings,
 )
-from storm import redis_command_calls
+from storm import redis_command_calls, redis_command_delta
 
 time_ns = time.time_ns
 
@@ -214,10 +214,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
         if totals.delivered:
             result["cpu_s_per_1k"] = round((cpu1 - cpu0) / totals.delivered * 1000, 5)
     if a.redis_url:
-        delta = {name: calls1.get(name, 0) - calls0.get(name, 0) for name in calls1}
-        delta = {name: n for name, n in sorted(delta.items()) if n and name != "info"}
-        result["redis_commands"] = delta
-        result["redis_command_total"] = sum(delta.values())
+        result.update(redis_command_delta(calls0, calls1))
     return result
 
 

@@ -115,6 +115,14 @@ async def redis_command_calls(url: str) -> dict[str, int]:
     return calls
 
 
+def redis_command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, object]:
+    """What a workload cost Redis: calls per command between two readings, and their total
+    (the readings' own INFO left out)."""
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    delta = {name: n for name, n in sorted(delta.items()) if n and name != "info"}
+    return {"redis_commands": delta, "redis_command_total": sum(delta.values())}
+
+
 async def open_client(loop: asyncio.AbstractEventLoop, url: str, client: Client) -> None:
     host, port, _ = split_http_url(url)
     try:
@@ -191,10 +199,7 @@ async def storm(a: argparse.Namespace) -> dict[str, object]:
         result["server_cpu_s"] = round(cpu1 - cpu0, 3)
         result["cpu_ms_per_client"] = round((cpu1 - cpu0) / a.clients * 1000, 3)
     if a.redis_url:
-        delta = {name: calls1.get(name, 0) - calls0.get(name, 0) for name in calls1}
-        delta = {name: n for name, n in sorted(delta.items()) if n and name != "info"}
-        result["redis_commands"] = delta
-        result["redis_command_total"] = sum(delta.values())
+        result.update(redis_command_delta(calls0, calls1))
     return result
 
 
