@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from array import array
@@ -35,7 +33,7 @@ from loadgen import (
     split_http_url,
     sum_readings,
 )
-from storm import redis_command_calls, redis_command_delta
+from storm import redis_command_calls, redis_command_delta, run_once
 
 time_ns = time.time_ns
 
@@ -242,21 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    def on_alarm(signum: int, frame: object) -> None:
-        print(json.dumps({"label": args.label, "error": "hard timeout"}), flush=True)
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.timeout + args.settle + args.duration + args.drain) + 60)
-    try:
-        result = asyncio.run(run(args))
-    except Exception as error:  # noqa: BLE001 - a failed run still prints its JSON line
-        result = {"label": args.label, "error": repr(error)}
-    signal.alarm(0)
-    print(json.dumps(result), flush=True)
-    return 1 if "error" in result else 0
-
+    return run_once(args.label, run(args),
+                    args.timeout + args.settle + args.duration + args.drain + 60)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -222,23 +222,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_once(label: str, workload, hard_timeout: float) -> int:
+    """Run one workload coroutine and print its ONE line of JSON, an error line included;
+    past `hard_timeout` seconds the process prints a timeout line and exits."""
 
     def on_alarm(signum: int, frame: object) -> None:
-        print(json.dumps({"label": args.label, "error": "hard timeout"}), flush=True)
+        print(json.dumps({"label": label, "error": "hard timeout"}), flush=True)
         os._exit(3)
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.timeout * 3) + 30)
+    signal.alarm(int(hard_timeout))
     try:
-        result = asyncio.run(storm(args))
+        result = asyncio.run(workload)
     except Exception as error:  # noqa: BLE001 - a failed run still prints its JSON line
-        result = {"label": args.label, "error": repr(error)}
+        result = {"label": label, "error": repr(error)}
     signal.alarm(0)
     print(json.dumps(result), flush=True)
     return 1 if "error" in result else 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_once(args.label, storm(args), args.timeout * 3 + 30)
 
 if __name__ == "__main__":
     sys.exit(main())
