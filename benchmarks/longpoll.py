@@ -47,6 +47,11 @@ class Totals:
         self.reordered = 0
         self.failed: dict[str, int] = {}
         self.latency_us = array("q")
+        # While events are being published, a gateway poll answers with at least one: one
+        # that comes back empty then was not woken by them (or the broker was down).
+        self.publishing = False
+        self.empty = 0
+        self.held_max = 0.0  # the longest a poll answered empty while publishing was held
 
     def fail(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
@@ -96,7 +101,7 @@ class Poller:
         return b"GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
             path.encode(), self.host.encode(), self.port, extra)
 
-    def take(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+    def take(self, status: int, headers: dict[bytes, bytes], body: bytes, held: float) -> None:
         now = time_ns()
         totals = self.totals
         if status != 200:
@@ -107,6 +112,9 @@ class Poller:
             answer = json.loads(body)
             self.cursor = answer["lastEventId"]
             payloads = [event["data"].encode() for event in answer["events"]]
+            if not payloads and totals.publishing:
+                totals.empty += 1
+                totals.held_max = max(totals.held_max, held)
         else:
             self.cache = [(b"If-Modified-Since", headers.get(b"last-modified", b"")),
                           (b"If-None-Match", headers.get(b"etag", b""))]
@@ -135,9 +143,10 @@ class Poller:
         try:
             while not stop.is_set():
                 writer.write(self.request())
+                sent = time.monotonic()
                 status, headers, body = await read_response(reader)
                 self.totals.polls += 1
-                self.take(status, headers, body)
+                self.take(status, headers, body, time.monotonic() - sent)
                 if headers.get(b"connection", b"").lower() == b"close":
                     self.totals.fail("server closed the connection")
                     return
@@ -167,6 +176,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
     calls0 = await redis_command_calls(a.redis_url) if a.redis_url else {}
     cpu0 = sum_readings(a.server_pid, proc_cpu_seconds)
     t0 = time.monotonic()
+    totals.publishing = True
 
     publisher = HttpPublisher(a.publish_url, a.publish == "http-json", a.timeout)
     events = max(1, int(a.rate * a.duration))
@@ -176,6 +186,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
         if delay > 0:
             await asyncio.sleep(delay)
         waiters.append(await publisher.send(make_payload(seq, time_ns())))
+    totals.publishing = False
     drain_end = time.monotonic() + a.drain
     await asyncio.wait(waiters, timeout=a.drain)
     published = 0
@@ -201,6 +212,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                   loss=round(1 - totals.delivered / expected, 6) if expected else None,
                   duplicates=totals.duplicates, reordered=totals.reordered,
                   polls=totals.polls - polls0, fail_reasons=totals.failed,
+                  empty_answers=totals.empty, empty_held_max_s=round(totals.held_max, 3),
                   phase_seconds=round(phase, 3))
     lat = sorted(totals.latency_us)
     if lat:

@@ -1,11 +1,11 @@
-"""The web application: the bare-WSGI event-stream endpoint in front of a Flask app for the rest
-(long-poll, publish, health, the polyfill bundle, the demo). Errors are JSON."""
+"""The web application: the bare-WSGI subscribe endpoints (event stream, long-poll) in front of a
+Flask app for the rest (publish, health, the polyfill bundle, the demo). Errors are JSON."""
 
 import hmac
 import logging
 from importlib import resources
-from typing import Dict, Optional
-from urllib.parse import unquote_to_bytes, urlsplit
+from typing import Dict
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -20,9 +20,8 @@ from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub
 from .ids import format_id
 from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
+from .poll_endpoint import PollEndpoint
 from .subscribe import UNCACHEABLE, ApiError
-from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp, poll
-from .transports.poll import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,18 @@ def error_response(status: int, error: str, detail: str) -> Response:
 
 
 def create_app(config: Config, hub: Hub, broker: Broker):
-    """The WSGI application: /events served bare, everything else by Flask."""
+    """The WSGI application: /events and /poll served bare, everything else by Flask."""
     flask_app = create_flask_app(config, hub, broker)
-    events = EventsEndpoint(config, hub, subscribe_policy(config.cors_origins))
+    cors = subscribe_policy(config.cors_origins)
+    events = EventsEndpoint(config, hub, cors)
+    polls = PollEndpoint(config, hub, cors, parse_networks(config.trusted_proxies))
 
     def application(environ, start_response):
-        if events.handles(environ.get("PATH_INFO", "")):
+        path = environ.get("PATH_INFO", "")
+        if events.handles(path):
             return events(environ, start_response)
+        if polls.handles(path):
+            return polls(environ, start_response)
         return flask_app(environ, start_response)
 
     return application
@@ -54,17 +58,13 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     proxies = parse_networks(config.trusted_proxies)
-    subscribe_cors = subscribe_policy(config.cors_origins)
     publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
     publish_origins = frozenset(config.publish_cors_origins)
     refused = 0  # publish requests refused for what they sent (the broker counts its own)
 
     @app.after_request
     def _common_headers(response: Response) -> Response:
-        endpoint = request.endpoint
-        policy = subscribe_cors if endpoint == "poll_events" else None
-        if endpoint == "publish":
-            policy = publish_cors
+        policy = publish_cors if request.endpoint == "publish" else None
         if policy is not None:
             origin = request.headers.get("Origin")
             extra = policy.preflight(origin) if request.method == "OPTIONS" else policy.headers(origin)
@@ -91,37 +91,6 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     def _unexpected(error: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal server error", "the gateway failed; see its log")
-
-    @app.get("/poll")
-    @app.get("/poll/<channel>")
-    def poll_events(channel: Optional[str] = None):
-        args = request.args
-        channels = subscribe.channels(channel, args, config.max_channels)
-        callback = args.get("callback")
-        if callback is not None and not CALLBACK.fullmatch(callback):
-            raise ApiError(400, "invalid callback",
-                           f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
-        if callback is not None and config.cors_origins:
-            _check_jsonp_referer(config.cors_origins)
-        hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
-        batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
-                                         integer=True))
-        cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
-        log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
-                                         proxies).address, ",".join(channels))
-        try:
-            session, backlog = subscribe.open_session(
-                hub, PollQueue(channels, config.max_pending), cursor)
-        except BrokerUnavailable:
-            body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
-        else:
-            # The session is attached, and `poll` detaches it whatever happens.
-            body = poll(session, backlog, hold, batch, config.retry)
-        if callback is None:
-            return Response(encode_json(body), content_type="application/json; charset=utf-8")
-        return Response(encode_jsonp(callback, body),
-                        content_type="application/javascript; charset=utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
 
     @app.post("/publish/<channel>")
     def publish(channel: str):
@@ -215,16 +184,6 @@ def _static_routes(app: Flask) -> None:
             raise ApiError(404, "not found", "no such version of the bundle; load "
                            "/static/eventsource.js or the hashed URL it was published under")
         return serve("public, max-age=31536000, immutable")
-
-
-def _check_jsonp_referer(origins) -> None:
-    # A script tag ignores CORS and carries cookies: with an allowlist, JSONP must not let other
-    # sites read what only the listed origins may. Script requests name their page in Referer.
-    page = urlsplit(request.headers.get("Referer", ""))
-    origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else None
-    if origin not in origins:
-        raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
-                       "named by the request's Referer")
 
 
 def _check_publish_origin(allowed, demo: bool) -> None:

@@ -1,0 +1,24 @@
+"""What the bare-WSGI subscribe endpoints (/events, /poll) answer alike: CORS headers, errors."""
+
+from http import HTTPStatus
+from typing import Callable, List, Optional, Tuple
+
+from .cors import CorsPolicy
+from .subscribe import ApiError
+
+Headers = List[Tuple[str, str]]
+
+
+def cors_headers(cors: CorsPolicy, method: str, origin: Optional[str]) -> Headers:
+    """The CORS headers of an answer: a preflight's for OPTIONS, else a plain response's."""
+    return list((cors.preflight(origin) if method == "OPTIONS" else cors.headers(origin)).items())
+
+
+def error(start_response: Callable, error: ApiError, headers: Headers, allow: str) -> List[bytes]:
+    """`error` as its JSON body, with `headers`; a 405 says the methods `allow`ed."""
+    body = error.body()
+    status = f"{error.status} {HTTPStatus(error.status).phrase}"
+    extra = [("Allow", allow)] if error.status == 405 else []
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            *headers, *extra])
+    return [body]

@@ -1,0 +1,148 @@
+"""GET /poll and /poll/<channel>: long-polling, as JSON (XHR) or JSONP (script tags), served as
+a bare WSGI application.
+
+A long-poll client makes a request for every answer, so a request here costs only what it
+needs, as on /events: no routing table, request or response objects, or contexts. What a
+request asks for is read in one place (`read_request`), before anything is attached.
+
+While the broker is down, a poll gets a 200 answer with no events, its own cursor and a retry
+hint (`transports.poll.unavailable`): never an error status.
+"""
+
+import logging
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from . import endpoint, subscribe
+from .brokers import BrokerUnavailable
+from .config import Config
+from .cors import CorsPolicy
+from .forwarded import FORWARDING_HEADERS, Network, resolve
+from .hub import Hub
+from .subscribe import UNCACHEABLE, ApiError
+from .transports import CALLBACK, PollQueue
+from .transports.poll import Answer, collect, unavailable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/poll"
+ALLOW = "GET, HEAD, OPTIONS"
+JSON = [("Content-Type", "application/json; charset=utf-8")]
+JSONP = [("Content-Type", "application/javascript; charset=utf-8"),
+         ("X-Content-Type-Options", "nosniff")]
+_NOT_ALLOWED = ApiError(405, "method not allowed", "The method is not allowed for the requested URL.")
+
+
+class PollRequest:
+    """What a poll asks for, checked: its channels, JSONP callback (None for JSON), hold time
+    in seconds, largest batch, and cursor (None for a first poll)."""
+
+    __slots__ = ("channels", "callback", "hold", "batch", "cursor")
+
+    def __init__(self, channels: List[str], callback: Optional[str], hold: float, batch: int,
+                 cursor: Optional[str]) -> None:
+        self.channels = channels
+        self.callback = callback
+        self.hold = hold
+        self.batch = batch
+        self.cursor = cursor
+
+
+def read_request(environ: dict, config: Config) -> PollRequest:
+    """The poll a request asks for; ApiError (400, or 403 for JSONP from an unlisted page)."""
+    args = subscribe.Query(environ.get("QUERY_STRING", ""))
+    channels = subscribe.channels(_path_channel(environ["PATH_INFO"]), args, config.max_channels)
+    callback = args.get("callback")
+    if callback is not None and not CALLBACK.fullmatch(callback):
+        raise ApiError(400, "invalid callback",
+                       f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
+    if callback is not None and config.cors_origins:
+        check_jsonp_referer(environ.get("HTTP_REFERER"), config.cors_origins)
+    hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
+    batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
+                                     integer=True))
+    cursor = subscribe.last_event_id(environ.get("HTTP_LAST_EVENT_ID"), args)
+    return PollRequest(channels, callback, hold, batch, cursor)
+
+
+def check_jsonp_referer(referer: Optional[str], origins: Sequence[str]) -> None:
+    """A script tag ignores CORS and carries cookies: with an allowlist, JSONP must not let
+    other sites read what only the listed origins may. Script requests name their page in
+    Referer."""
+    page = urlsplit(referer or "")
+    origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else None
+    if origin not in origins:
+        raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
+                       "named by the request's Referer")
+
+
+class PollEndpoint:
+    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy,
+                 proxies: Sequence[Network]) -> None:
+        self._config = config
+        self._hub = hub
+        self._cors = cors
+        self._proxies = proxies
+        self._uncacheable = list(UNCACHEABLE.items())
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        """`/poll`, or `/poll/` and one path segment."""
+        if path == PREFIX:
+            return True
+        start = len(PREFIX) + 1
+        return path.startswith(PREFIX + "/") and len(path) > start and "/" not in path[start:]
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            return endpoint.error(start_response, _NOT_ALLOWED, self._uncacheable, ALLOW)
+        headers = endpoint.cors_headers(self._cors, method, environ.get("HTTP_ORIGIN"))
+        headers += self._uncacheable
+        if method == "OPTIONS":
+            start_response("200 OK", headers + [("Allow", ALLOW), ("Content-Length", "0")])
+            return []
+        try:
+            request = read_request(environ, self._config)
+            body, kind = self._answer(environ, request)
+        except ApiError as error:
+            return endpoint.error(start_response, error, headers, ALLOW)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, environ.get("PATH_INFO"))
+            error = ApiError(500, "internal server error", "the gateway failed; see its log")
+            return endpoint.error(start_response, error, headers, ALLOW)
+        start_response("200 OK", [*kind, ("Content-Length", str(len(body))), *headers])
+        return [body]
+
+    def _answer(self, environ: dict, request: PollRequest) -> Tuple[bytes, endpoint.Headers]:
+        config = self._config
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+        try:
+            session, backlog = subscribe.open_session(
+                self._hub, PollQueue(request.channels, config.max_pending), request.cursor)
+        except BrokerUnavailable:
+            answer = unavailable(request.cursor, request.hold, subscribe.outage_retry(config.retry))
+        else:
+            # The session is attached, and `collect` detaches it whatever happens.
+            answer = collect(session, backlog, request.hold, request.batch, config.retry)
+        return _encoded(answer, request.callback)
+
+    def _client(self, environ: dict) -> str:
+        headers = {name: environ[key] for name in FORWARDING_HEADERS
+                   if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
+        return resolve(environ.get("REMOTE_ADDR") or "", headers, self._proxies).address
+
+
+def _encoded(answer: Answer, callback: Optional[str]) -> Tuple[bytes, endpoint.Headers]:
+    if callback is None:
+        return answer.json(), JSON
+    return answer.jsonp(callback), JSONP
+
+
+def _path_channel(path: str) -> Optional[str]:
+    if path == PREFIX:
+        return None
+    name = path[len(PREFIX) + 1:]
+    # PEP 3333's PATH_INFO is bytes as latin-1; a channel name is read as UTF-8, as werkzeug does.
+    return name if name.isascii() else name.encode("latin-1").decode("utf-8", "replace")
