@@ -270,13 +270,9 @@ def collect(session: Session, backlog: List[Message], hold: float, batch: int,
         events = _take(session, backlog, batch)
         while not events and not subscriber.closed:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not subscriber.wait(remaining):
                 break
-            woken = subscriber.wait(remaining)
-            # Taken even when the hold ran out: an event may have come with the deadline.
             events = _take(session, subscriber.drain(), batch)
-            if not woken:
-                break
         return Answer(events, session.cursor(), retry_ms)
     finally:
         session.close()
