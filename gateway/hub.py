@@ -11,7 +11,7 @@ A subscriber reaches back into the hub only through the `Seat` the hub gives it 
 """
 
 import logging
-from typing import Callable, Dict, List, Protocol, Sequence, Set
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set
 
 import gevent.event
 
@@ -241,8 +241,10 @@ class Hub:
         self.dropped_memory += 1  # the budget logs what its drops freed
         seat.subscriber.close()
 
-    def history(self, positions: Dict[str, EventId]) -> Dict[str, History]:
-        return self._broker.history(positions)
+    def history(self, positions: Dict[str, EventId],
+                limit: Optional[int] = None) -> Dict[str, History]:
+        """Each channel's events after its position: at most `limit` per channel (the first)."""
+        return self._broker.history(positions, limit)
 
     def close_all(self) -> None:
         for entry in list(self._channels.values()):

@@ -119,8 +119,10 @@ class PollEndpoint:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
         try:
+            # A poll answers with at most `batch` events: it reads no more history than that.
             session, backlog = subscribe.open_session(
-                self._hub, PollQueue(request.channels, config.max_pending), request.cursor)
+                self._hub, PollQueue(request.channels, config.max_pending), request.cursor,
+                request.batch)
         except BrokerUnavailable:
             answer = unavailable(request.cursor, request.hold, subscribe.outage_retry(config.retry))
         else:

@@ -1,7 +1,7 @@
 """What a subscribe request asks for, read from its query and headers without any web framework.
 
-Shared by the event-stream endpoint (bare WSGI) and the long-poll routes (Flask), as is the rule
-for answering while the broker is down.
+Shared by the event-stream and long-poll endpoints (both bare WSGI), as is the rule for
+answering while the broker is down.
 """
 
 import json
@@ -122,15 +122,16 @@ def number_arg(args: Args, name: str, default: float, maximum: float,
     return value
 
 
-def open_session(hub: Hub, subscriber: Subscriber,
-                 cursor: Optional[str]) -> Tuple[Session, List[Message]]:
-    """Attach a new session and read its backlog.
+def open_session(hub: Hub, subscriber: Subscriber, cursor: Optional[str],
+                 limit: Optional[int] = None) -> Tuple[Session, List[Message]]:
+    """Attach a new session and read its backlog (at most `limit` events of each channel's
+    history).
 
     Raises BrokerUnavailable, with nothing left attached, when the broker cannot serve; the
     caller then answers with a retry hint (`outage_retry`), never with an error status.
     """
     session = Session(hub, subscriber)
-    return session, session.open(cursor)
+    return session, session.open(cursor, limit)
 
 
 def outage_retry(retry_ms: int) -> int:

@@ -25,8 +25,9 @@ class Session:
         self.subscriber = subscriber
         self.positions: Dict[str, EventId] = {}
 
-    def open(self, last_event_id: Optional[str]) -> List[Message]:
-        """Attach and return the backlog to send first (resets, then replayed events).
+    def open(self, last_event_id: Optional[str], limit: Optional[int] = None) -> List[Message]:
+        """Attach and return the backlog to send first (resets, then replayed events), with at
+        most `limit` events of each channel's history (the client takes no more at once).
 
         Raises BrokerUnavailable, with the subscriber closed, when the broker cannot serve.
         """
@@ -38,19 +39,24 @@ class Session:
                 requested = parse_cursor(last_event_id, self.channels)
             except CursorError:
                 # Treated like lost history: say so, then send everything history holds.
-                _, events = self._replay({channel: ZERO for channel in self.channels})
+                _, events = self._replay({channel: ZERO for channel in self.channels}, limit)
                 return [reset_message(self.channels, "unknown-id"), *events]
-            lost, events = self._replay(requested)
+            lost, events = self._replay(requested, limit)
             return [reset_message(lost, "history-lost"), *events] if lost else events
         except BaseException:
             self.close()
             raise
 
-    def _replay(self, requested: Dict[str, EventId]) -> Tuple[List[str], List[Message]]:
+    def _replay(self, requested: Dict[str, EventId],
+                limit: Optional[int]) -> Tuple[List[str], List[Message]]:
         """The channels whose history has a gap, and the events after each position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
-        for channel, history in self.hub.history(requested).items():
+        # A position at the last event dispatched on its channel has nothing to replay: every
+        # later event reaches the subscriber live. No history read for it.
+        behind = {channel: after for channel, after in requested.items()
+                  if after != self.positions[channel]}
+        for channel, history in self.hub.history(behind, limit).items():
             after = requested[channel]
             if history.gap:
                 lost.append(channel)
