@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # A plain identifier only: a dotted path such as window.opener.document.body.click would let
 # any page make the gateway's response call a method of another window of this origin.
 CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
+# What JSON writes as it is, between quotes.
+_PLAIN = re.compile(r"[A-Za-z0-9_.:=,-]*")
 
 
 class Wakeups:
@@ -204,8 +206,11 @@ class Answer:
         items = [_ENCODED.get(message, ascii) if cursor is None
                  else _dumps(_item(message, cursor), ascii)
                  for message, cursor in self.events]
+        cursor = self.cursor
+        # A cursor of ids and channel names needs no escaping; one with a publisher's id may.
+        quoted = b'"%s"' % cursor.encode() if _PLAIN.fullmatch(cursor) else _dumps(cursor, ascii)
         return b'{"events":[%s],"lastEventId":%s,"retry":%d}' % (
-            b",".join(items), _dumps(self.cursor, ascii), self.retry)
+            b",".join(items), quoted, self.retry)
 
 
 def _item(message: Message, cursor: Optional[str]) -> Dict[str, Any]:
