@@ -44,8 +44,8 @@ class Query:
 
     def __init__(self, query: str) -> None:
         self._values: Dict[str, List[str]] = {}
-        # As parse_qsl(query, keep_blank_values=True), which costs more than the rest of a
-        # long-poll request's reading: escapes are decoded only where there are any.
+        # As parse_qsl(query, keep_blank_values=True), at a fraction of its cost (a long-poll
+        # reads a query per answer): escapes are decoded only where there are any.
         for part in query.split("&") if query else ():
             if not part:
                 continue

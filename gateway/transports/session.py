@@ -65,6 +65,8 @@ class Session:
                 after = min(after, self.positions[channel])
             self.positions[channel] = after
             histories.append(history.messages)
+        if len(histories) == 1:
+            return lost, list(histories[0])  # a copy: the read's messages may be shared
         return lost, list(heapq.merge(*histories, key=lambda m: m.event_id))
 
     def accept(self, message: Message) -> bool:
