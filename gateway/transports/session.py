@@ -52,11 +52,7 @@ class Session:
         """The channels whose history has a gap, and the events after each position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
-        # A position at the last event dispatched on its channel has nothing to replay: every
-        # later event reaches the subscriber live. No history read for it.
-        behind = {channel: after for channel, after in requested.items()
-                  if after != self.positions[channel]}
-        for channel, history in self.hub.history(behind, limit).items():
+        for channel, history in self.hub.history(requested, limit).items():
             after = requested[channel]
             if history.gap:
                 lost.append(channel)
