@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 
 import pytest
 import requests
-from conftest import wait_until
+from conftest import file_descriptors, wait_until
 
 HELD = 3000  # polls held when the event is published
 HOLD = 25  # seconds each may be held (the most by default): far longer than waking them takes
@@ -26,14 +25,8 @@ PIPELINE = 50  # requests each of them sends at once
 
 @pytest.fixture(autouse=True)
 def enough_file_descriptors():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * (HELD + BUSY) + 1000  # this process's sockets, and as many in the gateway
-    if soft < need:
-        if hard < need:
-            pytest.fail(f"RLIMIT_NOFILE's hard limit {hard} is below the {need} this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with file_descriptors(2 * (HELD + BUSY) + 1000):  # these sockets, and the gateway's
+        yield
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
