@@ -196,6 +196,22 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def forget_tcp_metrics() -> bool:
+    """Drop what the kernel learned from the previous cell's loopback connections.
+
+    Linux keeps, per destination address, the RTT and congestion window of connections that
+    closed cleanly, and starts new connections to that address from them. Every cell connects
+    to 127.0.0.1, so without this a cell would start from what the one before it left: after a
+    saturated cell, an RTT of milliseconds on loopback. Needs CAP_NET_ADMIN and iproute2's ip.
+    """
+    if shutil.which("ip") is None:
+        return False
+    done = subprocess.run(["ip", "tcp_metrics", "delete", "127.0.0.1"], capture_output=True,
+                          check=False, stdin=subprocess.DEVNULL)
+    # "No such process": nothing was cached, which is as good.
+    return done.returncode == 0 or b"No such process" in done.stderr
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -635,6 +651,7 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
     if plan.workload != "fanout":
         row["workload"] = plan.workload
     row["busy_cores_before"] = round(wait_quiet(plan.quiet_wait), 2)
+    row["tcp_metrics_forgotten"] = forget_tcp_metrics()
     with cell_dir() as workdir:
         svc = Services(workdir)
         try:
@@ -849,6 +866,9 @@ def warnings(row: dict[str, object]) -> list[str]:
     gen = row.get("loadgen_cpu_s")
     if isinstance(gen, (int, float)) and gen > 0.85 * phase:
         out.append(f"the load generator used {gen / phase:.0%} of its core: it may be the bottleneck")
+    if row.get("tcp_metrics_forgotten") is False:
+        out.append("the kernel's TCP metrics for 127.0.0.1 could not be dropped (needs root and "
+                   "iproute2): this cell started from what the previous one left")
     late = row.get("late_subscribers")
     if late:
         out.append(f"{late} subscribers got their headers only after publishing began (not measured)")
