@@ -117,6 +117,8 @@ def test_without_credentials_every_transport_refuses_with_401_naming_the_channel
     (lambda: token_for("user.1", key=OTHER_SECRET), 401, "Signature verification failed"),
     (lambda: token_for("user.1", ttl=1, now=time.time() - 10), 401, "expired"),
     (lambda: "not-a-token", 401, "not a JWT"),
+    (lambda: forged({"alg": "HS256", "typ": "JWT"}, {"subscribe": ["user.1"]}, SECRET.encode()),
+     401, 'missing the "exp" claim'),
     (lambda: token_for("user.2", "room.*"), 403, "does not allow channel 'user.1'"),
     (lambda: publish_token(["user.1"], SECRET), 403, "does not allow channel 'user.1'"),
 ])
