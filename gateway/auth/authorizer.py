@@ -98,10 +98,7 @@ class Authorizer:
         if not private:
             return PUBLIC
         token, carrier = self._token(environ, query)
-        left, expires = private, None
-        refusal = Refused(401, f"channel {private[0]!r} is private: send a token (Authorization: "
-                          f"Bearer, the {self._cookie!r} cookie or the query parameter "
-                          f"{QUERY_PARAM!r})", private[0])
+        left, expires, refusal = private, None, None
         if token is not None and self.verifier is not None:
             try:
                 claims = self.verifier.verify(token)
@@ -115,7 +112,9 @@ class Authorizer:
                 refusal = Refused(403, f"the token does not allow channel {left[0]!r}", left[0])
         cookie, authorization = environ.get("HTTP_COOKIE"), environ.get("HTTP_AUTHORIZATION")
         if self.callback is None or (token is None and cookie is None and authorization is None):
-            raise refusal
+            raise refusal or Refused(401, f"channel {private[0]!r} is private: send a token "
+                                     f"(Authorization: Bearer, the {self._cookie!r} cookie or the "
+                                     f"query parameter {QUERY_PARAM!r})", private[0])
         try:
             answer = self.callback.ask(left, self._address(environ), environ.get("HTTP_ORIGIN"),
                                        cookie, authorization, token if carrier == _QUERY else None)

@@ -43,6 +43,8 @@ class TokenVerifier:
             key, algorithms = load_public_key(public_key_path)
             for algorithm in algorithms:
                 self._keys[algorithm] = key
+        keys = {id(key): key for key in self._keys.values()}
+        self._one_key = (next(iter(keys.values())), list(self._keys)) if len(keys) == 1 else None
         self._audience = audience
         self._issuer = issuer
         self._decoder = jwt.PyJWT(options={"require": ["exp"]})
@@ -52,25 +54,38 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Claims:
         """The token's claims, or TokenError (`expired` set when it is valid but past `exp`)."""
+        if self._one_key is not None:
+            # PyJWT checks the header's alg against the key's algorithms: one read of it.
+            key, algorithms = self._one_key
+        else:
+            algorithm = self._algorithm(token)
+            key, algorithms = self._keys[algorithm], [algorithm]
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError:
-            raise NotAJwt("the token is not a JWT") from None
-        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
-        if key is None:
-            raise TokenError(f"tokens signed with {str(algorithm)[:20]!r} are not accepted; "
-                             f"this gateway takes {', '.join(sorted(self._keys))}")
-        try:
-            payload = self._decoder.decode(token, key, algorithms=[algorithm],
+            payload = self._decoder.decode(token, key, algorithms=algorithms,
                                            audience=self._audience, issuer=self._issuer,
                                            leeway=_LEEWAY)
         except jwt.ExpiredSignatureError:
             raise TokenError("the token has expired", expired=True) from None
+        except (jwt.InvalidAlgorithmError, jwt.DecodeError) as error:
+            if not isinstance(error, jwt.InvalidSignatureError):
+                self._algorithm(token)  # NotAJwt, or an algorithm not accepted, says which
+            raise TokenError(f"the token is not valid: {error}") from None
         except jwt.PyJWTError as error:
             # PyJWT's messages name claims and algorithms, never the token's bytes.
             raise TokenError(f"the token is not valid: {error}") from None
         return Claims(_channel_claim(payload, "subscribe"), _channel_claim(payload, "publish"),
                       float(payload["exp"]))
+
+    def _algorithm(self, token: str) -> str:
+        """The header's `alg`, one this gateway has a key for; NotAJwt or TokenError."""
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise NotAJwt("the token is not a JWT") from None
+        if not isinstance(algorithm, str) or algorithm not in self._keys:
+            raise TokenError(f"tokens signed with {str(algorithm)[:20]!r} are not accepted; "
+                             f"this gateway takes {', '.join(sorted(self._keys))}")
+        return algorithm
 
 
 def _channel_claim(payload: dict, name: str) -> Tuple[str, ...]:
