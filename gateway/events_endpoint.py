@@ -84,9 +84,9 @@ class EventsEndpoint:
         grant = self._auth.check_subscribe(names, environ, args)
         stream = EventStream(names, config.max_pending,
                              self._padded_options if padded else self._options)
-        answers.limit_stream(stream, grant)
         session, backlog = subscribe.open_session(self._hub, stream, cursor)
         try:
+            answers.limit_stream(stream, grant)
             log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
             stream.start(session, backlog)
             # The server adds Date, and the framing, to the head it hands the stream.
