@@ -125,7 +125,7 @@ class AuthCallback:
                         response.close()
                     response.release_conn()
         try:
-            return _answer(response.status, body, channels)
+            return _answer(response.status, body)
         except ValueError as error:
             self._warn(f"the auth callback's answer was not understood: {error}")
             raise CallbackUnavailable("the auth callback's answer was not understood") from None
@@ -151,7 +151,7 @@ def _key(channels: Sequence[str], origin: Optional[str], cookie: Optional[str],
                           .encode("utf-8", "surrogateescape")).digest()
 
 
-def _answer(status: int, body: bytes, channels: Sequence[str]) -> Answer:
+def _answer(status: int, body: bytes) -> Answer:
     """An Answer from the application's response; ValueError for one not understood."""
     if status >= 500:
         raise ValueError(f"status {status}")

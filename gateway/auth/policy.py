@@ -5,8 +5,9 @@ matched case-sensitively, as channel names are. No I/O.
 """
 
 import fnmatch
+import functools
 import re
-from typing import Iterable, List, Optional, Pattern, Sequence
+from typing import Iterable, List, Optional, Pattern, Sequence, Tuple
 
 # A channel name's characters (message.check_channel) and the glob's own: * ? [ ] !
 _PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]!-]{1,128}")
@@ -46,11 +47,20 @@ class PrivateChannels:
         return [channel for channel in channels if regex.match(channel)]
 
 
-def uncovered(patterns: Iterable[str], channels: Iterable[str]) -> List[str]:
+def uncovered(patterns: Sequence[str], channels: Iterable[str]) -> List[str]:
     """The channels that none of `patterns` (names or globs, e.g. a token's claim) matches.
 
     A pattern that is not a valid channel pattern covers nothing.
     """
-    valid = [p for p in patterns if isinstance(p, str) and _PATTERN.fullmatch(p)]
-    regex = compile_patterns(valid)
+    if not any("*" in p or "?" in p or "[" in p for p in patterns):
+        # Names only, as a user's token usually has: no pattern to compile.
+        names = set(patterns)
+        return [channel for channel in channels if channel not in names]
+    regex = _claim_regex(tuple(patterns))
     return [channel for channel in channels if regex is None or not regex.match(channel)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _claim_regex(patterns: Tuple[str, ...]) -> Optional[Pattern[str]]:
+    # Tokens of one application name the same few shapes of claims: each is compiled once.
+    return compile_patterns(p for p in patterns if isinstance(p, str) and _PATTERN.fullmatch(p))
