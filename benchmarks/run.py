@@ -58,8 +58,9 @@ WORKLOAD_DEFAULTS = {
     "longpoll": (("sse-gateway", "nchan"), "1000,3000", 1.0),
 }
 # Not in the default matrix: `serve --workers 2` on every core, the generator on one of them.
-EXTRA_TARGETS = ("sse-gateway-x2",)
+EXTRA_TARGETS = ("sse-gateway-x2", "sse-gateway-token")
 CHANNEL = "bench"
+BENCH_KEY = "benchmark-only-hs256-secret-32-bytes"  # sse-gateway-token: signs the subscribers' token
 
 
 class TargetError(Exception):
@@ -386,9 +387,11 @@ class Started:
     poll_url: str = ""  # long-poll URL, where the target has one
     poll_protocol: str = ""  # how longpoll.py follows it: gateway or nchan
     redis_url: str = ""  # the target's Redis, whose commands storm.py and longpoll.py count
+    token: str = ""  # the subscribers' token (in the query), for a private channel
 
 
-def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
+def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = False) -> Started:
+    """`token`: the channel private, every subscriber with its own HS256 token in the query."""
     redis_port, redis_pid = start_redis(svc)
     port = free_port()
     env = dict(
@@ -414,6 +417,7 @@ def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
             "1000",
             "--workers",
             str(workers),
+            *(["--private-channel", CHANNEL, "--subscribe-key", BENCH_KEY] if token else []),
         ],
         env=env,
         cwd=REPO,
@@ -427,12 +431,23 @@ def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
     base = f"http://127.0.0.1:{port}"
     return Started(
         subscribe_url=f"{base}/events/{CHANNEL}",
+        token=mint_token(python, env) if token else "",
         publish_args=["--publish", "http-json", "--publish-url", f"{base}/publish/{CHANNEL}"],
         cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
         poll_url=f"{base}/poll/{CHANNEL}",
         poll_protocol="gateway",
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
     )
+
+
+def mint_token(python: str, env: dict[str, str]) -> str:
+    """An HS256 token for CHANNEL, from `sse-gateway token`: verified at each connection."""
+    result = subprocess.run(
+        [python, "-m", "gateway", "token", "--subscribe", CHANNEL, "--subscribe-key", BENCH_KEY,
+         "--ttl", "3600"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise TargetError(f"sse-gateway token failed: {result.stderr.strip()}")
+    return result.stdout.strip()
 
 
 NGINX_CONF = """\
@@ -565,6 +580,7 @@ def start_flask_sse(svc: Services, python: str) -> Started:
 STARTERS: dict[str, Callable[[Services, str], Started]] = {
     "sse-gateway": start_gateway,
     "sse-gateway-x2": lambda svc, python: start_gateway(svc, python, workers=2),
+    "sse-gateway-token": lambda svc, python: start_gateway(svc, python, token=True),
     "nchan": start_nchan,
     "flask-sse": start_flask_sse,
 }
@@ -642,6 +658,7 @@ def client_argv(started: Started, target: str, subscribers: int, plan: Plan,
         "--server-core",
         str(SERVER_CORE),
         *pids,
+        *(["--token", started.token] if started.token else []),
     ]
     return argv, timeout
 

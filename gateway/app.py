@@ -12,6 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 from . import subscribe
 from .assets import load_bundle
+from .auth import answers
+from .auth.authorizer import Authorizer, AuthUnavailable, Refused
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
@@ -38,8 +40,9 @@ def error_response(status: int, error: str, detail: str) -> Response:
 
 def create_app(config: Config, hub: Hub, broker: Broker):
     """The WSGI application: /events served bare, everything else by Flask."""
-    flask_app = create_flask_app(config, hub, broker)
-    events = EventsEndpoint(config, hub, subscribe_policy(config.cors_origins))
+    authorizer = Authorizer.from_config(config)
+    flask_app = create_flask_app(config, hub, broker, authorizer)
+    events = EventsEndpoint(config, hub, subscribe_policy(config.cors_origins), authorizer)
 
     def application(environ, start_response):
         if events.handles(environ.get("PATH_INFO", "")):
@@ -49,7 +52,7 @@ def create_app(config: Config, hub: Hub, broker: Broker):
     return application
 
 
-def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
+def create_flask_app(config: Config, hub: Hub, broker: Broker, authorizer: Authorizer) -> Flask:
     app = Flask(__name__)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
@@ -110,13 +113,18 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
         try:
+            grant = authorizer.check_subscribe(channels, request.environ, args)
             session, backlog = subscribe.open_session(
                 hub, PollQueue(channels, config.max_pending), cursor)
-        except BrokerUnavailable:
+        except Refused as refused:
+            status, content_type, refusal = answers.poll_refusal(refused, callback)
+            return Response(refusal, status=status, content_type=content_type)
+        except (BrokerUnavailable, AuthUnavailable):
             body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
         else:
             # The session is attached, and `poll` detaches it whatever happens.
-            body = poll(session, backlog, hold, batch, config.retry)
+            body = answers.end_poll(poll(session, backlog, grant.hold(hold), batch, config.retry),
+                                    grant)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
         return Response(encode_jsonp(callback, body),
@@ -127,7 +135,11 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
     def publish(channel: str):
         nonlocal refused
         _check_publish_origin(publish_origins, config.demo)
-        _authorize_publisher(config.publish_tokens, proxies)
+        try:
+            if not authorizer.check_publish([channel], request.environ):
+                _authorize_publisher(config.publish_tokens, proxies)
+        except Refused as refused:
+            raise ApiError(refused.status, refused.error, refused.detail) from None
         try:
             message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
             result = broker.publish(message)

@@ -1,4 +1,5 @@
-"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends one event."""
+"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends one event, `token`
+mints a signed token."""
 
 import argparse
 import json
@@ -61,6 +62,27 @@ def _build_assets_parser(subparsers) -> None:
     parser.add_argument("dir", nargs="?", help="output directory")
 
 
+def _token_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "token", help="mint a signed token for subscribing or publishing",
+        description="Print a token signed with the gateway's --subscribe-key secret (HS256; "
+                    "env SSE_GATEWAY_SUBSCRIBE_KEY) or with --private-key (the PEM private key "
+                    "whose public key the gateway verifies with).",
+    )
+    parser.add_argument("--subscribe", action="append", default=[], metavar="PATTERN",
+                        help="channel name or pattern the holder may subscribe to (repeatable)")
+    parser.add_argument("--publish", action="append", default=[], metavar="PATTERN",
+                        help="channel name or pattern the holder may publish on (repeatable)")
+    parser.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds "
+                                                                 "(default: 3600)")
+    parser.add_argument("--subscribe-key", metavar="SECRET",
+                        help="HS256 secret (env SSE_GATEWAY_SUBSCRIBE_KEY)")
+    parser.add_argument("--private-key", metavar="FILE", help="PEM private key file")
+    parser.add_argument("--audience", help="the `aud` claim (env SSE_GATEWAY_TOKEN_AUDIENCE)")
+    parser.add_argument("--issuer", help="the `iss` claim (env SSE_GATEWAY_TOKEN_ISSUER)")
+    parser.add_argument("--subject", help="the `sub` claim, e.g. the user's id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-gateway",
                                      description="A Server-Sent Events push gateway.")
@@ -68,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(subparsers)
     _publish_parser(subparsers)
     _build_assets_parser(subparsers)
+    _token_parser(subparsers)
     return parser
 
 
@@ -78,7 +101,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _serve(parser, args)
     if args.command == "build-assets":
         return _build_assets(args)
+    if args.command == "token":
+        return _token(parser, args)
     return _publish(parser, args)
+
+
+def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+
+    from .tokens import mint
+
+    if not args.subscribe and not args.publish:
+        parser.error("name the channels: --subscribe PATTERN and/or --publish PATTERN")
+    key = args.subscribe_key or os.environ.get("SSE_GATEWAY_SUBSCRIBE_KEY")
+    if args.private_key:
+        try:
+            with open(args.private_key, "rb") as handle:
+                key = handle.read()
+        except OSError as error:
+            parser.error(f"--private-key {args.private_key!r} cannot be read: {error.strerror}")
+    if not key:
+        parser.error("give --subscribe-key (or SSE_GATEWAY_SUBSCRIBE_KEY) or --private-key")
+    try:
+        token = mint(key, subscribe=args.subscribe, publish=args.publish, ttl=args.ttl,
+                     audience=args.audience or os.environ.get("SSE_GATEWAY_TOKEN_AUDIENCE"),
+                     issuer=args.issuer or os.environ.get("SSE_GATEWAY_TOKEN_ISSUER"),
+                     subject=args.subject)
+    except ValueError as error:
+        parser.error(str(error))
+    print(token)
+    return 0
 
 
 def _build_assets(args: argparse.Namespace) -> int:

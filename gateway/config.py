@@ -1,12 +1,14 @@
 """The gateway's settings: one table drives the CLI options, the environment variables and the docs."""
 
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .forwarded import parse_networks
 
 ENV_PREFIX = "SSE_GATEWAY_"
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     demo: bool = False
+    private_channels: Tuple[str, ...] = ()
+    subscribe_key: Optional[str] = field(default=None, repr=False)  # a secret
+    subscribe_public_key: Optional[str] = None
+    token_audience: Optional[str] = None
+    token_issuer: Optional[str] = None
+    token_cookie: str = "sse_gateway_token"
+    auth_url: Optional[str] = None
+    auth_timeout: float = 3.0
+    auth_cache_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,8 +89,41 @@ class Config:
         elif self.workers > 1 and not self.redis_url:
             problems.append("workers above 1 need --redis-url: the embedded broker lives in "
                             "one process, and the workers must share events and history")
+        problems += _auth_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def _auth_problems(config: Config) -> List[str]:
+    from .auth.keys import check_secret, load_public_key
+    from .auth.policy import check_pattern
+
+    problems = []
+    for pattern in config.private_channels:
+        try:
+            check_pattern(pattern)
+        except ValueError as error:
+            problems.append(f"private-channel: {error}")
+    for check, value in ((check_secret, config.subscribe_key),
+                         (load_public_key, config.subscribe_public_key)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as error:
+                problems.append(str(error))
+    if config.private_channels and not (config.subscribe_key or config.subscribe_public_key
+                                        or config.auth_url):
+        problems.append("private channels need a way to authorize subscribers: "
+                        "--subscribe-key, --subscribe-public-key or --auth-url")
+    if config.auth_url is not None and not config.auth_url.startswith(("http://", "https://")):
+        problems.append("auth-url must be an http:// or https:// URL")
+    if not 0 < config.auth_timeout <= 60:
+        problems.append("auth-timeout must be above 0 and at most 60 seconds")
+    if config.auth_cache_seconds < 0:
+        problems.append("auth-cache-seconds must not be negative (0: no cache)")
+    if not _COOKIE_NAME.fullmatch(config.token_cookie):
+        problems.append("token-cookie must be a cookie name (RFC 6265: a token)")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -150,6 +194,22 @@ OPTIONS: List[Option] = [
            "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
     Option("demo", "serve the demo chat page at /", switch=True),
+    Option("private_channels", "channels that need authorization to subscribe, as shell-style "
+           "patterns such as user.* (repeatable; env: comma-separated; * makes every channel "
+           "private)", flag="--private-channel", repeatable=True, metavar="PATTERN"),
+    Option("subscribe_key", "secret that signs tokens (HS256, 32 bytes at least)",
+           metavar="SECRET"),
+    Option("subscribe_public_key", "PEM file of the public key that verifies tokens (RS256, "
+           "ES256 or EdDSA, by the key's type)", metavar="FILE"),
+    Option("token_audience", "the `aud` claim tokens must carry", metavar="AUD"),
+    Option("token_issuer", "the `iss` claim tokens must carry", metavar="ISS"),
+    Option("token_cookie", "cookie that carries a subscriber's token", metavar="NAME"),
+    Option("auth_url", "the application's URL that authorizes a subscriber without a valid "
+           "token (POST, the channels in a JSON body, the client's Cookie and Authorization)",
+           metavar="URL"),
+    Option("auth_timeout", "seconds the application has to answer --auth-url", parse=float),
+    Option("auth_cache_seconds", "seconds an answer of --auth-url is kept, per credentials and "
+           "channels (0: not kept)", parse=float),
 ]
 
 

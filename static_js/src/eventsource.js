@@ -58,7 +58,9 @@ function invoke(target, listener, event) {
    "jsonp-poll"), heartbeatTimeout (ms without a byte before reconnecting, default 45000),
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
    path segment turned into "/poll"), shared (one connection for all the origin's pages that
-   open this URL with shared: true; see shared.js). */
+   open this URL with shared: true; see shared.js), token (a function that obtains a token for
+   private channels: called with a function, it passes a token to it, or nothing if it has
+   none, which fails this attempt). */
 function EventSource(url, options) {
   var me = this, a = window.document.createElement("a"), URL = window.URL;
   options = options || {};
@@ -79,6 +81,8 @@ function EventSource(url, options) {
   me._cross = me._origin != originOf(window.location.href);
   me._idParam = options.lastEventIdParam || "lastEventId";
   me._heartbeat = +options.heartbeatTimeout || 45000;
+  me._getToken = options.token;
+  me._stale = 1;
   me._pollBase = options.pollUrl || pollUrlOf(me.url);
   me._listeners = {};
   me._retry = 3000;
@@ -170,7 +174,8 @@ EventSource.prototype = {
   _unshare: noop,
 
   _streamUrl: function () {
-    return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
+    return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id, "token",
+      this._token]);
   },
 
   /* The first poll of a connection asks for an answer at once (timeout=0), so "open" comes
@@ -183,12 +188,35 @@ EventSource.prototype = {
     } else if (beat < 30000) {
       hold = String((beat >= 10000 ? beat - 5000 : beat / 2) / 1000);
     }
-    return withQuery(this._pollBase, [this._idParam, this._p.id, "timeout", hold].concat(kv));
+    return withQuery(this._pollBase, [this._idParam, this._p.id, "timeout", hold, "token",
+      this._token].concat(kv));
   },
 
+  /* A token function is asked before the first request, after a failure and after the
+     gateway-auth-expired event; a rotation and the next poll reuse the token. */
   _go: function () {
-    var me = this;
+    var me = this, get = me._getToken, over;
+    function done(token) {
+      if (!over) {
+        over = 1;
+        if (token) {
+          me._token = token;
+          me._uses = 0;
+          me._go();
+        } else {
+          me._end(0);
+        }
+      }
+    }
     me._stop();
+    if (get && me._stale) {
+      me._stale = 0;
+      me._abort = function () {
+        over = 1;
+      };
+      return get(done);
+    }
+    me._uses++;
     me._p.reset();
     me._seen = 0;
     me._alive();
@@ -260,9 +288,27 @@ EventSource.prototype = {
     }
   },
 
+  /* The gateway's answers about private channels. The expiry that ends a stream: reconnect at
+     once, with a new token from the token function. A refusal (also a long-poll's): the
+     connection fails for good, unless the token was reused (by a rotation, or a poll after
+     the last): it may have expired in between, so a new one is asked for first. */
   _event: function (type, data, id) {
-    if (this.readyState != CLOSED) {
-      this._fire(type, {data: data, lastEventId: id, origin: this._origin});
+    var me = this;
+    if (me.readyState != CLOSED) {
+      if (type == "gateway-refused") {
+        if (me._getToken && me._uses > 1) {
+          me._stale = 1;
+          me._stop();
+          me._wait(0);
+        } else {
+          me._end(-1);
+        }
+        return;
+      }
+      if (type == "gateway-auth-expired") {
+        me._stale = me._p.rotate = 1;
+      }
+      me._fire(type, {data: data, lastEventId: id, origin: me._origin});
     }
   },
 
@@ -277,6 +323,9 @@ EventSource.prototype = {
       events = response.events || [];
     } catch (e) {
       return me._end(0);
+    }
+    if (response.error) {
+      return me._event("gateway-refused");
     }
     if (typeof response.retry == "number") {
       me._retry = response.retry;
@@ -314,6 +363,7 @@ EventSource.prototype = {
          time is longer, plus up to half again of random jitter, so that a gateway that stays
          down is not stormed; the next good response resets the count. */
       me.readyState = CONNECTING;
+      me._stale = 1;
       me._fire("error");
       if (me.readyState == CONNECTING) {
         me._failures++;
