@@ -38,6 +38,8 @@ class Config:
     idle_timeout: float = 75.0
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
+    presence_interval: float = 2.0
     demo: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +80,10 @@ class Config:
         elif self.workers > 1 and not self.redis_url:
             problems.append("workers above 1 need --redis-url: the embedded broker lives in "
                             "one process, and the workers must share events and history")
+        if self.log_format not in ("text", "json"):
+            problems.append("log-format must be text or json")
+        if not 0 < self.presence_interval <= 60:
+            problems.append("presence-interval must be above 0 and at most 60 seconds")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -149,6 +155,11 @@ OPTIONS: List[Option] = [
     Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
            "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
+    Option("log_format", "text (one line per record, for people) or json (one JSON object "
+           "per line, for log collectors)", metavar="FORMAT"),
+    Option("presence_interval", "seconds between writes of this process's subscriber counts "
+           "to Redis, for GET /channels; a process that dies drops out of the counts within "
+           "three of them", parse=float),
     Option("demo", "serve the demo chat page at /", switch=True),
 ]
 
