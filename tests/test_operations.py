@@ -3,6 +3,7 @@ processes and a real redis-server."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -302,3 +303,41 @@ def test_a_closed_stream_of_a_killed_client_is_counted_out(start_gateway):
     stream.close()
     wait_until(lambda: connections(scrape(gateway))["padded"] == 0, 10,
                message="the padded stream to be counted out")
+
+
+# -- the status feed ---------------------------------------------------------------------------
+
+
+def status_channel(gateway) -> str:
+    page = requests.get(gateway.url + "/status", timeout=5).text
+    config = json.loads(page.split('id="status-config">')[1].split("</script>")[0])
+    assert config["events"].startswith("/events/sse-gateway.status.")
+    return config["events"][len("/events/"):]
+
+
+def test_every_process_feeds_the_status_channel_while_someone_watches_and_only_then(
+        start_gateway, redis_db):
+    args = ("--redis-url", redis_db.url, "--presence-interval", "0.5")
+    first, second = start_gateway(*args), start_gateway(*args)
+    channel = status_channel(first)
+    assert status_channel(second) == channel  # one name for every gateway on this Redis
+    history = f"sse-gateway:history:{channel}"
+    assert redis_db.client.xlen(history) == 0  # nobody watched yet: nothing published
+    with Stream(f"{first.url}/events/{channel}") as watcher:
+        # Watched on the first process only: the second learns it from presence.
+        watcher.wait_for(lambda s: len({json.loads(e.data)["process"] for e in s.events}) == 2, 15)
+        figures = json.loads(watcher.events[-1].data)
+        assert watcher.events[-1].type == "figures"
+        assert set(figures) >= {"process", "time", "connections", "subscribers", "published",
+                                "deliveries", "dropped", "resets", "connected"}
+        assert figures["connected"] is True
+    wait_until(lambda: presence(second, channel)["subscribers"] == 0, 10,
+               message="the watcher to be gone from presence, as the second process sees it")
+    # The second process reads presence once an interval, and may publish at one more tick.
+    time.sleep(0.5 + 1.0)
+    published = redis_db.client.xlen(history)
+    assert published > 0
+    # Not watched: a few seconds (several ticks of the feed) add nothing. This observes an
+    # absence, so it can only wait a bounded time.
+    time.sleep(2.5)
+    assert redis_db.client.xlen(history) == published
