@@ -100,6 +100,8 @@ def test_metrics_count_connections_by_transport_and_every_event_on_each_broker(
     finally:
         for stream in streams:
             stream.close()
+        for poll in polls:
+            poll.join(15)
     wait_until(lambda: connections(scrape(gateway))["native"] == 0, 10,
                message="closed streams to be counted out")
 
