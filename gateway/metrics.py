@@ -19,7 +19,7 @@ worker's gauge files); counters keep what dead workers counted.
 import os
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .brokers import Broker, MessageSink
-from .hub import Hub
+from .hub import Hub, Subscriber
 from .message import HistoryLost, Message
 from .transports import EventStream
 
@@ -56,10 +56,11 @@ disable_created_metrics()  # `_created` series double the output and say nothing
 class Metrics:
     """One process's figures: counted by the gateway, handed to prometheus-client on `sample`."""
 
-    def __init__(self, hub: Hub, broker: Broker) -> None:
+    def __init__(self, hub: Hub, broker: Broker, multiprocess: bool = False) -> None:
+        """`multiprocess`: one of the workers of --workers, whose supervisor set MULTIPROC_ENV."""
         self._hub = hub
         self._broker = broker
-        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.multiprocess = multiprocess and bool(os.environ.get(MULTIPROC_ENV))
         # Counted here, per message or per request, never per delivery.
         self.published = 0
         self.dispatched = 0
@@ -174,10 +175,10 @@ class Metrics:
         key = (endpoint, str(status))
         self.auth_refusals[key] = self.auth_refusals.get(key, 0) + 1
 
-    def connections(self) -> Dict[str, int]:
-        """Open connections by transport, now."""
+    def connections(self, subscribers: Optional[Set[Subscriber]] = None) -> Dict[str, int]:
+        """Open connections by transport, now (from the hub's `subscribers()`, if given)."""
         counts = {"native": 0, "padded": 0, **self.polls}
-        for subscriber in self._hub.subscribers():
+        for subscriber in self._hub.subscribers() if subscribers is None else subscribers:
             if isinstance(subscriber, EventStream):
                 counts["padded" if subscriber.options.padded else "native"] += 1
         return counts
@@ -204,9 +205,10 @@ class Metrics:
 
     def sample(self) -> None:
         """Bring the Prometheus values up to date with the counts."""
-        for transport, value in self.connections().items():
+        subscribers = self._hub.subscribers()  # one walk of the hub for both
+        for transport, value in self.connections(subscribers).items():
             self._connections.labels(transport).set(value)
-        self._subscribers.set(self._hub.subscriber_count)
+        self._subscribers.set(len(subscribers))
         for gauge, read in self._gauges:
             gauge.set(read())
         for child, read in self._counters:

@@ -35,7 +35,7 @@ class Operations:
     def __init__(self, config: Config, hub: Hub, broker: Broker) -> None:
         self._hub = hub
         self._interval = config.presence_interval
-        self.metrics = Metrics(hub, broker)
+        self.metrics = Metrics(hub, broker, multiprocess=config.workers > 1)
         self.presence = create_presence(hub, config.redis_url, config.prefix,
                                         config.presence_interval)
         if config.redis_url:
