@@ -343,3 +343,39 @@ def test_every_process_feeds_the_status_channel_while_someone_watches_and_only_t
     # absence, so it can only wait a bounded time.
     time.sleep(2.5)
     assert redis_db.client.xlen(history) == published
+
+
+DROPS = {
+    # A subscriber that reads nothing, behind events of 60 KB: too far behind ...
+    "slow": ("--max-pending", "3"),
+    # ... holding more than the process may hold for slow subscribers ...
+    "memory": ("--max-buffered-bytes", "300000"),
+    # ... or holding bytes its socket does not take while the channel is quiet.
+    "stalled": ("--heartbeat", "0.5"),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(DROPS))
+def test_metrics_count_a_dropped_subscriber_by_reason(start_gateway, reason):
+    gateway = start_gateway("--max-message-size", "100000", *DROPS[reason])
+    stuck = Stream(gateway.url + "/events/firehose", receive_buffer=4096)
+    try:
+        stuck.wait_for(subscribed)
+
+        def dropped() -> Dict[str, float]:
+            samples = scrape(gateway)
+            return {r: value(samples, "sse_gateway_dropped_total", reason=r) for r in DROPS}
+
+        with requests.Session() as session:
+            for _ in range(200):  # bounded: the kernel's buffers fill long before
+                session.post(gateway.url + "/publish/firehose", json={"data": "x" * 60_000},
+                             timeout=10)
+                if reason == "stalled" and value(scrape(gateway), "sse_gateway_buffered_bytes"):
+                    break  # holding bytes: now the channel stays quiet
+                if reason != "stalled" and dropped()[reason]:
+                    break
+        wait_until(lambda: dropped()[reason] == 1, 10, message=f"a {reason} drop")
+        assert dropped() == {r: int(r == reason) for r in DROPS}
+        assert value(scrape(gateway), "sse_gateway_subscribers") == 0
+    finally:
+        stuck.close()
