@@ -1,5 +1,6 @@
 """The web application: the bare-WSGI event-stream endpoint in front of a Flask app for the rest
-(long-poll, publish, health, the polyfill bundle, the demo). Errors are JSON."""
+(long-poll, publish, health, the polyfill bundle, the demo, and the operations routes of
+`operations`). Errors are JSON."""
 
 import hmac
 import logging
@@ -22,6 +23,7 @@ from .forwarded import is_loopback, parse_networks, resolve
 from .hub import Hub
 from .ids import format_id
 from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
+from .operations import Operations
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp, poll
 from .transports.poll import unavailable
@@ -38,10 +40,10 @@ def error_response(status: int, error: str, detail: str) -> Response:
                     content_type="application/json")
 
 
-def create_app(config: Config, hub: Hub, broker: Broker):
+def create_app(config: Config, hub: Hub, broker: Broker, operations: Operations):
     """The WSGI application: /events served bare, everything else by Flask."""
     authorizer = Authorizer.from_config(config)
-    flask_app = create_flask_app(config, hub, broker, authorizer)
+    flask_app = create_flask_app(config, hub, broker, authorizer, operations)
     events = EventsEndpoint(config, hub, subscribe_policy(config.cors_origins), authorizer)
 
     def application(environ, start_response):
@@ -52,7 +54,8 @@ def create_app(config: Config, hub: Hub, broker: Broker):
     return application
 
 
-def create_flask_app(config: Config, hub: Hub, broker: Broker, authorizer: Authorizer) -> Flask:
+def create_flask_app(config: Config, hub: Hub, broker: Broker, authorizer: Authorizer,
+                     operations: Operations) -> Flask:
     app = Flask(__name__)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
@@ -112,19 +115,20 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker, authorizer: Autho
         cursor = subscribe.last_event_id(request.headers.get("Last-Event-ID"), args)
         log.debug("%s polls %s", resolve(request.remote_addr or "", request.headers,
                                          proxies).address, ",".join(channels))
-        try:
-            grant = authorizer.check_subscribe(channels, request.environ, args)
-            session, backlog = subscribe.open_session(
-                hub, PollQueue(channels, config.max_pending), cursor)
-        except Refused as refused:
-            status, content_type, refusal = answers.poll_refusal(refused, callback)
-            return Response(refusal, status=status, content_type=content_type)
-        except (BrokerUnavailable, AuthUnavailable):
-            body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
-        else:
-            # The session is attached, and `poll` detaches it whatever happens.
-            body = answers.end_poll(poll(session, backlog, grant.hold(hold), batch, config.retry),
-                                    grant)
+        with operations.metrics.polling(jsonp=callback is not None):
+            try:
+                grant = authorizer.check_subscribe(channels, request.environ, args)
+                session, backlog = subscribe.open_session(
+                    hub, PollQueue(channels, config.max_pending), cursor)
+            except Refused as refused:
+                status, content_type, refusal = answers.poll_refusal(refused, callback)
+                return Response(refusal, status=status, content_type=content_type)
+            except (BrokerUnavailable, AuthUnavailable):
+                body = unavailable(cursor, hold, subscribe.outage_retry(config.retry))
+            else:
+                # The session is attached, and `poll` detaches it whatever happens.
+                body = answers.end_poll(
+                    poll(session, backlog, grant.hold(hold), batch, config.retry), grant)
         if callback is None:
             return Response(encode_json(body), content_type="application/json; charset=utf-8")
         return Response(encode_jsonp(callback, body),
@@ -176,6 +180,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker, authorizer: Autho
         return jsonify(status="ok", **body)
 
     _static_routes(app)
+    operations.register(app, lambda: _authorize_publisher(config.publish_tokens, proxies),
+                        lambda: refused)
 
     if config.demo:
         demo_page = resources.files(__package__).joinpath("demo.html").read_bytes()

@@ -164,8 +164,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     level = getattr(logging, config.log_level.upper(), None)
     if not isinstance(level, int):
         parser.error(f"unknown log level {config.log_level!r}")
-    who = "%(name)s[%(process)d]" if config.workers > 1 else "%(name)s"
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {who}: %(message)s")
+    from . import logs
+
+    logs.configure(level, config.log_format, config.workers,
+                   logs.secrets_of(config.publish_tokens, config.redis_url))
     from .listener import ListenError
 
     try:

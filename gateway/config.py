@@ -40,6 +40,8 @@ class Config:
     idle_timeout: float = 75.0
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
+    presence_interval: float = 2.0
     demo: bool = False
     private_channels: Tuple[str, ...] = ()
     subscribe_key: Optional[str] = field(default=None, repr=False)  # a secret
@@ -90,6 +92,10 @@ class Config:
             problems.append("workers above 1 need --redis-url: the embedded broker lives in "
                             "one process, and the workers must share events and history")
         problems += _auth_problems(self)
+        if self.log_format not in ("text", "json"):
+            problems.append("log-format must be text or json")
+        if not 0 < self.presence_interval <= 60:
+            problems.append("presence-interval must be above 0 and at most 60 seconds")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -193,6 +199,11 @@ OPTIONS: List[Option] = [
     Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
            "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
+    Option("log_format", "text (one line per record, for people) or json (one JSON object "
+           "per line, for log collectors)", metavar="FORMAT"),
+    Option("presence_interval", "seconds between writes of this process's subscriber counts "
+           "to Redis, for GET /channels; a process that dies drops out of the counts within "
+           "three of them", parse=float),
     Option("demo", "serve the demo chat page at /", switch=True),
     Option("private_channels", "channels that need authorization to subscribe, as shell-style "
            "patterns such as user.* (repeatable; env: comma-separated; * makes every channel "

@@ -141,8 +141,10 @@ class Hub:
         self._broker = broker
         self._channels: Dict[str, _Channel] = {}
         self.budget = Budget(max_buffered_bytes, self._drop_for_memory)
-        self.dropped_slow = 0
+        self.dropped_slow = 0  # stalled ones included
+        self.dropped_stalled = 0
         self.dropped_memory = 0
+        self.resets: Dict[str, int] = {}  # gateway-reset events sent at subscribe, by reason
         # While `dispatch` walks a channel's subscribers, those that leave wait here.
         self._dispatching = False
         self._leaving: List[Subscriber] = []
@@ -150,8 +152,25 @@ class Hub:
     @property
     def subscriber_count(self) -> int:
         """Subscribers whose subscriptions are live (not still being set up)."""
-        return len({s for entry in self._channels.values() if entry.ready.successful()
-                    for s in entry.subscribers})
+        return len(self.subscribers())
+
+    def subscribers(self) -> Set[Subscriber]:
+        """Every subscriber whose subscriptions are live, once each."""
+        return {s for entry in self._channels.values() if entry.ready.successful()
+                for s in entry.subscribers}
+
+    def channel_counts(self) -> Dict[str, int]:
+        """Each subscribed channel's number of local subscribers."""
+        return {channel: len(entry.subscribers) for channel, entry in self._channels.items()
+                if entry.ready.successful()}
+
+    def local_subscribers(self, channel: str) -> int:
+        entry = self._channels.get(channel)
+        return len(entry.subscribers) if entry is not None else 0
+
+    def count_reset(self, reason: str) -> None:
+        """A subscriber is sent a `gateway-reset` as it subscribes, for `reason`."""
+        self.resets[reason] = self.resets.get(reason, 0) + 1
 
     @property
     def channel_count(self) -> int:
@@ -233,6 +252,8 @@ class Hub:
     def _drop_slow(self, subscriber: Subscriber, why: str) -> None:
         """Disconnect a subscriber that cannot keep up, and count it."""
         self.dropped_slow += 1
+        if why:
+            self.dropped_stalled += 1
         log.info("dropped a subscriber of %s: %s", ",".join(subscriber.channels),
                  why or "its queue is full (--max-pending)")
         subscriber.close()

@@ -32,11 +32,18 @@ class Broker(ABC):
     in id order, including after its own reconnects."""
 
     name: str
-    # Counted for /healthz: messages from the broker refused (invalid, or failed to deliver),
-    # history entries skipped as invalid, and restarts of a listener that ended.
+    # Counted for /healthz and /metrics: messages from the broker refused (invalid, or failed
+    # to deliver), history entries skipped as invalid, restarts of a listener that ended, and
+    # connections to the broker established again after one was lost.
     refused = 0
     skipped = 0
     listener_restarts = 0
+    reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker's connection is up now (as last seen: no round trip)."""
+        return True
 
     @abstractmethod
     def start(self, sink: MessageSink) -> None:

@@ -102,6 +102,10 @@ class RedisBroker(Broker):
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
     def check(self) -> None:
         try:
             with self._slot():
@@ -323,6 +327,7 @@ class RedisBroker(Broker):
             try:
                 early = self._connect()
                 if self._connected_before:
+                    self.reconnects += 1
                     self._fill_gaps()
                 for reply in early:
                     self._handle(reply)

@@ -15,14 +15,14 @@ var TRANSPORTS = {
    send cookies); JSONP long-poll where none of these works. Streaming found buffered on the way
    to this origin earlier in the session gives way to long-polling at once. */
 function pickTransport(es, name) {
-  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name];
+  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name] && name;
   es._auto = !t;
-  t = t || TRANSPORTS[
+  t = t || (
     X && "withCredentials" in new X() ? "xhr-stream" :
       !es._cross ? (X && window.JSON ? "xhr-poll" : "jsonp-poll") :
         window.XDomainRequest && !es.withCredentials &&
           es._origin.slice(0, scheme.length) == scheme ? "xdr-stream" : "jsonp-poll"
-  ];
+  );
   try {
     if (window.sessionStorage[BUFFERED + es._origin]) {
       t = downgrade(t);
@@ -35,7 +35,7 @@ function pickTransport(es, name) {
 
 /* The long-poll that replaces a stream transport. */
 function downgrade(t) {
-  return t == xdrStream ? jsonpPoll : t == xhrStream ? xhrPoll : t;
+  return t == "xdr-stream" ? "jsonp-poll" : t == "xhr-stream" ? "xhr-poll" : t;
 }
 
 /* Calls one listener; an exception is reported asynchronously, as a browser would, and the
@@ -92,9 +92,9 @@ function EventSource(url, options) {
   }, function (ms) {
     me._retry = ms;
   });
-  /* Any scheme but http(s) has no transport: the first attempt fails the connection, as a
-     browser's fetch of it would. */
-  me._transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
+  /* The name of the transport in use (public: pages may show it). Any scheme but http(s) has
+     none: the first attempt fails the connection, as a browser's fetch of it would. */
+  me.transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
   /* Connect in a later task, so that listeners added right after construction see "open";
      or share another page's connection, where the browser can. */
   if (!(options.shared && share(me))) {
@@ -221,7 +221,7 @@ EventSource.prototype = {
     me._seen = 0;
     me._alive();
     try {
-      me._abort = me._transport(me);
+      me._abort = TRANSPORTS[me.transport](me);
     } catch (e) {
       /* No request can be made: a forced transport this browser lacks, a URL it refuses, a
          scheme that is not http(s) (no transport). */
@@ -261,11 +261,11 @@ EventSource.prototype = {
      opening comment (and with it, its first events until more come). Then the connection goes
      on by long-polling from the last event ID, silently, and the session remembers it. */
   _alive: function () {
-    var me = this, poll = me._auto && !me._seen && downgrade(me._transport);
+    var me = this, poll = me._auto && !me._seen && downgrade(me.transport);
     clearTimeout(me._timer);
     me._timer = setTimeout(function () {
-      if (poll && poll != me._transport) {
-        me._transport = poll;
+      if (poll && poll != me.transport) {
+        me.transport = poll;
         try {
           window.sessionStorage[BUFFERED + me._origin] = 1;
         } catch (e) {
@@ -275,7 +275,7 @@ EventSource.prototype = {
       } else {
         me._end(0);
       }
-    }, poll && poll != me._transport ? 5000 : me._heartbeat);
+    }, poll && poll != me.transport ? 5000 : me._heartbeat);
   },
 
   /* A stream's text so far: the parser gets the part it has not seen yet. */
