@@ -16,7 +16,7 @@ import logging
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
@@ -28,6 +28,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
@@ -63,7 +64,10 @@ class RedisBroker(Broker):
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
-        self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
+        # Publishes have a connection of their own, which concurrent ones share (publishing.py).
+        self._publishes = Publishes(redis.ConnectionPool.from_url(
+            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+        ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
         self._listen_pool = redis.ConnectionPool.from_url(
@@ -97,6 +101,7 @@ class RedisBroker(Broker):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=2)
         self._drop_connection()
+        self._publishes.close()
         self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -116,21 +121,24 @@ class RedisBroker(Broker):
     # -- publishing and history -------------------------------------------------------------
 
     def publish(self, message: Message) -> PublishResult:
-        keys, args = redis_schema.publish_args(
-            self._prefix, message.channel, message.to_json(), self._max_length, self._max_age_ms
-        )
+        return self.publish_many((message,))[0]
+
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        # Built by message.py, whose rule is stricter than the script's: it need not decode them.
+        keys, args = redis_schema.publish_many_args(
+            self._prefix, [(message.channel, message.to_json()) for message in messages],
+            self._max_length, self._max_age_ms, checked=True)
         try:
-            with self._slot():
-                reply = self._script(keys=keys, args=args)
+            reply = self._publishes.run(keys, args)
         except ResponseError as error:
             why = redis_schema.refusal(error)
             if why is not None:
                 raise InvalidMessage(why) from None
             raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
-        except RedisError as error:
+        except (RedisError, OSError) as error:
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
-        event_id, receivers = redis_schema.parse_publish_reply(reply)
-        return PublishResult(event_id, receivers)
+        return [PublishResult(event_id, receivers)
+                for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
 
     def history(self, positions: Dict[str, EventId],
                 limit: Optional[int] = None) -> Dict[str, History]:
