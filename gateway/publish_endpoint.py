@@ -25,7 +25,7 @@ from . import batch
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy, own_origin, page_may_publish, publish_policy
-from .forwarded import is_loopback, parse_networks, resolve
+from .forwarded import FORWARDING_HEADERS, is_loopback, parse_networks, resolve
 from .ids import format_id
 from .message import (
     InvalidJson,
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/publish/"
 ALLOW = "POST, OPTIONS"
 BATCH_TYPES = ("application/x-ndjson", "application/json")
+_FORWARDING_KEYS = tuple("HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS)
+_PEERS_KEPT = 1024
 
 
 class ItemError(ApiError):
@@ -85,6 +87,7 @@ class PublishEndpoint:
                                             if config.publish_cors_origins else None)
         self._tokens = tuple(token.encode() for token in config.publish_tokens)
         self.refused = 0  # requests refused for what they sent (the broker counts its own)
+        self._local_peers: Dict[str, bool] = {}
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -152,10 +155,21 @@ class PublishEndpoint:
                 raise ApiError(403, "forbidden", "the publish token is not valid")
             return
         # A proxy on this host forwards requests from anywhere: only the original client counts.
-        client = resolve(environ.get("REMOTE_ADDR") or "", _Headers(environ), self._proxies)
-        if not is_loopback(client):
+        if not self._from_loopback(environ):
             raise ApiError(403, "forbidden", "no publish token is configured, so publishing is "
                            "allowed from loopback addresses only; set --publish-token")
+
+    def _from_loopback(self, environ: dict) -> bool:
+        peer = environ.get("REMOTE_ADDR") or ""
+        if any(environ.get(key) for key in _FORWARDING_KEYS):
+            return is_loopback(resolve(peer, _Headers(environ), self._proxies))
+        # No forwarding headers: the peer alone decides, and peers are few (local publishers).
+        local = self._local_peers.get(peer)
+        if local is None:
+            if len(self._local_peers) >= _PEERS_KEPT:
+                self._local_peers.clear()
+            local = self._local_peers[peer] = is_loopback(resolve(peer, {}, self._proxies))
+        return local
 
     def _read(self, environ: dict, channel: str) -> List[Message]:
         """The messages the body carries; every refusal here is counted in /healthz."""

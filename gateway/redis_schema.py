@@ -22,11 +22,12 @@ it returns `[id 1, receivers 1, id 2, receivers 2, ...]`, in the events' order, 
 whole batch (`INVALID item <i>: ...`, counted from 0) and stores none of it.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .ids import ZERO, EventId, HistoryBounds, parse_id
 
 HISTORY_KEY = "sse-gateway:history:"
+_PART_MAX = 2**64 - 1  # as ids.parse_id: both parts of a stream id are unsigned 64-bit
 LIVE_CHANNEL = "sse-gateway/live/"
 REFUSED = "INVALID"
 CHECKED = "checked"
@@ -122,15 +123,16 @@ local oldest_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) 
 local oldest = string.format('%d-0', oldest_ms)
 for _, key in ipairs(order) do
   local trimmed = nil
-  local excess = redis.call('XLEN', key) - maxlen
+  local excess = math.max(redis.call('XLEN', key) - maxlen, 0)
+  -- The entries over the length, and after them the first entry that stays.
+  local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
   if excess > 0 then
-    local doomed = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
-    trimmed = doomed[#doomed][1]
+    trimmed = head[excess][1]
     redis.call('XTRIM', key, 'MAXLEN', maxlen)
   end
-  -- Only when the first entry has expired: a reverse range that starts before every entry
-  -- walks the whole stream.
-  local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  -- Only when that entry has expired: a reverse range that starts before every entry walks
+  -- the whole stream.
+  local first = head[excess + 1]
   if first and tonumber(string.match(first[1], '^%d+')) < oldest_ms then
     trimmed = redis.call('XREVRANGE', key, '(' .. oldest, '-', 'COUNT', 1)[1][1]
     redis.call('XTRIM', key, 'MINID', oldest)
@@ -161,7 +163,8 @@ def publish_args(
 
 
 def publish_many_args(
-    prefix: str, messages: Sequence[Tuple[str, str]], max_length: int, max_age_ms: int,
+    prefix: str, messages: Sequence[Tuple[str, Union[str, bytes]]], max_length: int,
+    max_age_ms: int,
     checked: bool = False,
 ) -> Tuple[List[str], List[Any]]:
     """KEYS and ARGV for PUBLISH_SCRIPT with several events: `(channel, message JSON)` each.
@@ -188,7 +191,7 @@ def refusal(error: Exception) -> Optional[str]:
 def split_live(payload: bytes) -> Tuple[EventId, bytes]:
     """The event id and the message of a live payload; ValueError if it has no valid id."""
     head, _, message = payload.partition(b" ")
-    event_id = parse_id(head.decode("ascii", errors="replace"))
+    event_id = _bytes_id(head)
     if event_id is None:
         raise ValueError(f"a live message must start with an event id, not {head[:40]!r}")
     return event_id, message
@@ -204,10 +207,20 @@ def parse_publish_many_reply(reply: List[Any]) -> List[Tuple[EventId, int]]:
 
 
 def parse_stream_id(raw: Any) -> EventId:
-    event_id = parse_id(_text(raw))
+    event_id = _bytes_id(raw) if isinstance(raw, bytes) else parse_id(_text(raw))
     if event_id is None:
         raise ValueError(f"not a stream id: {raw!r}")
     return event_id
+
+
+def _bytes_id(raw: bytes) -> Optional[EventId]:
+    """`ids.parse_id` for bytes, without decoding them first (it runs once per live message)."""
+    ms, dash, seq = raw.partition(b"-")
+    # bytes.isdigit is true for ASCII digits only; int() alone would take "+1", " 1", "1_0".
+    if not (dash and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20):
+        return None
+    event_id = int(ms), int(seq)
+    return event_id if event_id[0] <= _PART_MAX and event_id[1] <= _PART_MAX else None
 
 
 def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:

@@ -45,6 +45,9 @@ POOL_SIZE = 50
 # How long a command may wait for one: far longer than a healthy Redis keeps a process's
 # connections busy, reconnect storm included; only a Redis that does not answer reaches it.
 _POOL_WAIT = 10.0
+# The JSON of published messages that await their live copy (see _own) is forgotten past this:
+# only copies that never come (their channel was left meanwhile) stay that long.
+_OWN_BYTES = 4 * 1024 * 1024
 
 
 class RedisBroker(Broker):
@@ -76,6 +79,10 @@ class RedisBroker(Broker):
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
+        # What this process published on channels it serves, by channel and message JSON: its
+        # live copy, back through pub/sub, is then not decoded and checked again.
+        self._own: Dict[Tuple[str, bytes], Message] = {}
+        self._own_bytes = 0
         self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
@@ -124,21 +131,43 @@ class RedisBroker(Broker):
         return self.publish_many((message,))[0]
 
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
+        mine = self._remember(messages, items)
         # Built by message.py, whose rule is stricter than the script's: it need not decode them.
-        keys, args = redis_schema.publish_many_args(
-            self._prefix, [(message.channel, message.to_json()) for message in messages],
-            self._max_length, self._max_age_ms, checked=True)
+        keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
+                                                    self._max_age_ms, checked=True)
         try:
             reply = self._publishes.run(keys, args)
         except ResponseError as error:
+            self._forget(mine)
             why = redis_schema.refusal(error)
             if why is not None:
                 raise InvalidMessage(why) from None
             raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
         except (RedisError, OSError) as error:
+            self._forget(mine)
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
         return [PublishResult(event_id, receivers)
                 for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
+
+    def _remember(self, messages: Sequence[Message],
+                  items: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
+        """Note the messages whose live copy this process will receive; what it noted."""
+        if self._own_bytes > _OWN_BYTES:  # copies that never came (their channel was left)
+            self._own.clear()
+            self._own_bytes = 0
+        mine = []
+        for message, item in zip(messages, items):
+            if message.channel in self._channels:
+                self._own[item] = message
+                self._own_bytes += len(item[1])
+                mine.append(item)
+        return mine
+
+    def _forget(self, items: List[Tuple[str, bytes]]) -> None:
+        for item in items:
+            if self._own.pop(item, None) is not None:
+                self._own_bytes -= len(item[1])
 
     def history(self, positions: Dict[str, EventId],
                 limit: Optional[int] = None) -> Dict[str, History]:
@@ -408,7 +437,12 @@ class RedisBroker(Broker):
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
-                message = from_broker_payload(channel, payload).with_id(event_id)
+                mine = self._own.pop((channel, payload), None) if self._own else None
+                if mine is None:
+                    message = from_broker_payload(channel, payload).with_id(event_id)
+                else:
+                    self._own_bytes -= len(payload)
+                    message = mine.with_id(event_id)
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
                 message = from_broker_payload(channel, payload)
