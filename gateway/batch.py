@@ -23,8 +23,9 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 class InvalidItem(InvalidMessage):
     """Item `index` of a batch is not a valid message; `kind` says how (the HTTP error name)."""
 
-    def __init__(self, index: int, kind: str, why: str, too_large: bool = False) -> None:
-        super().__init__(f"item {index}: {why}")
+    def __init__(self, index: int, kind: str, why: str, too_large: bool = False,
+                 line: int = 0) -> None:
+        super().__init__(f"item {index}{f' (line {line})' if line else ''}: {why}")
         self.index, self.kind, self.too_large = index, kind, too_large
 
 
@@ -35,20 +36,20 @@ def parse_ndjson(raw: bytes, max_item: int) -> List[Message]:
         if not line.strip():
             continue
         index = len(messages)
-        where = f"(line {number}) "
         if len(line) > max_item:
-            raise InvalidItem(index, "request entity too large", f"{where}is larger than the "
-                              f"maximum message size of {max_item} bytes", too_large=True)
+            raise InvalidItem(index, "request entity too large", "larger than the maximum "
+                              f"message size of {max_item} bytes", too_large=True, line=number)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise InvalidItem(index, "invalid json", f"{where}is not UTF-8: {error.reason} at "
-                              f"byte {error.start} of the line") from None
+            raise InvalidItem(index, "invalid json", f"not UTF-8: {error.reason} at byte "
+                              f"{error.start} of the line", line=number) from None
         try:
             body = JSON_DECODER.decode(text)
         except (ValueError, RecursionError) as error:
-            raise InvalidItem(index, "invalid json", f"{where}is not valid JSON: {error}") from None
-        messages.append(item_message(index, body))
+            raise InvalidItem(index, "invalid json", f"not valid JSON: {error}",
+                              line=number) from None
+        messages.append(item_message(index, body, number))
     return messages
 
 
@@ -72,10 +73,10 @@ def parse_array(raw: bytes, max_item: int) -> List[Message]:
         try:
             body, end = JSON_DECODER.raw_decode(text, position)
         except (ValueError, RecursionError) as error:
-            raise InvalidItem(index, "invalid json", f"is not valid JSON: {error}") from None
+            raise InvalidItem(index, "invalid json", f"not valid JSON: {error}") from None
         # A character is at most 4 bytes: only a long item needs counting.
         if (end - position) * 4 > max_item and len(text[position:end].encode("utf-8")) > max_item:
-            raise InvalidItem(index, "request entity too large", "is larger than the maximum "
+            raise InvalidItem(index, "request entity too large", "larger than the maximum "
                               f"message size of {max_item} bytes", too_large=True)
         messages.append(item_message(index, body))
         position = _SPACE.match(text, end).end()
@@ -94,19 +95,20 @@ def _end(text: str, position: int, messages: List[Message]) -> List[Message]:
     return messages
 
 
-def item_message(index: int, body: Any) -> Message:
-    """One item's message; raises InvalidItem naming `index`."""
+def item_message(index: int, body: Any, line: int = 0) -> Message:
+    """One item's message; raises InvalidItem naming `index` (and its `line` if given)."""
     if not isinstance(body, dict):
         raise InvalidItem(index, "invalid message", "must be a JSON object with 'channel' "
-                          "and 'data'")
+                          "and 'data'", line=line)
     channel = body.pop("channel", None)
     if not isinstance(channel, str):
-        raise InvalidItem(index, "invalid message", "'channel' is required and must be a string")
+        raise InvalidItem(index, "invalid message", "'channel' is required and must be a string",
+                          line=line)
     try:
         check_channel(channel)
     except InvalidMessage as error:
-        raise InvalidItem(index, "invalid channel", str(error)) from None
+        raise InvalidItem(index, "invalid channel", str(error), line=line) from None
     try:
         return from_publish_body(channel, body)
     except InvalidMessage as error:
-        raise InvalidItem(index, "invalid message", str(error)) from None
+        raise InvalidItem(index, "invalid message", str(error), line=line) from None
