@@ -158,7 +158,7 @@ class Pipeline(asyncio.Protocol):
         self.on_reply = on_reply
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.pending: deque[tuple[int, list[int], int]] = deque()  # (sent ns, channels, 0)
+        self.pending: deque[tuple[int, list[int]]] = deque()  # (sent ns, channels) per request
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,7 +167,7 @@ class Pipeline(asyncio.Protocol):
     def send(self, data: bytes, sent: list[tuple[int, list[int]]]) -> None:
         now = time_ns()
         for _, channels in sent:
-            self.pending.append((now, channels, 0))
+            self.pending.append((now, channels))
         assert self.transport is not None
         self.transport.write(data)
 
@@ -180,7 +180,7 @@ class Pipeline(asyncio.Protocol):
             if found is None:
                 break
             status, body, pos = found
-            sent_ns, channels, _ = self.pending.popleft()
+            sent_ns, channels = self.pending.popleft()
             now = time_ns()
             totals.ack_us.append((now - sent_ns) // 1000)
             totals.last_ack = now
@@ -443,6 +443,11 @@ class Run:
                     result["redis_cpu_us_per_event"] = round(redis * per, 1)
             tasks = [c1[0] - c0[0] for c0, c1 in zip(cores0, cores1)]
             result["background_cpu_s"] = round(max(0.0, sum(tasks) - total - loadgen_cpu - kthreads), 3)
+            core = a.server_core
+            if core is not None and core < len(tasks) and totals.accepted:
+                # The core's busy time also counts the loopback TCP work charged to no process.
+                busy = tasks[core] + cores1[core][1] - cores0[core][1]
+                result["core_us_per_event"] = round(busy * 1e6 / totals.accepted, 1)
         if a.redis_url and a.mode == "batch":
             await self.check_history()
 
@@ -508,6 +513,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--server-pid", type=int, action="append", default=[])
     p.add_argument("--redis-pid", type=int, action="append", default=[])
+    p.add_argument("--server-core", type=int, help="CPU the server (and its Redis) are pinned "
+                   "to: also report that core's busy time per event")
     p.add_argument("--redis-url", help="the server's Redis: check the batch's history order")
     p.add_argument("--prefix", default="", help="the gateway's Redis key prefix")
     p.add_argument("--label", default="")
