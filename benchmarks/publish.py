@@ -313,10 +313,13 @@ class Run:
         """R events/s whatever the server answers; those due at each turn in one write."""
         a = self.a
         await self.open_pipes(1, lambda: None)
-        pipe = self.pipes[0]
         total = max(1, int(a.rate * a.duration))
         t0 = monotonic()
-        while self.seq < total and not pipe.closed:
+        while self.seq < total:
+            pipe = self.pipes[-1]
+            if pipe.closed:  # the server ended the connection: what it left unanswered is lost
+                await self.open_pipes(1, lambda: None)
+                continue
             due = min(total, int((monotonic() - t0) * a.rate) + 1)
             ready = due - self.seq
             if ready >= self.batch or (due == total and ready > 0):
@@ -401,7 +404,7 @@ class Run:
         drain_end = monotonic() + a.drain
         while monotonic() < drain_end:
             expected = sum(n * per_channel[c] for c, n in enumerate(totals.accepted_per_channel))
-            if not any(p.pending for p in self.pipes) and stats.delivered >= expected:
+            if not any(p.pending and not p.closed for p in self.pipes) and stats.delivered >= expected:
                 break
             await asyncio.sleep(0.01)
         phase = monotonic() - t0
@@ -412,6 +415,7 @@ class Run:
         loadgen_cpu = ru.ru_utime + ru.ru_stime - self_cpu0
         expected = sum(n * per_channel[c] for c, n in enumerate(totals.accepted_per_channel))
         unanswered = sum(len(p.pending) for p in self.pipes)
+        result["connections"] = len(self.pipes)
         result.update(
             sent=totals.sent, requests=totals.requests, accepted=totals.accepted,
             refused=totals.refused, refusals=totals.refusals, unanswered_requests=unanswered,

@@ -463,6 +463,9 @@ events {{
 
 http {{
     access_log off;
+    # Publishers pipeline thousands of requests on one connection; nginx would close it after
+    # 1,000 (its default), with the requests written after those unanswered.
+    keepalive_requests 100000000;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -1003,7 +1006,7 @@ def render_ratios(rows: list[dict[str, object]],
                 parts.append(f"{label} x{mine / theirs:.2f}")
             else:
                 parts.append(f"{label} -")
-        what = f"{row['mode']} " if row.get("mode") else ""
+        what = f"{row['mode']} R={row.get('rate', 0):g} " if row.get("mode") else ""
         out.append(f"  {row['target']:<12} {what}N={row['subscribers']:<6} " + "  ".join(parts))
     return out
 
