@@ -164,9 +164,10 @@ class Pipeline(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, data: bytes, sent: list[tuple[int, list[int]]]) -> None:
+    def send(self, data: bytes, sent: list[list[int]]) -> None:
+        """Write requests; `sent` holds each one's events' channels, in order."""
         now = time_ns()
-        for _, channels in sent:
+        for channels in sent:
             self.pending.append((now, channels))
         assert self.transport is not None
         self.transport.write(data)
@@ -263,14 +264,14 @@ class Run:
         self.subscribers: list[Subscriber] = []
         self.pipes: list[Pipeline] = []
         self.seq = 0
-        self.stop_at = 0.0
         self.result: dict[str, object] = {"label": a.label, "mode": a.mode, "publish": a.publish,
                                           "subscribers": a.subscribers, "channels": a.channels,
                                           "rate": a.rate, "batch": self.batch}
 
     def send(self, pipe: Pipeline, events: int) -> None:
         remaining = events
-        data, sent = [], []
+        data: list[bytes] = []
+        sent: list[list[int]] = []
         while remaining > 0:
             take = min(self.batch, remaining)
             chunk, info = self._requests(take)
@@ -279,8 +280,8 @@ class Run:
             remaining -= take
         pipe.send(b"".join(data), sent)
 
-    def _requests(self, events: int) -> tuple[bytes, list[tuple[int, list[int]]]]:
-        """One request of `events` events (1 unless the server takes batches)."""
+    def _requests(self, events: int) -> tuple[bytes, list[list[int]]]:
+        """The requests for the next `events` events: one, unless the server takes no batches."""
         channels = self.a.channels
         requests = self.requests
         if not requests.batches:
@@ -289,7 +290,7 @@ class Run:
                 seq = self.seq
                 self.seq += 1
                 out.append(requests.one(seq % channels, make_payload(seq, time_ns())))
-                sent.append((seq, [seq % channels]))
+                sent.append([seq % channels])
             self.totals.sent += events
             self.totals.requests += events
             return b"".join(out), sent
@@ -300,7 +301,7 @@ class Run:
             items.append((seq % channels, make_payload(seq, time_ns())))
         self.totals.sent += events
         self.totals.requests += 1
-        return requests.batch(items), [(items[0][0], [channel for channel, _ in items])]
+        return requests.batch(items), [[channel for channel, _ in items]]
 
     async def open_pipes(self, count: int, on_reply) -> None:
         loop = asyncio.get_running_loop()
