@@ -1,4 +1,4 @@
-"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends one event, `token`
+"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends events, `token`
 mints a signed token."""
 
 import argparse
@@ -34,11 +34,13 @@ def _serve_parser(subparsers) -> None:
 
 def _publish_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "publish", help="publish one event",
-        description="Publish one event through Redis (--redis-url) or a running gateway (--url).",
+        "publish", help="publish events",
+        description="Publish an event through Redis (--redis-url) or a running gateway (--url); "
+                    "several DATA arguments publish several events, in order, in one batch.",
     )
     parser.add_argument("channel")
-    parser.add_argument("data", help="the event's data (a string; with --json, a JSON value)")
+    parser.add_argument("data", nargs="+",
+                        help="the event's data (a string; with --json, a JSON value)")
     parser.add_argument("--event", help="event type (the client's addEventListener name)")
     parser.add_argument("--id", dest="source_id", help="your own id for the event")
     parser.add_argument("--retry", type=int, help="reconnection delay hint in milliseconds")
@@ -204,18 +206,28 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     data = args.data
     if args.json:
         try:
-            data = json.loads(data)
+            data = [json.loads(value) for value in data]
         except ValueError as error:
             parser.error(f"DATA is not valid JSON: {error}")
     redis_url = args.redis_url or os.environ.get("SSE_GATEWAY_REDIS_URL")
     prefix = args.prefix if args.prefix is not None else os.environ.get("SSE_GATEWAY_PREFIX", "")
     token = args.publish_token or os.environ.get("SSE_GATEWAY_PUBLISH_TOKEN", "").split(",")[0]
     publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    fields = {"event": args.event, "id": args.source_id, "retry": args.retry}
+    fields = {name: value for name, value in fields.items() if value is not None}
     try:
-        result = publisher.publish(args.channel, data, event=args.event, id=args.source_id,
-                                   retry=args.retry)
+        if len(data) == 1:
+            results = [publisher.publish(args.channel, data[0], event=args.event,
+                                         id=args.source_id, retry=args.retry)]
+        else:
+            results = publisher.publish_many(
+                [{"channel": args.channel, "data": value, **fields} for value in data])
     except PublishError as error:
         print(f"sse-gateway publish: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result))
+    except ValueError as error:
+        print(f"sse-gateway publish: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(json.dumps(result))
     return 0

@@ -21,6 +21,7 @@ class Config:
     heartbeat: float = 15.0
     retry: int = 3000
     max_message_size: int = 65536
+    max_publish_batch_size: int = 1024 * 1024
     max_pending: int = 1000
     max_buffered_bytes: int = 64 * 1024 * 1024
     max_channels: int = 16
@@ -58,8 +59,9 @@ class Config:
         if not 0 < self.heartbeat < 45:
             problems.append("heartbeat must be above 0 and below 45 seconds "
                             "(polyfills treat 45 s of silence as a dead connection)")
-        for name in ("max_message_size", "max_pending", "max_buffered_bytes", "max_channels",
-                     "history_length", "max_batch", "rotate_bytes"):
+        for name in ("max_message_size", "max_publish_batch_size", "max_pending",
+                     "max_buffered_bytes", "max_channels", "history_length", "max_batch",
+                     "rotate_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if not 0 < self.poll_timeout <= 300:
@@ -162,7 +164,10 @@ OPTIONS: List[Option] = [
            flag="--publish-token", repeatable=True, metavar="TOKEN"),
     Option("heartbeat", "seconds between keep-alive comments on every stream", parse=float),
     Option("retry", "reconnection delay hint sent to clients, in milliseconds", parse=int),
-    Option("max_message_size", "largest accepted publish body, in bytes", parse=int),
+    Option("max_message_size", "largest accepted publish body, in bytes (and event of a "
+           "batch)", parse=int),
+    Option("max_publish_batch_size", "largest accepted batch publish body (POST /publish/), "
+           "in bytes", parse=int),
     Option("max_pending", "events a subscriber may fall behind before it is disconnected",
            parse=int),
     Option("max_buffered_bytes", "bytes the process may hold for slow subscribers in all; "

@@ -19,6 +19,7 @@ from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
 from .hub import Hub
+from .metrics import Metrics
 from .subscribe import ApiError
 from .transports import EventStream, StreamOptions, StreamResponse
 from .transports.stream import PADDING
@@ -29,12 +30,13 @@ PREFIX = "/events"
 
 
 class EventsEndpoint:
-    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy,
-                 auth: Optional[Authorizer] = None) -> None:
+    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy, auth: Authorizer,
+                 metrics: Metrics) -> None:
         self._config = config
         self._hub = hub
         self._cors = cors
-        self._auth = auth or Authorizer.from_config(config)
+        self._auth = auth
+        self._metrics = metrics
         self._base_headers = [*subscribe.UNCACHEABLE.items(), ("X-Accel-Buffering", "no")]
         self._options = StreamOptions(retry_ms=config.retry, heartbeat=config.heartbeat)
         self._padded_options = StreamOptions(
@@ -64,6 +66,7 @@ class EventsEndpoint:
         except BrokerUnavailable:
             return self._unavailable(environ, start_response, headers)
         except Refused as refused:
+            self._metrics.refused_auth("events", refused.status)
             padded = subscribe.wants_padding(subscribe.Query(environ.get("QUERY_STRING", "")))
             return answers.respond_refusal(start_response, refused, padded, headers)
         except AuthUnavailable:

@@ -107,12 +107,10 @@ def register_routes(app: Flask, ops: Operations, authorize: Callable[[], None]) 
 
     @app.after_request
     def _count(response: Response) -> Response:
-        # Per request, after the answer is made: a publish that went through, or a refusal
-        # for want of a token or a local address.
+        # Per request, after the answer is made: a refusal for want of a token or a local
+        # address (the bare-WSGI endpoints count their own).
         status = response.status_code
-        if status == 200 and request.endpoint == "publish":
-            metrics.published += 1
-        elif status in (401, 403):
+        if status in (401, 403):
             metrics.refused_auth(request.endpoint or "none", status)
         return response
 

@@ -58,7 +58,8 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     app = create_app(config, hub, broker, operations)
     greenlets = GreenletPool(keep=IDLE_GREENLETS)
     settings = Settings(max_head=config.max_head_size, header_timeout=config.header_timeout,
-                        idle_timeout=config.idle_timeout, max_body=config.max_message_size)
+                        idle_timeout=config.idle_timeout,
+                        max_body=max(config.max_message_size, config.max_publish_batch_size))
     address = listener.getsockname()
     server = Server(app, settings, address, _refusal(config))
     max_connections = config.max_connections or default_max_connections()

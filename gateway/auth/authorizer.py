@@ -14,7 +14,7 @@ cover every private channel, or none at all, leaves the decision to the applicat
 """
 
 import time
-from typing import Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from ..forwarded import Network, parse_networks, resolve
 from .callback import AuthCallback, CallbackUnavailable
@@ -130,26 +130,23 @@ class Authorizer:
             expires = answer.expires if expires is None else min(expires, answer.expires)
         return Grant(tuple(private), expires)
 
-    def check_publish(self, channels: Sequence[str], environ: Mapping[str, str]) -> bool:
-        """True when a signed token with a `publish` claim covering `channels` is the bearer;
-        False when the bearer is no signed token (the static --publish-token rules apply);
-        Refused (403) for a signed token that is not valid or does not cover a channel."""
+    def publish_grant(self, environ: Mapping[str, str]) -> Optional["PublishGrant"]:
+        """The bearer's signed token with its `publish` claim; None when the bearer is no
+        signed token (the static --publish-token rules apply); Refused (403) for a signed token
+        that is not valid. Which channels it covers is checked once they are known
+        (`PublishGrant.check`): a batch names them in its body."""
         if self.verifier is None:
-            return False
+            return None
         token = _bearer(environ.get("HTTP_AUTHORIZATION"))
         if token is None:
-            return False
+            return None
         try:
             claims = self.verifier.verify(token)
         except NotAJwt:
-            return False
+            return None
         except TokenError as error:
             raise Refused(403, f"the publish token: {error}") from None
-        left = uncovered(claims.publish, channels)
-        if left:
-            raise Refused(403, f"the token does not allow publishing to channel {left[0]!r}",
-                          left[0])
-        return True
+        return PublishGrant(claims.publish)
 
     def _token(self, environ: Mapping[str, str], query) -> Tuple[Optional[str], str]:
         token = _bearer(environ.get("HTTP_AUTHORIZATION"))
@@ -163,6 +160,22 @@ class Authorizer:
 
     def _address(self, environ: Mapping[str, str]) -> str:
         return resolve(environ.get("REMOTE_ADDR", ""), _Headers(environ), self._proxies).address
+
+
+class PublishGrant:
+    """What a publish token allows: channel names or patterns."""
+
+    __slots__ = ("patterns",)
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = patterns
+
+    def check(self, channels: Iterable[str]) -> None:
+        """Refused (403) unless every channel is covered."""
+        left = uncovered(self.patterns, channels)
+        if left:
+            raise Refused(403, f"the token does not allow publishing to channel {left[0]!r}",
+                          left[0])
 
 
 def _bearer(header: Optional[str]) -> Optional[str]:

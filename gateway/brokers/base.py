@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..ids import EventId, HistoryBounds
 from ..message import Message
@@ -59,6 +59,12 @@ class Broker(ABC):
     @abstractmethod
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""
+
+    @abstractmethod
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        """Append every message to history and deliver it, in order and all in one atomic step
+        (each channel's events keep their order); a result per message. Raises
+        BrokerUnavailable as `publish` does: the whole batch or none of it is published."""
 
     @abstractmethod
     def subscribe(self, channel: str) -> EventId:

@@ -6,7 +6,7 @@ brokers; history lives in memory and is gone when the process exits.
 
 import time
 from collections import OrderedDict, deque
-from typing import Deque, Dict, Optional, Set
+from typing import Deque, Dict, List, Optional, Sequence, Set
 
 from ..ids import ZERO, EventId, HistoryBounds, history_gap
 from ..message import Message
@@ -66,6 +66,10 @@ class EmbeddedBroker(Broker):
         if delivered:
             self._sink(message)
         return PublishResult(event_id, int(delivered))
+
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        # Nothing here yields to another greenlet: the batch is published whole, in order.
+        return [self.publish(message) for message in messages]
 
     def _forget_expired(self, oldest_ms: int) -> None:
         """Drop channels whose every event has expired, so abandoned channels cost nothing."""

@@ -16,7 +16,7 @@ import logging
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
@@ -28,6 +28,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
@@ -44,6 +45,9 @@ POOL_SIZE = 50
 # How long a command may wait for one: far longer than a healthy Redis keeps a process's
 # connections busy, reconnect storm included; only a Redis that does not answer reaches it.
 _POOL_WAIT = 10.0
+# The JSON of published messages that await their live copy (see _own) is forgotten past this:
+# only copies that never come (their channel was left meanwhile) stay that long.
+_OWN_BYTES = 4 * 1024 * 1024
 
 
 class RedisBroker(Broker):
@@ -63,7 +67,10 @@ class RedisBroker(Broker):
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
-        self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
+        # Publishes have a connection of their own, which concurrent ones share (publishing.py).
+        self._publishes = Publishes(redis.ConnectionPool.from_url(
+            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+        ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
         self._listen_pool = redis.ConnectionPool.from_url(
@@ -72,6 +79,10 @@ class RedisBroker(Broker):
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
+        # What this process published on channels it serves, by channel and message JSON: its
+        # live copy, back through pub/sub, is then not decoded and checked again.
+        self._own: Dict[Tuple[str, bytes], Message] = {}
+        self._own_bytes = 0
         self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
@@ -97,6 +108,7 @@ class RedisBroker(Broker):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=2)
         self._drop_connection()
+        self._publishes.close()
         self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -120,21 +132,46 @@ class RedisBroker(Broker):
     # -- publishing and history -------------------------------------------------------------
 
     def publish(self, message: Message) -> PublishResult:
-        keys, args = redis_schema.publish_args(
-            self._prefix, message.channel, message.to_json(), self._max_length, self._max_age_ms
-        )
+        return self.publish_many((message,))[0]
+
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
+        mine = self._remember(messages, items)
+        # Built by message.py, whose rule is stricter than the script's: it need not decode them.
+        keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
+                                                    self._max_age_ms, checked=True)
         try:
-            with self._slot():
-                reply = self._script(keys=keys, args=args)
+            reply = self._publishes.run(keys, args)
         except ResponseError as error:
+            self._forget(mine)
             why = redis_schema.refusal(error)
             if why is not None:
                 raise InvalidMessage(why) from None
             raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
-        except RedisError as error:
+        except (RedisError, OSError) as error:
+            self._forget(mine)
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
-        event_id, receivers = redis_schema.parse_publish_reply(reply)
-        return PublishResult(event_id, receivers)
+        return [PublishResult(event_id, receivers)
+                for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
+
+    def _remember(self, messages: Sequence[Message],
+                  items: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
+        """Note the messages whose live copy this process will receive; what it noted."""
+        if self._own_bytes > _OWN_BYTES:  # copies that never came (their channel was left)
+            self._own.clear()
+            self._own_bytes = 0
+        mine = []
+        for message, item in zip(messages, items):
+            if message.channel in self._channels:
+                self._own[item] = message
+                self._own_bytes += len(item[1])
+                mine.append(item)
+        return mine
+
+    def _forget(self, items: List[Tuple[str, bytes]]) -> None:
+        for item in items:
+            if self._own.pop(item, None) is not None:
+                self._own_bytes -= len(item[1])
 
     def history(self, positions: Dict[str, EventId],
                 limit: Optional[int] = None) -> Dict[str, History]:
@@ -405,7 +442,12 @@ class RedisBroker(Broker):
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
-                message = from_broker_payload(channel, payload).with_id(event_id)
+                mine = self._own.pop((channel, payload), None) if self._own else None
+                if mine is None:
+                    message = from_broker_payload(channel, payload).with_id(event_id)
+                else:
+                    self._own_bytes -= len(payload)
+                    message = mine.with_id(event_id)
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
                 message = from_broker_payload(channel, payload)
