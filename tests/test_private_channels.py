@@ -332,6 +332,26 @@ def test_a_publish_token_is_scoped_to_its_channels(start_gateway):
         assert says in response.json()["detail"] and token not in response.text
 
 
+def test_a_batch_publishes_with_a_publish_token_only_to_its_channels(start_gateway):
+    gateway = start_gateway("--subscribe-key", SECRET, "--publish-token", "static-token")
+    scoped = {"Authorization": f"Bearer {publish_token(['orders.*'], SECRET)}"}
+
+    def batch(*channels):
+        body = [{"channel": channel, "data": channel} for channel in channels]
+        return requests.post(f"{gateway.url}/publish/", json=body, headers=scoped, timeout=10)
+
+    assert batch("orders.1", "orders.2").json()["count"] == 2
+    refused = batch("orders.3", "chat", "orders.4")
+    assert refused.status_code == 403
+    assert "does not allow publishing to channel 'chat'" in refused.json()["detail"]
+    # All or nothing: the refused batch's other events were not published either.
+    history = requests.get(f"{gateway.url}/poll/orders.3?lastEventId=0-0&timeout=0",
+                           timeout=10).json()
+    assert history["events"] == []
+    assert requests.get(f"{gateway.url}/poll/orders.1?lastEventId=0-0&timeout=0",
+                        timeout=10).json()["events"][0]["data"] == "orders.1"
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 
