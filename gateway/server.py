@@ -21,6 +21,7 @@ from .http.acceptor import Acceptor, default_max_connections
 from .http.connection import Server, Settings
 from .hub import Hub
 from .listener import BACKLOG, bind
+from .recent import RecentLimits
 from .subscribe import UNCACHEABLE
 from .wire import encode_turn_away
 
@@ -45,8 +46,8 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
                            config.history_age)
-    hub = Hub(broker, config.max_buffered_bytes)
-    broker.start(hub.dispatch)
+    hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
+    broker.start(hub.dispatch, hub.resync)
     if not broker.wait_ready(STARTUP_WAIT):
         log.warning("the broker is not reachable yet; serving anyway (subscribers are asked to "
                     "come back later until it is)")
@@ -84,6 +85,14 @@ def serve(config: Config, reuse_port: bool = False) -> None:
                     config.shutdown_timeout)
     broker.stop()
     log.info("stopped")
+
+
+def _recent_limits(config: Config) -> Optional[RecentLimits]:
+    # The embedded broker's history is in memory already, and read without I/O.
+    if not config.redis_url:
+        return None
+    return RecentLimits(config.recent_events, config.recent_bytes, config.history_length,
+                        config.history_age)
 
 
 def _refusal(config: Config) -> Callable[[Optional[h1.Request]], bytes]:

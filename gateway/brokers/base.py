@@ -8,6 +8,9 @@ from ..ids import EventId, HistoryBounds
 from ..message import Message
 
 MessageSink = Callable[[Message], None]
+# Told that a channel's history may hold, up to the id given, entries that were not delivered
+# live (read from history after a reconnect, or unreadable); None: its history is lost.
+ResyncSink = Callable[[str, Optional[EventId]], None]
 
 
 class BrokerUnavailable(Exception):
@@ -39,8 +42,9 @@ class Broker(ABC):
     listener_restarts = 0
 
     @abstractmethod
-    def start(self, sink: MessageSink) -> None:
-        """Begin delivering messages of subscribed channels to `sink`."""
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
+        """Begin delivering messages of subscribed channels to `sink`, and telling `resync`
+        (in order with them) where history holds what they did not carry."""
 
     @abstractmethod
     def stop(self) -> None: ...

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
@@ -77,6 +77,7 @@ class RedisBroker(Broker):
         self._connection = None
         self._write_lock = gevent.lock.Semaphore()
         self._sink: Optional[MessageSink] = None
+        self._resync: Optional[ResyncSink] = None
         self._listener: Optional[gevent.Greenlet] = None
         self._restart: Optional[gevent.Greenlet] = None
         self._restart_delay = _BACKOFF_FIRST
@@ -87,8 +88,9 @@ class RedisBroker(Broker):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, sink: MessageSink) -> None:
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
         self._sink = sink
+        self._resync = resync
         self._start_listener()
 
     def stop(self) -> None:
@@ -368,9 +370,16 @@ class RedisBroker(Broker):
         return early
 
     def _fill_gaps(self) -> None:
-        """Deliver what was published while the pub/sub connection was down."""
+        """Deliver what was published while the pub/sub connection was down.
+
+        What was delivered live before no longer tells what history holds (the fill skips
+        invalid entries, trimming may have lost some): `resync` hears it for every channel
+        before the fill, and again after it with where history stood when it was read.
+        """
         histories, skipped = self._reads.history(dict(self._channels), fresh=True)
         self.skipped += skipped
+        for channel in histories:
+            self._resync_safely(channel, None)
         for channel, history in histories.items():
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
@@ -378,6 +387,20 @@ class RedisBroker(Broker):
                 self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver_safely(message)
+            position = self._channels.get(channel, ZERO)
+            bounds = history.bounds
+            if bounds is not None and bounds.exists:
+                self._resync_safely(channel, max(position, bounds.last))
+            elif position == ZERO:
+                self._resync_safely(channel, ZERO)  # no history, and every event is to come
+
+    def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
+        if self._resync is None:
+            return
+        try:
+            self._resync(channel, at)
+        except Exception:
+            log.exception("resynchronising channel %r failed", channel)
 
     def _read_forever(self) -> None:
         connection = self._connection
@@ -397,6 +420,7 @@ class RedisBroker(Broker):
     def _on_payload(self, name: bytes, payload: bytes) -> None:
         """One pub/sub message: whatever goes wrong with it is logged, counted and skipped."""
         channel = self._channel_of(name)
+        event_id = None
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
@@ -404,13 +428,15 @@ class RedisBroker(Broker):
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
                 message = from_broker_payload(channel, payload)
-        except ValueError as error:  # InvalidMessage, or a live message without an id
+        except Exception as error:  # InvalidMessage, a live message without an id, or a bug
             self.refused += 1
-            log.warning("skipped a malformed message on channel %r: %s", channel, error)
-            return
-        except Exception:
-            self.refused += 1
-            log.exception("reading a message on channel %r failed; skipped", channel)
+            if isinstance(error, ValueError):
+                log.warning("skipped a malformed message on channel %r: %s", channel, error)
+            else:
+                log.exception("reading a message on channel %r failed; skipped", channel)
+            if event_id is not None and channel in self._channels \
+                    and event_id > self._channels[channel]:
+                self._resync_safely(channel, event_id)  # history holds it; nobody got it
             return
         self._deliver_safely(message)
 
