@@ -41,14 +41,17 @@ class Harness:
     def _answer(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            self.log.seek(0)
-            raise AssertionError("the harness ended:\n" + self.log.read().decode(errors="replace"))
+            raise AssertionError(f"the harness ended; its log ends with:\n{self.log_tail()}")
         return json.loads(line)
+
+    def log_tail(self, size: int = 4000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-size:]
 
     def ask(self, op: str, **fields) -> dict:
         self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
         answer = self._answer()
-        assert "error" not in answer, answer["error"]
+        assert "error" not in answer, f"{answer['error']}; its log ends with:\n{self.log_tail()}"
         return answer
 
     def history(self, positions: Dict[str, str], limit: Optional[int] = None) -> dict:

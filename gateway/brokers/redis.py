@@ -352,7 +352,10 @@ class RedisBroker(Broker):
         Those wait until the gap is filled: delivered first, a live event would move its
         channel's position past the events that the gap fill has yet to deliver.
         """
-        connection = self._listen_pool.make_connection()
+        # Made from the pool's settings, not by the pool: each connection the pool makes counts
+        # against its max_connections until released, and a dropped one never is.
+        pool = self._listen_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
