@@ -371,6 +371,21 @@ def test_a_subscriber_back_within_the_grace_period_reuses_the_subscription_and_o
     assert "c" not in broker._subscribed
 
 
+def test_the_grace_period_counts_from_the_last_subscriber_leaving():
+    broker = CountingBroker()
+    hub = Hub(broker, 1 << 30, unsubscribe_grace=1.0)
+    broker.start(hub.dispatch)
+    poller(hub).close()
+    gevent.sleep(0.6)
+    poller(hub).close()
+    left = time.monotonic()
+    gevent.sleep(0.6)  # 1.2 s after the first leave, 0.6 s after the last
+    assert (hub.idle_channel_count, broker.unsubscribes) == (1, 0)
+    while hub.idle_channel_count and time.monotonic() < left + 10:
+        gevent.sleep(0.02)
+    assert broker.unsubscribes == 1 and time.monotonic() - left >= 0.95
+
+
 def test_a_subscriber_arriving_as_the_grace_period_ends_keeps_the_subscription():
     broker = CountingBroker()
     hub = Hub(broker, 1 << 30, unsubscribe_grace=30)
