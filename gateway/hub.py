@@ -317,8 +317,9 @@ class Hub:
                 limit: Optional[int] = None) -> Dict[str, History]:
         """Each channel's events after its position (at most `limit` per channel), as the
         broker's `history` answers: from recent events when they cover every channel asked
-        for, else from the broker (the channels of one answer are read at one instant)."""
-        if self._recent is not None and positions:
+        for and the broker is delivering, else from the broker (the channels of one answer are
+        read at one instant)."""
+        if self._recent is not None and positions and self._broker.delivering():
             now_ms = int(time.time() * 1000)
             answer = {}
             for channel, after in positions.items():

@@ -53,6 +53,11 @@ class Broker(ABC):
         """Wait (at most `timeout` seconds) until subscribers can be served; whether they can."""
         return True
 
+    def delivering(self) -> bool:
+        """Whether what is published now reaches the sink in order (no reconnect under way),
+        without waiting."""
+        return True
+
     @abstractmethod
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""

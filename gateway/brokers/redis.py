@@ -104,6 +104,9 @@ class RedisBroker(Broker):
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
 
+    def delivering(self) -> bool:
+        return self._ready.is_set()
+
     def check(self) -> None:
         try:
             with self._slot():
@@ -376,13 +379,11 @@ class RedisBroker(Broker):
         """Deliver what was published while the pub/sub connection was down.
 
         What was delivered live before no longer tells what history holds (the fill skips
-        invalid entries, trimming may have lost some): `resync` hears it for every channel
-        before the fill, and again after it with where history stood when it was read.
+        invalid entries, trimming may have lost some): `resync` hears, for each channel, where
+        history stood when it was read.
         """
         histories, skipped = self._reads.history(dict(self._channels), fresh=True)
         self.skipped += skipped
-        for channel in histories:
-            self._resync_safely(channel, None)
         for channel, history in histories.items():
             if history.gap:
                 log.warning("events of channel %r were trimmed from history while the pub/sub "
