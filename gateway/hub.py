@@ -308,7 +308,8 @@ class Hub:
 
     def resync(self, channel: str, at: Optional[EventId]) -> None:
         """Called by the broker when history may hold, up to `at`, entries it did not dispatch
-        live (read from history after a reconnect, or unreadable); None: history is lost."""
+        live (read from history after a reconnect, or unreadable); ZERO: there is no history;
+        None: what it holds is unknown."""
         entry = self._channels.get(channel)
         if entry is not None and entry.recent is not None:
             entry.recent.restart(at)
@@ -319,7 +320,9 @@ class Hub:
         broker's `history` answers: from recent events when they cover every channel asked
         for and the broker is delivering, else from the broker (the channels of one answer are
         read at one instant)."""
-        if self._recent is not None and positions and self._broker.delivering():
+        if not positions:
+            return {}
+        if self._recent is not None and self._broker.delivering():
             now_ms = int(time.time() * 1000)
             answer = {}
             for channel, after in positions.items():

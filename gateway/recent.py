@@ -89,8 +89,8 @@ class Recent:
 
     def restart(self, at: Optional[EventId]) -> None:
         """History may hold what was not dispatched, up to `at` (entries read from history or
-        unreadable): keep nothing from before. None: history was lost; cover nothing until
-        the next event."""
+        unreadable): keep nothing from before. ZERO: there is no history, and every event of
+        it is to come. None: history was lost; cover nothing until the next event."""
         if at is None:
             self.messages.clear()
             self.size = 0
@@ -102,7 +102,7 @@ class Recent:
         self.messages.clear()
         self.size = 0
         self.base = self.last = at
-        self.whole = False
+        self.whole = at == ZERO  # no history: every event of it is to come
         self.covering = True
 
     def history(self, after: EventId, limit: Optional[int], now_ms: int) -> Optional[History]:

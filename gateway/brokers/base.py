@@ -9,7 +9,8 @@ from ..message import Message
 
 MessageSink = Callable[[Message], None]
 # Told that a channel's history may hold, up to the id given, entries that were not delivered
-# live (read from history after a reconnect, or unreadable); None: its history is lost.
+# live (read from history after a reconnect, or unreadable); ZERO: it has no history, None:
+# what it holds is unknown (lost).
 ResyncSink = Callable[[str, Optional[EventId]], None]
 
 

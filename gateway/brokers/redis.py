@@ -395,8 +395,10 @@ class RedisBroker(Broker):
             bounds = history.bounds
             if bounds is not None and bounds.exists:
                 self._resync_safely(channel, max(position, bounds.last))
-            elif position == ZERO:
-                self._resync_safely(channel, ZERO)  # no history, and every event is to come
+            else:
+                # No history: with nothing delivered yet, every event of it is to come; else
+                # ids from before may come again (a Redis whose clock went back), unknown.
+                self._resync_safely(channel, ZERO if position == ZERO else None)
 
     def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
         if self._resync is None:
