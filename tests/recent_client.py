@@ -36,7 +36,7 @@ class Harness:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             bufsize=1, preexec_fn=die_with_parent())
         assert self._answer() == {"ready": True}
-        self.tokens = 0
+        self.tokens = self.sent = 0
 
     def _answer(self) -> dict:
         line = self.proc.stdout.readline()
@@ -49,8 +49,10 @@ class Harness:
         return self.log.read().decode(errors="replace")[-size:]
 
     def ask(self, op: str, **fields) -> dict:
-        self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.sent += 1
+        self.proc.stdin.write(json.dumps({"op": op, "seq": self.sent, **fields}) + "\n")
         answer = self._answer()
+        assert answer.pop("seq") == self.sent, f"{op}: an answer out of turn: {answer}"
         assert "error" not in answer, f"{answer['error']}; its log ends with:\n{self.log_tail()}"
         return answer
 
@@ -70,7 +72,7 @@ class Harness:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.write(json.dumps({"op": "quit", "seq": 0}) + "\n")
             self.proc.stdin.close()
             try:
                 self.proc.wait(10)

@@ -4,8 +4,8 @@ recent events) and to a second, unstarted broker (which always reads Redis).
 
     python tests/recent_harness.py REDIS_URL HISTORY_LENGTH RECENT_EVENTS RECENT_BYTES AGE
 
-Each request is one JSON object with an `op`, each answer one JSON object (`error` if it
-failed). Ids travel as "<ms>-<seq>". gevent patches everything here, as in the gateway, and
+Each request is one JSON object with an `op` and a `seq`, each answer one JSON object with
+the same `seq` (and `error` if it failed). Ids travel as "<ms>-<seq>". gevent patches everything here, as in the gateway, and
 none of it leaks into the test process. See tests/test_fuzz_recent.py for the operations.
 """
 
@@ -151,14 +151,14 @@ def main():
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        op = request.pop("op")
+        op, seq = request.pop("op"), request.pop("seq")
         if op == "quit":
             break
         try:
             answer = getattr(harness, "op_" + op)(**request)
         except Exception as error:  # reported to the test, which fails with it
             answer = {"error": f"{type(error).__name__}: {error}"}
-        print(json.dumps(answer), flush=True)
+        print(json.dumps({"seq": seq, **answer}), flush=True)
     harness.broker.stop()
 
 

@@ -296,7 +296,8 @@ def numsub(client, channel: str) -> int:
 
 def test_a_channel_with_no_subscriber_is_unsubscribed_after_the_grace_period(
         start_gateway, redis_db):
-    gateway = start_gateway("--redis-url", redis_db.url, "--unsubscribe-grace", "4")
+    gateway = start_gateway("--redis-url", redis_db.url,
+                            env={"SSE_GATEWAY_UNSUBSCRIBE_GRACE": "4"})
     stream = live_stream(gateway.url + "/events/graced")
     assert numsub(redis_db.client, "graced") == 1
     stream.close()
