@@ -5,8 +5,9 @@ recent events) and to a second, unstarted broker (which always reads Redis).
     python tests/recent_harness.py REDIS_URL HISTORY_LENGTH RECENT_EVENTS RECENT_BYTES AGE
 
 Each request is one JSON object with an `op` and a `seq`, each answer one JSON object with
-the same `seq` (and `error` if it failed). Ids travel as "<ms>-<seq>". gevent patches everything here, as in the gateway, and
-none of it leaks into the test process. See tests/test_fuzz_recent.py for the operations.
+the same `seq` (and `error` if it failed). Ids travel as "<ms>-<seq>". gevent patches
+everything here, as in the gateway, and none of it leaks into the test process. See
+tests/test_fuzz_recent.py for the operations.
 """
 
 from gevent import monkey

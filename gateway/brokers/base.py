@@ -55,8 +55,8 @@ class Broker(ABC):
         return True
 
     def delivering(self) -> bool:
-        """Whether what is published now reaches the sink in order (no reconnect under way),
-        without waiting."""
+        """Whether the sink has had every message received so far, and what is published now
+        reaches it in order (no reconnect under way); answered without waiting."""
         return True
 
     @abstractmethod

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.monkey
 import redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -32,6 +33,8 @@ from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
 log = logging.getLogger(__name__)
+# The system's select, never a patched one that might wait: it only looks at a socket.
+_select = gevent.monkey.get_original("select", "select")
 
 _CONNECT_TIMEOUT = 3.0
 _COMMAND_TIMEOUT = 5.0
@@ -85,6 +88,7 @@ class RedisBroker(Broker):
         self._failure: Optional[str] = None  # why the listener is being restarted
         self._connected_before = False
         self._ready = gevent.event.Event()
+        self._handling = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -105,7 +109,13 @@ class RedisBroker(Broker):
         return self._ready.wait(timeout)
 
     def delivering(self) -> bool:
-        return self._ready.is_set()
+        # Up, and nothing received waits to be handled: then the sink has had every message
+        # that Redis had sent this process (so, for one that published through it, all its
+        # own), and the listener is waiting on an empty socket, its reader's buffer empty.
+        if not self._ready.is_set() or self._handling:
+            return False
+        sock = getattr(self._connection, "_sock", None)  # redis-py's, None when not connected
+        return sock is not None and not _select([sock], [], [], 0)[0]
 
     def check(self) -> None:
         try:
@@ -411,7 +421,12 @@ class RedisBroker(Broker):
     def _read_forever(self) -> None:
         connection = self._connection
         while True:
-            self._handle(connection.read_response())
+            reply = connection.read_response()
+            self._handling = True  # handling may wait (an unsubscribe), with replies unread
+            try:
+                self._handle(reply)
+            finally:
+                self._handling = False
 
     def _handle(self, reply) -> Optional[str]:
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
