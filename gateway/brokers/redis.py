@@ -115,7 +115,12 @@ class RedisBroker(Broker):
         if not self._ready.is_set() or self._handling:
             return False
         sock = getattr(self._connection, "_sock", None)  # redis-py's, None when not connected
-        return sock is not None and not _select([sock], [], [], 0)[0]
+        if sock is None:
+            return False
+        try:
+            return not _select([sock], [], [], 0)[0]
+        except (OSError, ValueError):  # closed meanwhile
+            return False
 
     def check(self) -> None:
         try:
