@@ -76,6 +76,7 @@ class Harness:
         self.hub.attach(self.barrier_subscriber)
         self.subscribers = {}
         self.next_subscriber = 0
+        self.killed = None  # the pub/sub connection `kill` cut
 
     def dispatch(self, message):
         if message.channel == BARRIER:

@@ -3,10 +3,14 @@ does, for any sequence of publishes (valid or not), subscribers coming and going
 length, bytes and age, pub/sub reconnects, and any cursor and limit.
 
 A real redis-server; the hub and a second broker run in tests/recent_harness.py (gevent patches
-everything there). After each sequence of publishes, a barrier message makes sure the hub has
-dispatched all of them; then the same question goes to the hub and to the second broker, which
-never shares a read and always asks Redis. Whenever the hub answered from memory, the answers
+everything there). After each operation, a barrier message makes sure the hub has dispatched
+everything published; then the same question goes to the second broker, which never shares a
+read and always asks Redis, and to the hub. Whenever the hub answered from memory, the answers
 must be the same: the same events (ids and data), in the same order, and the same gap flag.
+Each test also checks that memory answered a fair share of the questions.
+
+The examples cost real round trips: each test runs a part of the profile's count. With
+HYPOTHESIS_PROFILE=deep, give pytest `--timeout 0` (its 180 s limit would cut an exchange).
 """
 
 from __future__ import annotations
@@ -113,7 +117,6 @@ def run(harness: Harness, operations, data, prefix: str, seen: Counter) -> None:
 def check_property(harness: Harness, operation, seen: Counter, divide: int = 3) -> None:
     example = iter(range(1_000_000))
 
-    # Each example costs real round trips (and waits): a part of the profile's count.
     @settings(max_examples=max(10, settings.default.max_examples // divide))
     @given(operations=st.lists(operation, min_size=1, max_size=14), data=st.data())
     def equal_answers(operations, data):
