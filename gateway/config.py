@@ -34,6 +34,9 @@ class Config:
     trusted_proxies: Tuple[str, ...] = ()
     history_length: int = 1000
     history_age: float = 3600.0
+    recent_events: int = 1000
+    recent_bytes: int = 1024 * 1024
+    unsubscribe_grace: float = 5.0
     shutdown_timeout: float = 5.0
     max_connections: int = 0  # 0: the file-descriptor limit less a reserve
     max_head_size: int = 16 * 1024
@@ -84,6 +87,11 @@ class Config:
                 problems.append(f"{name.replace('_', '-')} must be above 0")
         if self.history_age <= 0:
             problems.append("history-age must be above 0")
+        for name in ("recent_events", "recent_bytes"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.replace('_', '-')} must not be negative (0: none)")
+        if not 0 <= self.unsubscribe_grace <= 3600:
+            problems.append("unsubscribe-grace must be 0 to 3600 seconds")
         if self.retry < 0:
             problems.append("retry must not be negative")
         if not 0 <= self.port <= 65535:
@@ -191,6 +199,13 @@ OPTIONS: List[Option] = [
            repeatable=True, metavar="ADDR"),
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
+    Option("recent_events", "latest events each subscribed channel keeps in memory (at most "
+           "--history-length) to answer resumes and polls without Redis; 0: none", parse=int),
+    Option("recent_bytes", "bytes of encoded events each subscribed channel keeps in memory, "
+           "at most; 0: none", parse=int),
+    Option("unsubscribe_grace", "seconds a channel stays subscribed after its last local "
+           "subscriber left, for those who come back (long-polls); 0: unsubscribe at once",
+           parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
     Option("max_connections", "most client connections one process holds open, streams "
            "included; a client beyond them is refused at once (0: the file-descriptor limit "

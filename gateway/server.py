@@ -22,6 +22,7 @@ from .http.connection import Server, Settings
 from .hub import Hub
 from .listener import BACKLOG, bind
 from .operations import Operations
+from .recent import RecentLimits
 from .subscribe import UNCACHEABLE
 from .wire import encode_turn_away
 
@@ -46,9 +47,9 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
                            config.history_age)
-    hub = Hub(broker, config.max_buffered_bytes)
+    hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
     operations = Operations(config, hub, broker)
-    broker.start(operations.sink(hub.dispatch))
+    broker.start(operations.sink(hub.dispatch), hub.resync)
     if not broker.wait_ready(STARTUP_WAIT):
         log.warning("the broker is not reachable yet; serving anyway (subscribers are asked to "
                     "come back later until it is)")
@@ -89,6 +90,14 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     operations.stop()
     broker.stop()
     log.info("stopped")
+
+
+def _recent_limits(config: Config) -> Optional[RecentLimits]:
+    # The embedded broker's history is in memory already, and read without I/O.
+    if not config.redis_url:
+        return None
+    return RecentLimits(config.recent_events, config.recent_bytes, config.history_length,
+                        config.history_age)
 
 
 def _refusal(config: Config) -> Callable[[Optional[h1.Request]], bytes]:

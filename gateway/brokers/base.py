@@ -8,6 +8,10 @@ from ..ids import EventId, HistoryBounds
 from ..message import Message
 
 MessageSink = Callable[[Message], None]
+# Told that a channel's history may hold, up to the id given, entries that were not delivered
+# live (read from history after a reconnect, or unreadable); ZERO: it has no history, None:
+# what it holds is unknown (lost).
+ResyncSink = Callable[[str, Optional[EventId]], None]
 
 
 class BrokerUnavailable(Exception):
@@ -46,14 +50,20 @@ class Broker(ABC):
         return True
 
     @abstractmethod
-    def start(self, sink: MessageSink) -> None:
-        """Begin delivering messages of subscribed channels to `sink`."""
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
+        """Begin delivering messages of subscribed channels to `sink`, and telling `resync`
+        (in order with them) where history holds what they did not carry."""
 
     @abstractmethod
     def stop(self) -> None: ...
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait (at most `timeout` seconds) until subscribers can be served; whether they can."""
+        return True
+
+    def delivering(self) -> bool:
+        """Whether the sink has had every message received so far, and what is published now
+        reaches it in order (no reconnect under way); answered without waiting."""
         return True
 
     @abstractmethod

@@ -10,7 +10,7 @@ from typing import Deque, Dict, List, Optional, Sequence, Set
 
 from ..ids import ZERO, EventId, HistoryBounds, history_gap
 from ..message import Message
-from .base import Broker, History, MessageSink, PublishResult
+from .base import Broker, History, MessageSink, PublishResult, ResyncSink
 
 
 class _Ring:
@@ -43,7 +43,8 @@ class EmbeddedBroker(Broker):
         self._sink: Optional[MessageSink] = None
         self._last: EventId = ZERO
 
-    def start(self, sink: MessageSink) -> None:
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
+        # Every event is delivered as it is published, straight from history: nothing to resync.
         self._sink = sink
 
     def stop(self) -> None:

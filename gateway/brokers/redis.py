@@ -21,18 +21,21 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.monkey
 import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
 from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
 log = logging.getLogger(__name__)
+# The system's select, never a patched one that might wait: it only looks at a socket.
+_select = gevent.monkey.get_original("select", "select")
 
 _CONNECT_TIMEOUT = 3.0
 _COMMAND_TIMEOUT = 5.0
@@ -88,6 +91,7 @@ class RedisBroker(Broker):
         self._connection = None
         self._write_lock = gevent.lock.Semaphore()
         self._sink: Optional[MessageSink] = None
+        self._resync: Optional[ResyncSink] = None
         self._listener: Optional[gevent.Greenlet] = None
         self._restart: Optional[gevent.Greenlet] = None
         self._restart_delay = _BACKOFF_FIRST
@@ -95,11 +99,13 @@ class RedisBroker(Broker):
         self._failure: Optional[str] = None  # why the listener is being restarted
         self._connected_before = False
         self._ready = gevent.event.Event()
+        self._handling = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, sink: MessageSink) -> None:
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
         self._sink = sink
+        self._resync = resync
         self._start_listener()
 
     def stop(self) -> None:
@@ -117,6 +123,20 @@ class RedisBroker(Broker):
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    def delivering(self) -> bool:
+        # Up, and nothing received waits to be handled: then the sink has had every message
+        # that Redis had sent this process (so, for one that published through it, all its
+        # own), and the listener is waiting on an empty socket, its reader's buffer empty.
+        if not self._ready.is_set() or self._handling:
+            return False
+        sock = getattr(self._connection, "_sock", None)  # redis-py's, None when not connected
+        if sock is None:
+            return False
+        try:
+            return not _select([sock], [], [], 0)[0]
+        except (OSError, ValueError):  # closed meanwhile
+            return False
 
     def check(self) -> None:
         try:
@@ -392,7 +412,10 @@ class RedisBroker(Broker):
         Those wait until the gap is filled: delivered first, a live event would move its
         channel's position past the events that the gap fill has yet to deliver.
         """
-        connection = self._listen_pool.make_connection()
+        # Made from the pool's settings, not by the pool: each connection the pool makes counts
+        # against its max_connections until released, and a dropped one never is.
+        pool = self._listen_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
@@ -410,7 +433,12 @@ class RedisBroker(Broker):
         return early
 
     def _fill_gaps(self) -> None:
-        """Deliver what was published while the pub/sub connection was down."""
+        """Deliver what was published while the pub/sub connection was down.
+
+        What was delivered live before no longer tells what history holds (the fill skips
+        invalid entries, trimming may have lost some): `resync` hears, for each channel, where
+        history stood when it was read.
+        """
         histories, skipped = self._reads.history(dict(self._channels), fresh=True)
         self.skipped += skipped
         for channel, history in histories.items():
@@ -420,11 +448,32 @@ class RedisBroker(Broker):
                 self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver_safely(message)
+            position = self._channels.get(channel, ZERO)
+            bounds = history.bounds
+            if bounds is not None and bounds.exists:
+                self._resync_safely(channel, max(position, bounds.last))
+            else:
+                # No history: with nothing delivered yet, every event of it is to come; else
+                # ids from before may come again (a Redis whose clock went back), unknown.
+                self._resync_safely(channel, ZERO if position == ZERO else None)
+
+    def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
+        if self._resync is None:
+            return
+        try:
+            self._resync(channel, at)
+        except Exception:
+            log.exception("resynchronising channel %r failed", channel)
 
     def _read_forever(self) -> None:
         connection = self._connection
         while True:
-            self._handle(connection.read_response())
+            reply = connection.read_response()
+            self._handling = True  # handling may wait (an unsubscribe), with replies unread
+            try:
+                self._handle(reply)
+            finally:
+                self._handling = False
 
     def _handle(self, reply) -> Optional[str]:
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -439,6 +488,7 @@ class RedisBroker(Broker):
     def _on_payload(self, name: bytes, payload: bytes) -> None:
         """One pub/sub message: whatever goes wrong with it is logged, counted and skipped."""
         channel = self._channel_of(name)
+        event_id = None
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
@@ -451,13 +501,15 @@ class RedisBroker(Broker):
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
                 message = from_broker_payload(channel, payload)
-        except ValueError as error:  # InvalidMessage, or a live message without an id
+        except Exception as error:  # InvalidMessage, a live message without an id, or a bug
             self.refused += 1
-            log.warning("skipped a malformed message on channel %r: %s", channel, error)
-            return
-        except Exception:
-            self.refused += 1
-            log.exception("reading a message on channel %r failed; skipped", channel)
+            if isinstance(error, ValueError):
+                log.warning("skipped a malformed message on channel %r: %s", channel, error)
+            else:
+                log.exception("reading a message on channel %r failed; skipped", channel)
+            if event_id is not None and channel in self._channels \
+                    and event_id > self._channels[channel]:
+                self._resync_safely(channel, event_id)  # history holds it; nobody got it
             return
         self._deliver_safely(message)
 
