@@ -1,4 +1,5 @@
-"""Builds the EventSource polyfill bundle into the wheel, so no runtime build is needed."""
+"""Builds the EventSource polyfill bundle and the status page's script into the wheel, so no
+runtime build is needed."""
 
 import runpy
 from pathlib import Path
@@ -12,7 +13,11 @@ class BuildPyWithAssets(build_py):
         super().run()
         if not self.dry_run:
             assets = runpy.run_path(str(Path(__file__).parent / "gateway" / "assets.py"))
-            assets["build_assets"](Path(self.build_lib) / "gateway" / "static")
+            static = Path(self.build_lib) / "gateway" / "static"
+            assets["build_assets"](static)
+            assets["build_status_assets"](static)
+            css = assets["STATUS_CSS"]
+            (static / css.name).write_bytes(css.read_bytes())
 
 
 setup(cmdclass={"build_py": BuildPyWithAssets})

@@ -634,6 +634,8 @@ class Run:
         a = self.args
         loop = asyncio.get_running_loop()
         host, port, path = split_http_url(a.url)
+        if a.token:
+            path += ("&" if "?" in path else "?") + "token=" + a.token
         request = (
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\nUser-Agent: sse-bench\r\n\r\n" % (path.encode(), host.encode(), port)
@@ -924,6 +926,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU the server is pinned to: also report that core's busy time",
     )
     p.add_argument("--label", default="", help="copied into the JSON line")
+    p.add_argument("--token", default="", help="a token for a private channel, sent in the "
+                   "query (token=) by every subscriber, as browsers do")
     args = p.parse_args(argv)
     if args.publish != "redis" and not args.publish_url:
         p.error("--publish-url is required for http publish modes")

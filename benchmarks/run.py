@@ -5,13 +5,19 @@ For each target and each subscriber count it starts Redis (where the target need
 server pinned to core 0, runs the workload's client pinned to core 1, stops everything, and
 finally prints a results table with ratios against nchan. Rows are also written as JSON lines.
 Workloads: ``fanout`` (``loadgen.py``: N open streams, R events/s), ``storm`` (``storm.py``: N
-clients reconnecting at once with a recent Last-Event-ID) and ``longpoll`` (``longpoll.py``: N
-clients long-polling while R events/s are published).
+clients reconnecting at once with a recent Last-Event-ID), ``longpoll`` (``longpoll.py``: N
+clients long-polling while R events/s are published), ``publish`` (``publish.py``: single-event
+publishes at R/s to N subscribers, then batches as fast as they go) and ``channels``
+(``publish.py``: N subscribers each on a channel of its own, R events/s spread over them). The
+``floor`` target is a minimal C server (``floor.c``, built with cc on the fly): what the machine
+allows.
 
     python3 benchmarks/run.py                      # fan-out matrix, ~5 minutes
     python3 benchmarks/run.py --targets nchan,flask-sse --subscribers 1000,5000
     python3 benchmarks/run.py --workload storm     # reconnect storm, gateway and nchan
     python3 benchmarks/run.py --workload longpoll  # long-poll, gateway and nchan
+    python3 benchmarks/run.py --workload publish   # publish cost: gateway, nchan, floor
+    python3 benchmarks/run.py --workload channels  # 10,000 channels of one subscriber each
     python3 benchmarks/run.py --smoke              # gateway alone, N=100, for CI
 
 Needs Linux, taskset, redis-server and nginx; installs libnginx-mod-nchan with apt-get when it is
@@ -22,6 +28,7 @@ dependencies) on first use. Every server listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import datetime
 import hashlib
@@ -38,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable
 
@@ -48,18 +55,28 @@ VENV = BENCH / ".venv"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 # On a one-core machine (a CI runner, say) both share core 0 and the figures mean little.
 SERVER_CORE, LOADGEN_CORE = 0, 1 if (os.cpu_count() or 1) > 1 else 0
-ALL_TARGETS = ("sse-gateway", "nchan", "flask-sse")
-WORKLOADS = ("fanout", "storm", "longpoll")
-# Per workload: default targets, subscriber counts and rate (flask-sse neither resumes from a
-# Last-Event-ID nor long-polls).
+ALL_TARGETS = ("sse-gateway", "nchan", "flask-sse", "floor")
+WORKLOADS = ("fanout", "storm", "longpoll", "publish", "channels")
+# Per workload: default targets, subscriber counts and rates (flask-sse neither resumes from a
+# Last-Event-ID nor long-polls, and publishes through Redis only; the floor only fans out).
 WORKLOAD_DEFAULTS = {
-    "fanout": (ALL_TARGETS, "1000,5000,10000", 20.0),
-    "storm": (("sse-gateway", "nchan"), "1000,3000", 0.0),
-    "longpoll": (("sse-gateway", "nchan"), "1000,3000", 1.0),
+    "fanout": (ALL_TARGETS, "1000,5000,10000", "20"),
+    "storm": (("sse-gateway", "nchan"), "1000,3000", "0"),
+    "longpoll": (("sse-gateway", "nchan"), "1000,3000", "1"),
+    "publish": (("sse-gateway", "nchan", "floor"), "10", "2000,5000"),
+    "channels": (("sse-gateway", "nchan", "floor"), "10000", "10000"),
 }
+# What each workload's smoke run (--smoke) does instead: targets, N, rates, seconds.
+SMOKE = {
+    "fanout": (("sse-gateway",), "100", "20", 10.0),
+    "publish": (("sse-gateway", "floor"), "10", "500", 2.0),
+    "channels": (("sse-gateway", "floor"), "200", "400", 2.0),
+}
+PUBLISH_WORKLOADS = ("publish", "channels")
 # Not in the default matrix: `serve --workers 2` on every core, the generator on one of them.
-EXTRA_TARGETS = ("sse-gateway-x2",)
+EXTRA_TARGETS = ("sse-gateway-x2", "sse-gateway-token")
 CHANNEL = "bench"
+BENCH_KEY = "benchmark-only-hs256-secret-32-bytes"  # sse-gateway-token: signs the subscribers' token
 
 
 class TargetError(Exception):
@@ -194,6 +211,22 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
         time.sleep(4)
         busy = busy_cores()
     return busy
+
+
+def forget_tcp_metrics() -> bool:
+    """Drop what the kernel learned from the previous cell's loopback connections.
+
+    Linux keeps, per destination address, the RTT and congestion window of connections that
+    closed cleanly, and starts new connections to that address from them. Every cell connects
+    to 127.0.0.1, so without this a cell would start from what the one before it left: after a
+    saturated cell, an RTT of milliseconds on loopback. Needs CAP_NET_ADMIN and iproute2's ip.
+    """
+    if shutil.which("ip") is None:
+        return False
+    done = subprocess.run(["ip", "tcp_metrics", "delete", "127.0.0.1"], capture_output=True,
+                          check=False, stdin=subprocess.DEVNULL)
+    # "No such process": nothing was cached, which is as good.
+    return done.returncode == 0 or b"No such process" in done.stderr
 
 
 def log(message: str) -> None:
@@ -370,9 +403,18 @@ class Started:
     poll_url: str = ""  # long-poll URL, where the target has one
     poll_protocol: str = ""  # how longpoll.py follows it: gateway or nchan
     redis_url: str = ""  # the target's Redis, whose commands storm.py and longpoll.py count
+    token: str = ""  # the subscribers' token (in the query), for a private channel
+    redis_pid: int = 0  # its process (in cpu_pids too): publish.py reports its CPU apart
+    # For publish.py: event-stream and publish URLs with {channel}, how a single event is
+    # posted (gateway: a JSON message; raw: the payload), and the batch URL where there is one.
+    subscribe_template: str = ""
+    publish_template: str = ""
+    publish_format: str = ""
+    batch_url: str = ""
 
 
-def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
+def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = False) -> Started:
+    """`token`: the channel private, every subscriber with its own HS256 token in the query."""
     redis_port, redis_pid = start_redis(svc)
     port = free_port()
     env = dict(
@@ -398,6 +440,7 @@ def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
             "1000",
             "--workers",
             str(workers),
+            *(["--private-channel", CHANNEL, "--subscribe-key", BENCH_KEY] if token else []),
         ],
         env=env,
         cwd=REPO,
@@ -411,12 +454,28 @@ def start_gateway(svc: Services, python: str, workers: int = 1) -> Started:
     base = f"http://127.0.0.1:{port}"
     return Started(
         subscribe_url=f"{base}/events/{CHANNEL}",
+        token=mint_token(python, env) if token else "",
         publish_args=["--publish", "http-json", "--publish-url", f"{base}/publish/{CHANNEL}"],
         cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
         poll_url=f"{base}/poll/{CHANNEL}",
         poll_protocol="gateway",
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        redis_pid=redis_pid,
+        subscribe_template=f"{base}/events/{{channel}}",
+        publish_template=f"{base}/publish/{{channel}}",
+        publish_format="gateway",
+        batch_url=f"{base}/publish/",
     )
+
+
+def mint_token(python: str, env: dict[str, str]) -> str:
+    """An HS256 token for CHANNEL, from `sse-gateway token`: verified at each connection."""
+    result = subprocess.run(
+        [python, "-m", "gateway", "token", "--subscribe", CHANNEL, "--subscribe-key", BENCH_KEY,
+         "--ttl", "3600"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise TargetError(f"sse-gateway token failed: {result.stderr.strip()}")
+    return result.stdout.strip()
 
 
 NGINX_CONF = """\
@@ -435,6 +494,9 @@ events {{
 
 http {{
     access_log off;
+    # Publishers pipeline thousands of requests on one connection; nginx would close it after
+    # 1,000 (its default), with the requests written after those unanswered.
+    keepalive_requests 100000000;
     client_body_temp_path {prefix}/client_body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -444,7 +506,7 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096;
 
-        location ~ ^/sub/(\\w+)$ {{
+        location ~ ^/sub/([\\w.]+)$ {{
             nchan_subscriber eventsource;
             nchan_channel_id $1;
             nchan_subscriber_first_message newest;
@@ -456,7 +518,7 @@ http {{
             nchan_subscriber_first_message newest;
         }}
 
-        location ~ ^/pub/(\\w+)$ {{
+        location ~ ^/pub/([\\w.]+)$ {{
             nchan_publisher http;
             nchan_channel_id $1;
             nchan_message_buffer_length 16;
@@ -495,6 +557,45 @@ def start_nchan(svc: Services, python: str) -> Started:
         cpu_pids=[proc.pid, *child_pids(proc.pid)],
         poll_url=f"{base}/lp/{CHANNEL}",
         poll_protocol="nchan",
+        subscribe_template=f"{base}/sub/{{channel}}",
+        publish_template=f"{base}/pub/{{channel}}",
+        publish_format="raw",
+    )
+
+
+_FLOOR: dict[str, Path] = {}  # the floor's binary, built once per run
+
+
+def build_floor() -> Path:
+    """Compile floor.c (once per run) into a directory removed when the runner exits."""
+    if "binary" in _FLOOR and _FLOOR["binary"].exists():
+        return _FLOOR["binary"]
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise TargetError("no C compiler (cc) to build the floor; apt-get install gcc")
+    out = Path(tempfile.mkdtemp(prefix="sse-bench-floor-")) / "floor"
+    atexit.register(shutil.rmtree, out.parent, ignore_errors=True)
+    done = subprocess.run([compiler, "-O2", "-o", str(out), str(BENCH / "floor.c")],
+                          check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TargetError(f"could not build floor.c: {done.stderr.strip()[-300:]}")
+    _FLOOR["binary"] = out
+    return out
+
+
+def start_floor(svc: Services, python: str) -> Started:
+    binary = build_floor()
+    port = free_port()
+    proc = svc.spawn("floor", [str(binary), str(port)])
+    svc.wait_ready("floor", proc, lambda: http_probe(port))
+    base = f"http://127.0.0.1:{port}"
+    return Started(
+        subscribe_url=f"{base}/sub/{CHANNEL}",
+        publish_args=["--publish", "http-nchan", "--publish-url", f"{base}/pub/{CHANNEL}"],
+        cpu_pids=[proc.pid],
+        subscribe_template=f"{base}/sub/{{channel}}",
+        publish_template=f"{base}/pub/{{channel}}",
+        publish_format="raw",
     )
 
 
@@ -549,8 +650,10 @@ def start_flask_sse(svc: Services, python: str) -> Started:
 STARTERS: dict[str, Callable[[Services, str], Started]] = {
     "sse-gateway": start_gateway,
     "sse-gateway-x2": lambda svc, python: start_gateway(svc, python, workers=2),
+    "sse-gateway-token": lambda svc, python: start_gateway(svc, python, token=True),
     "nchan": start_nchan,
     "flask-sse": start_flask_sse,
+    "floor": start_floor,
 }
 
 
@@ -565,6 +668,7 @@ class Plan:
     settle: float = 1.0
     quiet_wait: float = 0.0
     workload: str = "fanout"
+    mode: str = ""  # publish: single or batch
 
 
 def connect_budget(subscribers: int) -> float:
@@ -587,6 +691,8 @@ def client_argv(started: Started, target: str, subscribers: int, plan: Plan,
     pids = [arg for pid in started.cpu_pids for arg in ("--server-pid", str(pid))]
     redis = ["--redis-url", started.redis_url] if started.redis_url else []
     head = ["taskset", "-c", str(LOADGEN_CORE), python]
+    if plan.workload in PUBLISH_WORKLOADS:
+        return publish_argv(started, target, subscribers, plan, head)
     if plan.workload == "storm":
         return [*head, str(BENCH / "storm.py"), "--url", started.subscribe_url,
                 "--clients", str(subscribers), *started.publish_args, *redis, *pids,
@@ -626,8 +732,36 @@ def client_argv(started: Started, target: str, subscribers: int, plan: Plan,
         "--server-core",
         str(SERVER_CORE),
         *pids,
+        *(["--token", started.token] if started.token else []),
     ]
     return argv, timeout
+
+
+def publish_argv(started: Started, target: str, subscribers: int, plan: Plan,
+                 head: list[str]) -> tuple[list[str], float]:
+    """publish.py for one cell: single publishes (or one channel per subscriber) over HTTP,
+    batched where the target takes batches, pipelined on one connection where it does not."""
+    if not started.subscribe_template:
+        raise TargetError(f"{target} has no {plan.workload} workload")
+    mode = plan.mode if plan.workload == "publish" else "channels"
+    servers = [pid for pid in started.cpu_pids if pid != started.redis_pid]
+    argv = [*head, str(BENCH / "publish.py"), "--mode", mode, "--label", target,
+            "--url", started.subscribe_template, "--duration", str(plan.seconds),
+            "--drain", str(plan.drain), "--settle", str(plan.settle),
+            "--connect-timeout", str(connect_budget(subscribers)),
+            "--server-core", str(SERVER_CORE),
+            *[arg for pid in servers for arg in ("--server-pid", str(pid))]]
+    if started.redis_pid:
+        argv += ["--redis-pid", str(started.redis_pid), "--redis-url", started.redis_url]
+    if mode != "single" and started.batch_url:
+        argv += ["--publish", "gateway-batch", "--publish-url", started.batch_url,
+                 "--batch", "500" if mode == "batch" else "100", "--window", "4"]
+    else:
+        argv += ["--publish", started.publish_format, "--publish-url", started.publish_template,
+                 "--window", "64"]
+    if mode != "batch":
+        argv += ["--subscribers", str(subscribers), "--rate", f"{plan.rate:g}"]
+    return argv, connect_budget(subscribers) + plan.settle + plan.seconds + plan.drain + 30
 
 
 def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str, object]:
@@ -635,6 +769,7 @@ def run_cell(target: str, subscribers: int, plan: Plan, python: str) -> dict[str
     if plan.workload != "fanout":
         row["workload"] = plan.workload
     row["busy_cores_before"] = round(wait_quiet(plan.quiet_wait), 2)
+    row["tcp_metrics_forgotten"] = forget_tcp_metrics()
     with cell_dir() as workdir:
         svc = Services(workdir)
         try:
@@ -733,10 +868,39 @@ LONGPOLL_COLUMNS = (
 
 LONGPOLL_RATIOS = (("CPU/1k", "cpu_s_per_1k"), ("p99", "latency_p99_ms"))
 
+PUBLISH_COLUMNS = (
+    ("target", "target", "{}"),
+    ("mode", "mode", "{}"),
+    ("N", "subscribers", "{}"),
+    ("R", "rate", "{:g}"),
+    ("batch", "batch", "{}"),
+    ("accepted", "accepted", "{}"),
+    ("ev/s", "events_per_s", "{:.0f}"),
+    ("delivered", "delivered", "{}"),
+    ("expected", "expected", "{}"),
+    ("loss %", "loss", "pct"),
+    ("p50 ms", "latency_p50_ms", "{:.1f}"),
+    ("p99 ms", "latency_p99_ms", "{:.1f}"),
+    ("ack p99 ms", "ack_p99_ms", "{:.1f}"),
+    ("CPU us/ev", "cpu_us_per_event", "{:.1f}"),
+    ("server", "server_cpu_us_per_event", "{:.1f}"),
+    ("Redis", "redis_cpu_us_per_event", "{:.1f}"),
+    ("core us/ev", "core_us_per_event", "{:.1f}"),
+    ("order", "order_violations", "{}"),
+    ("hist bad", "history_channels_wrong", "{}"),
+    ("gen CPU s", "loadgen_cpu_s", "{:.1f}"),
+    ("bg CPU s", "background_cpu_s", "{:.1f}"),
+)
+
+PUBLISH_RATIOS = (("CPU/ev", "cpu_us_per_event"), ("core/ev", "core_us_per_event"),
+                  ("p99", "latency_p99_ms"), ("ev/s", "events_per_s"))
+
 TABLES = {
     "fanout": (COLUMNS, RATIOS),
     "storm": (STORM_COLUMNS, STORM_RATIOS),
     "longpoll": (LONGPOLL_COLUMNS, LONGPOLL_RATIOS),
+    "publish": (PUBLISH_COLUMNS, PUBLISH_RATIOS),
+    "channels": (PUBLISH_COLUMNS, PUBLISH_RATIOS),
 }
 
 
@@ -802,7 +966,7 @@ def render_markdown(rows: list[dict[str, object]], workload: str = "fanout") -> 
 
 def report(paths: list[Path]) -> int:
     """Print Markdown tables from earlier runs' JSON lines; rows of later files win."""
-    cells: dict[tuple[object, object, object], dict[str, object]] = {}
+    cells: dict[tuple[object, ...], dict[str, object]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
@@ -810,11 +974,12 @@ def report(paths: list[Path]) -> int:
                 meta = row["meta"]
                 print(f"<!-- {path.name}: {meta.get('date')}, {meta.get('nproc')} x {meta.get('cpu')} -->")
             else:
-                cells[(row.get("workload", "fanout"), row["target"], row["subscribers"])] = row
+                cells[(row.get("workload", "fanout"), *cell_key(row))] = row
     order = {name: i for i, name in enumerate(ALL_TARGETS + EXTRA_TARGETS)}
     for workload in WORKLOADS:
         rows = sorted((r for r in cells.values() if r.get("workload", "fanout") == workload),
-                      key=lambda r: (order.get(str(r["target"]), 99), r["subscribers"]))
+                      key=lambda r: (order.get(str(r["target"]), 99), str(r.get("mode", "")),
+                                     r["subscribers"], float(r.get("rate") or 0)))
         if rows:
             if workload != "fanout":
                 print(f"\n{workload}:\n")
@@ -849,18 +1014,26 @@ def warnings(row: dict[str, object]) -> list[str]:
     gen = row.get("loadgen_cpu_s")
     if isinstance(gen, (int, float)) and gen > 0.85 * phase:
         out.append(f"the load generator used {gen / phase:.0%} of its core: it may be the bottleneck")
+    if row.get("tcp_metrics_forgotten") is False:
+        out.append("the kernel's TCP metrics for 127.0.0.1 could not be dropped (needs root and "
+                   "iproute2): this cell started from what the previous one left")
     late = row.get("late_subscribers")
     if late:
         out.append(f"{late} subscribers got their headers only after publishing began (not measured)")
     return out
 
 
+def cell_key(row: dict[str, object]) -> tuple[object, ...]:
+    """What one cell of a table measured, whichever server: N, and the mode and rate."""
+    return row["target"], row["subscribers"], row.get("mode", ""), row.get("rate")
+
+
 def render_ratios(rows: list[dict[str, object]],
                   ratios: tuple[tuple[str, str], ...] = RATIOS) -> list[str]:
-    base = {r["subscribers"]: r for r in rows if r["target"] == "nchan" and not r.get("error")}
+    base = {cell_key(r)[1:]: r for r in rows if r["target"] == "nchan" and not r.get("error")}
     out = []
     for row in rows:
-        ref = base.get(row["subscribers"])
+        ref = base.get(cell_key(row)[1:])
         if ref is None or row["target"] == "nchan":
             continue
         parts = []
@@ -870,7 +1043,8 @@ def render_ratios(rows: list[dict[str, object]],
                 parts.append(f"{label} x{mine / theirs:.2f}")
             else:
                 parts.append(f"{label} -")
-        out.append(f"  {row['target']:<12} N={row['subscribers']:<6} " + "  ".join(parts))
+        what = f"{row['mode']} R={row.get('rate', 0):g} " if row.get("mode") else ""
+        out.append(f"  {row['target']:<12} {what}N={row['subscribers']:<6} " + "  ".join(parts))
     return out
 
 
@@ -880,7 +1054,8 @@ def render_ratios(rows: list[dict[str, object]],
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", choices=WORKLOADS, default="fanout",
-                   help="fanout (open streams), storm (reconnect storm) or longpoll")
+                   help="fanout (open streams), storm (reconnect storm), longpoll, publish "
+                   "(publish cost, then batches) or channels (one channel per subscriber)")
     p.add_argument(
         "--targets",
         help=f"comma-separated, from {', '.join(ALL_TARGETS + EXTRA_TARGETS)} (default: "
@@ -888,8 +1063,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--subscribers", help="comma-separated N values (default: "
                    + "; ".join(f"{w}: {d[1]}" for w, d in WORKLOAD_DEFAULTS.items()) + ")")
-    p.add_argument("--rate", type=float, help="published events per second (default: fanout "
-                   "20, longpoll 1)")
+    p.add_argument("--rate", help="published events per second, comma-separated for several "
+                   "cells (default: " + "; ".join(f"{w}: {d[2]}" for w, d in
+                                                   WORKLOAD_DEFAULTS.items() if w != "storm")
+                   + ")")
     p.add_argument("--seconds", type=float, default=10.0, help="publish phase length")
     p.add_argument("--out", type=Path, help="JSON lines file (default benchmarks/results/)")
     p.add_argument(
@@ -919,23 +1096,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check: the gateway alone, N=100, 10 s; exit 1 unless all delivered",
+        help="CI check, short: fanout (the gateway alone, N=100, 10 s), publish or channels "
+        "(the gateway and the floor, a few seconds); exit 1 unless all delivered, in order",
     )
     args = p.parse_args(argv)
     targets, subscribers, rate = WORKLOAD_DEFAULTS[args.workload]
     if args.smoke:
-        args.workload, targets, subscribers = "fanout", ("sse-gateway",), "100"
-        args.targets = args.subscribers = None
+        if args.workload not in SMOKE:
+            p.error(f"--smoke runs the {', '.join(SMOKE)} workloads")
+        targets, subscribers, rate, args.seconds = SMOKE[args.workload]
+        args.targets = args.subscribers = args.rate = None
     args.targets = [t.strip() for t in (args.targets or ",".join(targets)).split(",") if t.strip()]
     args.subscribers = args.subscribers or subscribers
-    args.rate = rate if args.rate is None else args.rate
+    args.rates = [float(r) for r in (args.rate or rate).split(",") if r.strip()]
     unknown = set(args.targets) - set(ALL_TARGETS + EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.workload != "fanout" and "flask-sse" in args.targets:
-        p.error(f"flask-sse has no {args.workload} workload: it neither resumes nor long-polls")
+        p.error(f"flask-sse has no {args.workload} workload: it neither resumes, long-polls "
+                "nor takes publishes over HTTP")
+    if args.workload in ("storm", "longpoll") and "floor" in args.targets:
+        p.error(f"the floor has no {args.workload} workload: it only fans out")
     args.subscribers = [int(n) for n in args.subscribers.split(",") if n.strip()]
     return args
+
+
+def cells(args: argparse.Namespace) -> list[tuple[str, int, float, str]]:
+    """(target, N, rate, mode) of every cell, in order; publish adds a batch cell per target."""
+    out = []
+    for target in args.targets:
+        modes = ["single"] if args.workload == "publish" else [""]
+        out += [(target, n, rate, mode) for mode in modes for n in args.subscribers
+                for rate in args.rates]
+        if args.workload == "publish":
+            out.append((target, 0, 0.0, "batch"))
+    return out
+
+
+def summary(row: dict[str, object], workload: str) -> str:
+    if row.get("error"):
+        return str(row["error"])
+    if workload == "storm":
+        return (f"{row.get('ok')}/{row['subscribers']} served in {row.get('serve_seconds')} s, "
+                f"{row.get('redis_command_total', '-')} Redis commands")
+    if workload in PUBLISH_WORKLOADS:
+        return (f"{row.get('accepted')} events at {row.get('events_per_s')}/s, delivered "
+                f"{row.get('delivered')}/{row.get('expected')}, p99 {row.get('latency_p99_ms')} "
+                f"ms, CPU {row.get('cpu_us_per_event')} us/event")
+    return (f"delivered {row.get('delivered')}/{row.get('expected')}, "
+            f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}")
+
+
+def smoke_passed(rows: list[dict[str, object]], workload: str) -> bool:
+    """Every cell ran; everything published was delivered, in order, and kept in history."""
+    if workload == "fanout":
+        row = rows[0]
+        return not row.get("error") and row.get("connected") == 100 and row.get("loss") == 0
+    return all(not row.get("error") and row.get("accepted") and not row.get("refused")
+               and row.get("order_violations") == 0 and not row.get("history_channels_wrong")
+               and (row.get("mode") == "batch" or (row.get("loss") == 0 and not row.get("reordered")))
+               for row in rows)
 
 
 def choose_python(args: argparse.Namespace) -> str:
@@ -963,7 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     nofile = raise_fd_limit()
     python = choose_python(args)
-    plan = Plan(rate=args.rate, seconds=args.seconds, quiet_wait=args.quiet_wait,
+    plan = Plan(rate=args.rates[0], seconds=args.seconds, quiet_wait=args.quiet_wait,
                 workload=args.workload)
     if args.smoke:
         plan.drain, plan.settle = 2.0, 0.5
@@ -971,40 +1191,31 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCH / "results" / f"run-{stamp}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = machine_facts(python)
-    meta.update(workload=args.workload, rate=args.rate, seconds=args.seconds, nofile=nofile,
-                python_path=python)
+    meta.update(workload=args.workload, rate=",".join(f"{r:g}" for r in args.rates),
+                seconds=args.seconds, nofile=nofile, python_path=python)
     log(f"{meta['date']}  {meta['nproc']} cores  {meta['cpu']}  RLIMIT_NOFILE={nofile}")
     rows: list[dict[str, object]] = []
     with open(out, "w") as f:
         f.write(json.dumps({"meta": meta}) + "\n")
-        for target in args.targets:
-            for n in args.subscribers:
-                log(f"-- {target} N={n} ...")
-                row = run_cell(target, n, plan, python)
-                for _ in range(args.attempts - 1):
-                    if row.get("error") or not busy_run(row):
-                        break
-                    log("   the machine was busy during the run: again ...")
-                    again = run_cell(target, n, plan, python)
-                    if not again.get("error") and background_share(again) < background_share(row):
-                        row = again
-                rows.append(row)
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                summary = row.get("error") or (
-                    f"{row.get('ok')}/{n} served in {row.get('serve_seconds')} s, "
-                    f"{row.get('redis_command_total', '-')} Redis commands"
-                    if args.workload == "storm" else
-                    f"delivered {row.get('delivered')}/{row.get('expected')}, "
-                    f"p99 {row.get('latency_p99_ms')} ms, CPU s/1k {row.get('cpu_s_per_1k')}"
-                )
-                log(f"   {summary}")
+        for target, n, rate, mode in cells(args):
+            cell_plan = replace(plan, rate=rate, mode=mode)
+            log(f"-- {target} {mode + ' ' if mode else ''}N={n} R={rate:g} ...")
+            row = run_cell(target, n, cell_plan, python)
+            for _ in range(args.attempts - 1):
+                if row.get("error") or not busy_run(row):
+                    break
+                log("   the machine was busy during the run: again ...")
+                again = run_cell(target, n, cell_plan, python)
+                if not again.get("error") and background_share(again) < background_share(row):
+                    row = again
+            rows.append(row)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            log(f"   {summary(row, args.workload)}")
     print(render_table(rows, args.workload))
     print(f"\nJSON lines: {out}")
     if args.smoke:
-        row = rows[0]
-        ok = not row.get("error") and row.get("connected") == 100 and row.get("loss") == 0
-        return 0 if ok else 1
+        return 0 if smoke_passed(rows, args.workload) else 1
     return 0
 
 

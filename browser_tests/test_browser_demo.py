@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .support import PAGES
+import json
+import re
+
+import requests
+
+from .support import PAGES, ROOT
 
 NO_EVENT_SOURCE = "delete window.EventSource;"
 
@@ -46,9 +51,11 @@ def test_the_demo_chat_works_through_the_polyfill_when_the_browser_has_no_event_
         assert wait_for_lines(page, 2)[1] == "Graceand back"
     finally:
         other_context.close()
-    # The polyfill chose XHR streaming for this modern browser, on the gateway's own origin.
+    # The polyfill chose XHR streaming for this modern browser, on the gateway's own origin,
+    # and the page says so.
     assert any("/events/chat?transport=stream" in r.url for r in requests)
     assert page.evaluate("() => document.getElementById('status').textContent") == "live"
+    assert page.text_content("#transport") == "XHR streaming (polyfill)"
 
 
 def test_the_demo_chat_works_on_an_ie9_like_browser_by_long_polling(start_gateway, context):
@@ -59,3 +66,27 @@ def test_the_demo_chat_works_on_an_ie9_like_browser_by_long_polling(start_gatewa
     urls = [r.url for r in requests]
     assert any("/poll/chat" in url for url in urls), urls
     assert not any("/events/chat" in url for url in urls), urls
+    assert page.text_content("#transport") == "XHR long-poll (polyfill)"
+
+
+def quick_start_publish() -> tuple:
+    """The channel and JSON body of the README's Quick start publish command."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    quick_start = readme.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    url = re.search(r"curl -X POST (\S+)", quick_start).group(1)
+    body = re.search(r"-d '([^']+)'", quick_start).group(1)
+    return url.rsplit("/", 1)[1], json.loads(body)
+
+
+def test_the_readme_quick_start_publish_shows_on_the_demo_page_in_a_native_browser(
+        start_gateway, context):
+    gateway = start_gateway("--demo")
+    page = context.new_page()
+    page.goto(gateway.url + "/")
+    page.wait_for_function("() => document.getElementById('status').textContent == 'live'")
+    assert page.text_content("#transport") == "native EventSource"
+    channel, body = quick_start_publish()
+    response = requests.post(f"{gateway.url}/publish/{channel}", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    data = body["data"]
+    assert wait_for_lines(page, 1) == [data["who"] + data["text"]]

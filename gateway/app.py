@@ -1,26 +1,24 @@
-"""The web application: the bare-WSGI subscribe endpoints (event stream, long-poll) in front of a
-Flask app for the rest (publish, health, the polyfill bundle, the demo). Errors are JSON."""
+"""The web application: the bare-WSGI event-stream, long-poll and publish endpoints in front of a
+Flask app for the rest (health, the polyfill bundle, the demo, and the operations routes of
+`operations`). Errors are JSON."""
 
-import hmac
 import logging
 from importlib import resources
-from typing import Dict
-from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import subscribe
 from .assets import load_bundle
+from .auth.authorizer import Authorizer
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
-from .cors import own_origin, page_may_publish, publish_policy, subscribe_policy
+from .cors import subscribe_policy
 from .events_endpoint import EventsEndpoint
-from .forwarded import is_loopback, parse_networks, resolve
+from .forwarded import parse_networks
 from .hub import Hub
-from .ids import format_id
-from .message import InvalidJson, InvalidMessage, build_message, decode_text, from_publish_body, parse_json
+from .operations import Operations
 from .poll_endpoint import PollEndpoint
+from .publish_endpoint import PublishEndpoint
 from .subscribe import UNCACHEABLE, ApiError
 
 log = logging.getLogger(__name__)
@@ -35,12 +33,15 @@ def error_response(status: int, error: str, detail: str) -> Response:
                     content_type="application/json")
 
 
-def create_app(config: Config, hub: Hub, broker: Broker):
-    """The WSGI application: /events and /poll served bare, everything else by Flask."""
-    flask_app = create_flask_app(config, hub, broker)
+def create_app(config: Config, hub: Hub, broker: Broker, operations: Operations):
+    """The WSGI application: /events, /poll and /publish/ served bare, everything else by Flask."""
+    authorizer = Authorizer.from_config(config)
+    publish = PublishEndpoint(config, broker, authorizer, operations.metrics)
+    flask_app = create_flask_app(config, hub, broker, operations, publish)
     cors = subscribe_policy(config.cors_origins)
-    events = EventsEndpoint(config, hub, cors)
-    polls = PollEndpoint(config, hub, cors, parse_networks(config.trusted_proxies))
+    events = EventsEndpoint(config, hub, cors, authorizer, operations.metrics)
+    polls = PollEndpoint(config, hub, cors, authorizer, operations.metrics,
+                         parse_networks(config.trusted_proxies))
 
     def application(environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -48,29 +49,21 @@ def create_app(config: Config, hub: Hub, broker: Broker):
             return events(environ, start_response)
         if polls.handles(path):
             return polls(environ, start_response)
+        if publish.handles(path):
+            return publish(environ, start_response)
         return flask_app(environ, start_response)
 
     return application
 
 
-def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
+def create_flask_app(config: Config, hub: Hub, broker: Broker, operations: Operations,
+                     publish: PublishEndpoint) -> Flask:
     app = Flask(__name__)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    proxies = parse_networks(config.trusted_proxies)
-    publish_cors = publish_policy(config.publish_cors_origins) if config.publish_cors_origins else None
-    publish_origins = frozenset(config.publish_cors_origins)
-    refused = 0  # publish requests refused for what they sent (the broker counts its own)
 
     @app.after_request
     def _common_headers(response: Response) -> Response:
-        policy = publish_cors if request.endpoint == "publish" else None
-        if policy is not None:
-            origin = request.headers.get("Origin")
-            extra = policy.preflight(origin) if request.method == "OPTIONS" else policy.headers(origin)
-            if extra.pop("Vary", None):
-                response.vary.add("Origin")
-            response.headers.update(extra)
         if "Cache-Control" not in response.headers:
             response.headers.update(UNCACHEABLE)
         return response
@@ -92,24 +85,6 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal server error", "the gateway failed; see its log")
 
-    @app.post("/publish/<channel>")
-    def publish(channel: str):
-        nonlocal refused
-        _check_publish_origin(publish_origins, config.demo)
-        _authorize_publisher(config.publish_tokens, proxies)
-        try:
-            message = _read_message(subscribe.checked_channel(channel), config.max_message_size)
-            result = broker.publish(message)
-        except BrokerUnavailable as error:
-            raise ApiError(503, "broker unavailable", f"{error}; nothing was published") from None
-        except InvalidMessage as error:  # refused by the Redis script
-            refused += 1
-            raise ApiError(400, "invalid message", str(error)) from None
-        except ApiError:
-            refused += 1
-            raise
-        return jsonify(channel=channel, id=format_id(result.event_id), receivers=result.receivers)
-
     @app.get("/healthz")
     def healthz():
         try:
@@ -121,10 +96,14 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
             "broker": broker.name,
             "subscribers": hub.subscriber_count,
             "channels": hub.channel_count,
+            "idle_channels": hub.idle_channel_count,
             "dropped_slow": hub.dropped_slow,
             "dropped_memory": hub.dropped_memory,
             "buffered_bytes": hub.buffered_bytes,
-            "refused": refused + broker.refused,
+            "recent_bytes": hub.recent_bytes,
+            "history_from_memory": hub.history_from_memory,
+            "history_from_broker": hub.history_from_broker,
+            "refused": publish.refused + broker.refused,
             "skipped": broker.skipped,
             "listener_restarts": broker.listener_restarts,
         }
@@ -133,6 +112,8 @@ def create_flask_app(config: Config, hub: Hub, broker: Broker) -> Flask:
         return jsonify(status="ok", **body)
 
     _static_routes(app)
+    operations.register(app, lambda: publish.authorize_static(request.environ),
+                        lambda: publish.refused)
 
     if config.demo:
         demo_page = resources.files(__package__).joinpath("demo.html").read_bytes()
@@ -184,93 +165,3 @@ def _static_routes(app: Flask) -> None:
             raise ApiError(404, "not found", "no such version of the bundle; load "
                            "/static/eventsource.js or the hashed URL it was published under")
         return serve("public, max-age=31536000, immutable")
-
-
-def _check_publish_origin(allowed, demo: bool) -> None:
-    # Tokens or not: a page must not publish unless its origin is listed, or the page is the
-    # demo that the gateway itself serves.
-    origin = request.headers.get("Origin")
-    own = own_origin(request.scheme, request.host) if demo else None
-    if not page_may_publish(origin, allowed, own):
-        raise ApiError(403, "forbidden", f"pages of origin {origin[:200]!r} may not publish; "
-                       "list the origin with --publish-cors-origin")
-
-
-def _authorize_publisher(tokens, proxies) -> None:
-    if tokens:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <publish token>'")
-        # Compare with every token, so the time taken does not tell which one nearly matched.
-        matches = [hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens]
-        if not any(matches):
-            raise ApiError(403, "forbidden", "the publish token is not valid")
-        return
-    # A proxy on this host forwards requests from anywhere: only the original client counts.
-    if not is_loopback(resolve(request.remote_addr or "", request.headers, proxies)):
-        raise ApiError(403, "forbidden", "no publish token is configured, so publishing is "
-                       "allowed from loopback addresses only; set --publish-token")
-
-
-def _read_body(limit: int) -> bytes:
-    too_large = ApiError(413, "request entity too large",
-                         f"the body is larger than the maximum message size of {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    # Read one byte more than allowed: a chunked body has no length to check beforehand.
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
-        raise too_large
-    return body
-
-
-def _read_message(channel: str, limit: int):
-    mimetype = request.mimetype
-    if mimetype not in ("application/json", "text/plain"):
-        raise ApiError(415, "unsupported media type",
-                       "send application/json (a message object) or text/plain (the data)")
-    args = _strict_query(request.query_string)
-    raw = _read_body(limit)
-    if mimetype == "application/json":
-        try:
-            return from_publish_body(channel, parse_json(raw))
-        except InvalidJson as error:
-            raise ApiError(400, "invalid json", str(error)) from None
-        except InvalidMessage as error:
-            raise ApiError(400, "invalid message", str(error)) from None
-    try:
-        text = decode_text(raw, "a text/plain body")
-    except InvalidMessage as error:
-        raise ApiError(400, "invalid text", str(error)) from None
-    retry = args.get("retry")
-    if retry is not None and not (retry.isascii() and retry.isdigit()):
-        raise ApiError(400, "invalid message",
-                       "'retry' must be an integer number of milliseconds, 0 to 86400000")
-    try:
-        return build_message(channel, text, args.get("event"), args.get("id"),
-                             int(retry) if retry is not None else None)
-    except InvalidMessage as error:
-        raise ApiError(400, "invalid message", str(error)) from None
-
-
-def _strict_query(query: bytes) -> Dict[str, str]:
-    """The query's first value of each name, percent-escapes decoded as UTF-8 strictly.
-
-    werkzeug's `request.args` would put U+FFFD for what is not UTF-8, and publish that.
-    """
-    values: Dict[str, str] = {}
-    for part in query.split(b"&"):
-        if not part:
-            continue
-        raw_name, _, raw_value = part.partition(b"=")
-        name_bytes = unquote_to_bytes(raw_name.replace(b"+", b" "))
-        name = name_bytes.decode("utf-8", errors="backslashreplace")
-        try:
-            name_bytes.decode("utf-8")
-            value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ApiError(400, "invalid query", f"the query parameter {name!r} is not UTF-8: "
-                           f"{error.reason} at byte {error.start}") from None
-        values.setdefault(name, value)
-    return values

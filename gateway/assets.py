@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 SRC_DIR = Path(__file__).resolve().parent.parent / "static_js" / "src"
 PREBUILT = Path(__file__).resolve().parent / "static" / "eventsource.min.js"
 OUTPUT_NAME = "eventsource.min.js"
+# The status page's script: uPlot (from npm, as its package ships it minified, kept in
+# static_js/vendor/ so that a checkout builds without npm) and the page's own code.
+STATUS_SOURCES = (
+    SRC_DIR.parent / "vendor" / "uPlot.iife.min.js",
+    SRC_DIR.parent / "status" / "status.js",
+)
+STATUS_CSS = SRC_DIR.parent / "vendor" / "uPlot.min.css"
+STATUS_PREBUILT = PREBUILT.parent / "status.min.js"
 SOURCES = (
     "_head.js",
     "util.js",
@@ -156,22 +164,53 @@ def build_assets(output_dir: Path) -> Path:
     return out
 
 
-def _prebuilt_is_fresh() -> bool:
-    if not PREBUILT.is_file():
+def build_status_assets(output_dir: Path) -> Path:
+    """The status page's script (uPlot as shipped, the page's code minified) into
+    ``output_dir/status.min.js``; returns that path."""
+    missing = [str(p) for p in STATUS_SOURCES if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"status page sources missing: {', '.join(missing)}")
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    env = Environment(directory=str(output_dir), url="/status", cache=False, manifest=False)
+    vendor, page = (str(p) for p in STATUS_SOURCES)
+    bundle = Bundle(Bundle(vendor), Bundle(page, filters="rjsmin"), output=STATUS_PREBUILT.name)
+    env.register("status", bundle)
+    bundle.build(force=True)
+    return output_dir / STATUS_PREBUILT.name
+
+
+def _prebuilt_is_fresh(prebuilt: Path, sources: Iterable[Path]) -> bool:
+    if not prebuilt.is_file():
         return False
-    sources = [p for p in source_paths() if p.is_file()]
-    return not sources or PREBUILT.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+    sources = [p for p in sources if p.is_file()]
+    return not sources or prebuilt.stat().st_mtime >= max(p.stat().st_mtime for p in sources)
+
+
+def _load(prebuilt: Path, sources: Iterable[Path], build, build_dir: Path | None) -> BuiltAsset:
+    if _prebuilt_is_fresh(prebuilt, sources):
+        log.debug("using prebuilt %s", prebuilt)
+        return BuiltAsset.from_body(prebuilt.read_bytes())
+    if build_dir is not None:
+        return BuiltAsset.from_body(build(build_dir).read_bytes())
+    with tempfile.TemporaryDirectory(prefix="sse-gateway-assets-") as tmp:
+        return BuiltAsset.from_body(build(Path(tmp)).read_bytes())
 
 
 def load_bundle(build_dir: Path | None = None) -> BuiltAsset:
     """The bundle: the prebuilt file if fresh, else built into build_dir (else a temporary dir)."""
-    if _prebuilt_is_fresh():
-        log.debug("using prebuilt %s", PREBUILT)
-        return BuiltAsset.from_body(PREBUILT.read_bytes())
-    if build_dir is not None:
-        return BuiltAsset.from_body(build_assets(build_dir).read_bytes())
-    with tempfile.TemporaryDirectory(prefix="sse-gateway-assets-") as tmp:
-        return BuiltAsset.from_body(build_assets(Path(tmp)).read_bytes())
+    return _load(PREBUILT, source_paths(), build_assets, build_dir)
+
+
+def load_status_bundle() -> BuiltAsset:
+    """The status page's script, prebuilt or built as `load_bundle`."""
+    return _load(STATUS_PREBUILT, STATUS_SOURCES, build_status_assets, None)
+
+
+def load_status_css() -> str:
+    """uPlot's stylesheet: a file beside the prebuilt script in a package, else the vendored one."""
+    packaged = STATUS_PREBUILT.parent / STATUS_CSS.name
+    return (packaged if packaged.is_file() else STATUS_CSS).read_text("utf-8")
 
 
 if __name__ == "__main__":

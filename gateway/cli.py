@@ -1,4 +1,5 @@
-"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends one event."""
+"""The `sse-gateway` command: `serve` runs the gateway, `publish` sends events, `token`
+mints a signed token."""
 
 import argparse
 import json
@@ -33,11 +34,13 @@ def _serve_parser(subparsers) -> None:
 
 def _publish_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "publish", help="publish one event",
-        description="Publish one event through Redis (--redis-url) or a running gateway (--url).",
+        "publish", help="publish events",
+        description="Publish an event through Redis (--redis-url) or a running gateway (--url); "
+                    "several DATA arguments publish several events, in order, in one batch.",
     )
     parser.add_argument("channel")
-    parser.add_argument("data", help="the event's data (a string; with --json, a JSON value)")
+    parser.add_argument("data", nargs="+",
+                        help="the event's data (a string; with --json, a JSON value)")
     parser.add_argument("--event", help="event type (the client's addEventListener name)")
     parser.add_argument("--id", dest="source_id", help="your own id for the event")
     parser.add_argument("--retry", type=int, help="reconnection delay hint in milliseconds")
@@ -61,6 +64,27 @@ def _build_assets_parser(subparsers) -> None:
     parser.add_argument("dir", nargs="?", help="output directory")
 
 
+def _token_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "token", help="mint a signed token for subscribing or publishing",
+        description="Print a token signed with the gateway's --subscribe-key secret (HS256; "
+                    "env SSE_GATEWAY_SUBSCRIBE_KEY) or with --private-key (the PEM private key "
+                    "whose public key the gateway verifies with).",
+    )
+    parser.add_argument("--subscribe", action="append", default=[], metavar="PATTERN",
+                        help="channel name or pattern the holder may subscribe to (repeatable)")
+    parser.add_argument("--publish", action="append", default=[], metavar="PATTERN",
+                        help="channel name or pattern the holder may publish on (repeatable)")
+    parser.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds "
+                                                                 "(default: 3600)")
+    parser.add_argument("--subscribe-key", metavar="SECRET",
+                        help="HS256 secret (env SSE_GATEWAY_SUBSCRIBE_KEY)")
+    parser.add_argument("--private-key", metavar="FILE", help="PEM private key file")
+    parser.add_argument("--audience", help="the `aud` claim (env SSE_GATEWAY_TOKEN_AUDIENCE)")
+    parser.add_argument("--issuer", help="the `iss` claim (env SSE_GATEWAY_TOKEN_ISSUER)")
+    parser.add_argument("--subject", help="the `sub` claim, e.g. the user's id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-gateway",
                                      description="A Server-Sent Events push gateway.")
@@ -68,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(subparsers)
     _publish_parser(subparsers)
     _build_assets_parser(subparsers)
+    _token_parser(subparsers)
     return parser
 
 
@@ -78,7 +103,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _serve(parser, args)
     if args.command == "build-assets":
         return _build_assets(args)
+    if args.command == "token":
+        return _token(parser, args)
     return _publish(parser, args)
+
+
+def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import os
+
+    from .tokens import mint
+
+    if not args.subscribe and not args.publish:
+        parser.error("name the channels: --subscribe PATTERN and/or --publish PATTERN")
+    key = args.subscribe_key or os.environ.get("SSE_GATEWAY_SUBSCRIBE_KEY")
+    if args.private_key:
+        try:
+            with open(args.private_key, "rb") as handle:
+                key = handle.read()
+        except OSError as error:
+            parser.error(f"--private-key {args.private_key!r} cannot be read: {error.strerror}")
+    if not key:
+        parser.error("give --subscribe-key (or SSE_GATEWAY_SUBSCRIBE_KEY) or --private-key")
+    try:
+        token = mint(key, subscribe=args.subscribe, publish=args.publish, ttl=args.ttl,
+                     audience=args.audience or os.environ.get("SSE_GATEWAY_TOKEN_AUDIENCE"),
+                     issuer=args.issuer or os.environ.get("SSE_GATEWAY_TOKEN_ISSUER"),
+                     subject=args.subject)
+    except ValueError as error:
+        parser.error(str(error))
+    print(token)
+    return 0
 
 
 def _build_assets(args: argparse.Namespace) -> int:
@@ -112,8 +166,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     level = getattr(logging, config.log_level.upper(), None)
     if not isinstance(level, int):
         parser.error(f"unknown log level {config.log_level!r}")
-    who = "%(name)s[%(process)d]" if config.workers > 1 else "%(name)s"
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {who}: %(message)s")
+    from . import logs
+
+    logs.configure(level, config.log_format, config.workers,
+                   logs.secrets_of(config.publish_tokens, config.redis_url))
     from .listener import ListenError
 
     try:
@@ -150,18 +206,28 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     data = args.data
     if args.json:
         try:
-            data = json.loads(data)
+            data = [json.loads(value) for value in data]
         except ValueError as error:
             parser.error(f"DATA is not valid JSON: {error}")
     redis_url = args.redis_url or os.environ.get("SSE_GATEWAY_REDIS_URL")
     prefix = args.prefix if args.prefix is not None else os.environ.get("SSE_GATEWAY_PREFIX", "")
     token = args.publish_token or os.environ.get("SSE_GATEWAY_PUBLISH_TOKEN", "").split(",")[0]
     publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    fields = {"event": args.event, "id": args.source_id, "retry": args.retry}
+    fields = {name: value for name, value in fields.items() if value is not None}
     try:
-        result = publisher.publish(args.channel, data, event=args.event, id=args.source_id,
-                                   retry=args.retry)
+        if len(data) == 1:
+            results = [publisher.publish(args.channel, data[0], event=args.event,
+                                         id=args.source_id, retry=args.retry)]
+        else:
+            results = publisher.publish_many(
+                [{"channel": args.channel, "data": value, **fields} for value in data])
     except PublishError as error:
         print(f"sse-gateway publish: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result))
+    except ValueError as error:
+        print(f"sse-gateway publish: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(json.dumps(result))
     return 0

@@ -1,12 +1,14 @@
 """The gateway's settings: one table drives the CLI options, the environment variables and the docs."""
 
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .forwarded import parse_networks
 
 ENV_PREFIX = "SSE_GATEWAY_"
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Config:
     heartbeat: float = 15.0
     retry: int = 3000
     max_message_size: int = 65536
+    max_publish_batch_size: int = 1024 * 1024
     max_pending: int = 1000
     max_buffered_bytes: int = 64 * 1024 * 1024
     max_channels: int = 16
@@ -31,6 +34,9 @@ class Config:
     trusted_proxies: Tuple[str, ...] = ()
     history_length: int = 1000
     history_age: float = 3600.0
+    recent_events: int = 1000
+    recent_bytes: int = 1024 * 1024
+    unsubscribe_grace: float = 5.0
     shutdown_timeout: float = 5.0
     max_connections: int = 0  # 0: the file-descriptor limit less a reserve
     max_head_size: int = 16 * 1024
@@ -38,15 +44,27 @@ class Config:
     idle_timeout: float = 75.0
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
+    presence_interval: float = 2.0
     demo: bool = False
+    private_channels: Tuple[str, ...] = ()
+    subscribe_key: Optional[str] = field(default=None, repr=False)  # a secret
+    subscribe_public_key: Optional[str] = None
+    token_audience: Optional[str] = None
+    token_issuer: Optional[str] = None
+    token_cookie: str = "sse_gateway_token"
+    auth_url: Optional[str] = None
+    auth_timeout: float = 3.0
+    auth_cache_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []
         if not 0 < self.heartbeat < 45:
             problems.append("heartbeat must be above 0 and below 45 seconds "
                             "(polyfills treat 45 s of silence as a dead connection)")
-        for name in ("max_message_size", "max_pending", "max_buffered_bytes", "max_channels",
-                     "history_length", "max_batch", "rotate_bytes"):
+        for name in ("max_message_size", "max_publish_batch_size", "max_pending",
+                     "max_buffered_bytes", "max_channels", "history_length", "max_batch",
+                     "rotate_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if not 0 < self.poll_timeout <= 300:
@@ -69,6 +87,11 @@ class Config:
                 problems.append(f"{name.replace('_', '-')} must be above 0")
         if self.history_age <= 0:
             problems.append("history-age must be above 0")
+        for name in ("recent_events", "recent_bytes"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.replace('_', '-')} must not be negative (0: none)")
+        if not 0 <= self.unsubscribe_grace <= 3600:
+            problems.append("unsubscribe-grace must be 0 to 3600 seconds")
         if self.retry < 0:
             problems.append("retry must not be negative")
         if not 0 <= self.port <= 65535:
@@ -78,8 +101,45 @@ class Config:
         elif self.workers > 1 and not self.redis_url:
             problems.append("workers above 1 need --redis-url: the embedded broker lives in "
                             "one process, and the workers must share events and history")
+        problems += _auth_problems(self)
+        if self.log_format not in ("text", "json"):
+            problems.append("log-format must be text or json")
+        if not 0 < self.presence_interval <= 60:
+            problems.append("presence-interval must be above 0 and at most 60 seconds")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def _auth_problems(config: Config) -> List[str]:
+    from .auth.keys import check_secret, load_public_key
+    from .auth.policy import check_pattern
+
+    problems = []
+    for pattern in config.private_channels:
+        try:
+            check_pattern(pattern)
+        except ValueError as error:
+            problems.append(f"private-channel: {error}")
+    for check, value in ((check_secret, config.subscribe_key),
+                         (load_public_key, config.subscribe_public_key)):
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as error:
+                problems.append(str(error))
+    if config.private_channels and not (config.subscribe_key or config.subscribe_public_key
+                                        or config.auth_url):
+        problems.append("private channels need a way to authorize subscribers: "
+                        "--subscribe-key, --subscribe-public-key or --auth-url")
+    if config.auth_url is not None and not config.auth_url.startswith(("http://", "https://")):
+        problems.append("auth-url must be an http:// or https:// URL")
+    if not 0 < config.auth_timeout <= 60:
+        problems.append("auth-timeout must be above 0 and at most 60 seconds")
+    if config.auth_cache_seconds < 0:
+        problems.append("auth-cache-seconds must not be negative (0: no cache)")
+    if not _COOKIE_NAME.fullmatch(config.token_cookie):
+        problems.append("token-cookie must be a cookie name (RFC 6265: a token)")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -112,7 +172,10 @@ OPTIONS: List[Option] = [
            flag="--publish-token", repeatable=True, metavar="TOKEN"),
     Option("heartbeat", "seconds between keep-alive comments on every stream", parse=float),
     Option("retry", "reconnection delay hint sent to clients, in milliseconds", parse=int),
-    Option("max_message_size", "largest accepted publish body, in bytes", parse=int),
+    Option("max_message_size", "largest accepted publish body, in bytes (and event of a "
+           "batch)", parse=int),
+    Option("max_publish_batch_size", "largest accepted batch publish body (POST /publish/), "
+           "in bytes", parse=int),
     Option("max_pending", "events a subscriber may fall behind before it is disconnected",
            parse=int),
     Option("max_buffered_bytes", "bytes the process may hold for slow subscribers in all; "
@@ -136,6 +199,13 @@ OPTIONS: List[Option] = [
            repeatable=True, metavar="ADDR"),
     Option("history_length", "events kept per channel for resume", parse=int),
     Option("history_age", "seconds an event is kept for resume", parse=float),
+    Option("recent_events", "latest events each subscribed channel keeps in memory (at most "
+           "--history-length) to answer resumes and polls without Redis; 0: none", parse=int),
+    Option("recent_bytes", "bytes of encoded events each subscribed channel keeps in memory, "
+           "at most; 0: none", parse=int),
+    Option("unsubscribe_grace", "seconds a channel stays subscribed after its last local "
+           "subscriber left, for those who come back (long-polls); 0: unsubscribe at once",
+           parse=float),
     Option("shutdown_timeout", "seconds allowed for a graceful shutdown", parse=float),
     Option("max_connections", "most client connections one process holds open, streams "
            "included; a client beyond them is refused at once (0: the file-descriptor limit "
@@ -149,7 +219,28 @@ OPTIONS: List[Option] = [
     Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
            "--redis-url)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
+    Option("log_format", "text (one line per record, for people) or json (one JSON object "
+           "per line, for log collectors)", metavar="FORMAT"),
+    Option("presence_interval", "seconds between writes of this process's subscriber counts "
+           "to Redis, for GET /channels; a process that dies drops out of the counts within "
+           "three of them", parse=float),
     Option("demo", "serve the demo chat page at /", switch=True),
+    Option("private_channels", "channels that need authorization to subscribe, as shell-style "
+           "patterns such as user.* (repeatable; env: comma-separated; * makes every channel "
+           "private)", flag="--private-channel", repeatable=True, metavar="PATTERN"),
+    Option("subscribe_key", "secret that signs tokens (HS256, 32 bytes at least)",
+           metavar="SECRET"),
+    Option("subscribe_public_key", "PEM file of the public key that verifies tokens (RS256, "
+           "ES256 or EdDSA, by the key's type)", metavar="FILE"),
+    Option("token_audience", "the `aud` claim tokens must carry", metavar="AUD"),
+    Option("token_issuer", "the `iss` claim tokens must carry", metavar="ISS"),
+    Option("token_cookie", "cookie that carries a subscriber's token", metavar="NAME"),
+    Option("auth_url", "the application's URL that authorizes a subscriber without a valid "
+           "token (POST, the channels in a JSON body, the client's Cookie and Authorization)",
+           metavar="URL"),
+    Option("auth_timeout", "seconds the application has to answer --auth-url", parse=float),
+    Option("auth_cache_seconds", "seconds an answer of --auth-url is kept, per credentials and "
+           "channels (0: not kept)", parse=float),
 ]
 
 

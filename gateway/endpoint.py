@@ -14,11 +14,15 @@ def cors_headers(cors: CorsPolicy, method: str, origin: Optional[str]) -> Header
     return list((cors.preflight(origin) if method == "OPTIONS" else cors.headers(origin)).items())
 
 
+def status_line(code: int) -> str:
+    """A WSGI status: `200 OK`."""
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
 def error(start_response: Callable, error: ApiError, headers: Headers, allow: str) -> List[bytes]:
     """`error` as its JSON body, with `headers`; a 405 says the methods `allow`ed."""
     body = error.body()
-    status = f"{error.status} {HTTPStatus(error.status).phrase}"
     extra = [("Allow", allow)] if error.status == 405 else []
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            *headers, *extra])
+    start_response(status_line(error.status), [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers, *extra])
     return [body]

@@ -12,10 +12,13 @@ import logging
 from typing import Callable, Iterable, List, Optional, Tuple
 
 from . import endpoint, subscribe, wire
+from .auth import answers
+from .auth.authorizer import Authorizer, AuthUnavailable, Refused
 from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
 from .hub import Hub
+from .metrics import Metrics
 from .subscribe import ApiError
 from .transports import EventStream, StreamOptions, StreamResponse
 from .transports.stream import PADDING
@@ -27,10 +30,13 @@ ALLOW = "GET, OPTIONS"
 
 
 class EventsEndpoint:
-    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy) -> None:
+    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy, auth: Authorizer,
+                 metrics: Metrics) -> None:
         self._config = config
         self._hub = hub
         self._cors = cors
+        self._auth = auth
+        self._metrics = metrics
         self._base_headers = [*subscribe.UNCACHEABLE.items(), ("X-Accel-Buffering", "no")]
         self._options = StreamOptions(retry_ms=config.retry, heartbeat=config.heartbeat)
         self._padded_options = StreamOptions(
@@ -58,6 +64,12 @@ class EventsEndpoint:
             return endpoint.error(start_response, error, headers, ALLOW)
         except BrokerUnavailable:
             return self._unavailable(environ, start_response, headers)
+        except Refused as refused:
+            self._metrics.refused_auth("events", refused.status)
+            padded = subscribe.wants_padding(subscribe.Query(environ.get("QUERY_STRING", "")))
+            return answers.respond_refusal(start_response, refused, padded, headers)
+        except AuthUnavailable:
+            return self._unavailable(environ, start_response, headers, "authorization unavailable")
         except Exception:
             log.exception("unhandled error on GET %s", environ.get("PATH_INFO"))
             error = ApiError(500, "internal server error", "the gateway failed; see its log")
@@ -71,10 +83,12 @@ class EventsEndpoint:
         names = subscribe.channels(path_channel, args, config.max_channels)
         padded = subscribe.wants_padding(args)
         cursor = subscribe.last_event_id(environ.get("HTTP_LAST_EVENT_ID"), args)
+        grant = self._auth.check_subscribe(names, environ, args)
         stream = EventStream(names, config.max_pending,
                              self._padded_options if padded else self._options)
         session, backlog = subscribe.open_session(self._hub, stream, cursor)
         try:
+            answers.limit_stream(stream, grant)
             log.debug("%s subscribed to %s", environ.get("REMOTE_ADDR"), ",".join(names))
             stream.start(session, backlog)
             # The server adds Date, and the framing, to the head it hands the stream.
@@ -86,8 +100,10 @@ class EventsEndpoint:
         return StreamResponse(stream)
 
     def _unavailable(self, environ: dict, start_response: Callable,
-                     headers: List[Tuple[str, str]]) -> List[bytes]:
-        """The broker is down: a stream with a retry hint and a comment that says why, then its end.
+                     headers: List[Tuple[str, str]], what: str = "broker unavailable"
+                     ) -> List[bytes]:
+        """The broker (or the application that authorizes) is down: a stream with a retry hint
+        and a comment that says why, then its end.
 
         WHATWG HTML: a 200 event stream that ends makes the browser "reestablish the connection"
         after the reconnection time, which a `retry:` line sets as soon as it is read; any other
@@ -98,8 +114,8 @@ class EventsEndpoint:
         retry = subscribe.outage_retry(self._config.retry)
         padded = subscribe.wants_padding(subscribe.Query(environ.get("QUERY_STRING", "")))
         body = (PADDING if padded else b"") + wire.encode_turn_away(
-            retry, f"broker unavailable; reconnect in {retry} ms")
-        log.debug("%s turned away: the broker is unavailable", environ.get("REMOTE_ADDR"))
+            retry, f"{what}; reconnect in {retry} ms")
+        log.debug("%s turned away: %s", environ.get("REMOTE_ADDR"), what)
         # The client comes back no sooner than the retry time: keeping the connection open for
         # it would only hold a socket and a greenlet meanwhile.
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),

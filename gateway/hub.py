@@ -8,16 +8,23 @@ the others; and the bytes all subscribers hold for their clients share one budge
 clients together cannot either.
 
 A subscriber reaches back into the hub only through the `Seat` the hub gives it as it attaches.
+
+Each channel keeps its latest events (`recent.Recent`), which answer history reads from memory
+when they cover them. A channel whose last local subscriber left stays subscribed for a grace
+period (long-polls are between requests most of the time), and keeps filling its recent events.
 """
 
 import logging
+import time
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set
 
+import gevent
 import gevent.event
 
 from .brokers import Broker, History
 from .ids import ZERO, EventId
-from .message import Message
+from .message import HistoryLost, Message
+from .recent import Recent, RecentLimits
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +83,17 @@ class Seat:
 
 class _Channel:
     """A channel's local subscribers, its subscription (pending until the broker confirms),
-    and the id of the last event dispatched on it."""
+    the id of the last event dispatched on it, its recent events (from when it is subscribed)
+    and, while it has no subscriber, the timer that unsubscribes it."""
 
-    __slots__ = ("subscribers", "ready", "tail")
+    __slots__ = ("subscribers", "ready", "tail", "recent", "grace")
 
     def __init__(self) -> None:
         self.subscribers: Set[Subscriber] = set()
         self.ready = gevent.event.AsyncResult()
         self.tail: EventId = ZERO
+        self.recent: Optional[Recent] = None
+        self.grace = None  # a gevent loop timer
 
 
 class Budget:
@@ -137,12 +147,24 @@ def _held(seat: Seat) -> int:
 
 
 class Hub:
-    def __init__(self, broker: Broker, max_buffered_bytes: int) -> None:
+    def __init__(self, broker: Broker, max_buffered_bytes: int,
+                 recent: Optional[RecentLimits] = None, unsubscribe_grace: float = 0.0) -> None:
+        """`recent`: how many recent events each channel keeps in memory (None: none, for a
+        broker whose history is in memory already); `unsubscribe_grace`: seconds a channel
+        stays subscribed after its last local subscriber left (0: unsubscribe at once)."""
         self._broker = broker
         self._channels: Dict[str, _Channel] = {}
+        self._recent = recent if recent is not None and recent.events and recent.max_bytes \
+            else None
+        self._grace = unsubscribe_grace
+        self._closing = False
         self.budget = Budget(max_buffered_bytes, self._drop_for_memory)
-        self.dropped_slow = 0
+        self.dropped_slow = 0  # stalled ones included
+        self.dropped_stalled = 0
         self.dropped_memory = 0
+        self.resets: Dict[str, int] = {}  # gateway-reset events sent at subscribe, by reason
+        self.history_from_memory = 0  # history requests answered from recent events
+        self.history_from_broker = 0
         # While `dispatch` walks a channel's subscribers, those that leave wait here.
         self._dispatching = False
         self._leaving: List[Subscriber] = []
@@ -150,12 +172,41 @@ class Hub:
     @property
     def subscriber_count(self) -> int:
         """Subscribers whose subscriptions are live (not still being set up)."""
-        return len({s for entry in self._channels.values() if entry.ready.successful()
-                    for s in entry.subscribers})
+        return len(self.subscribers())
+
+    def subscribers(self) -> Set[Subscriber]:
+        """Every subscriber whose subscriptions are live, once each."""
+        return {s for entry in self._channels.values() if entry.ready.successful()
+                for s in entry.subscribers}
+
+    def channel_counts(self) -> Dict[str, int]:
+        """Each subscribed channel's number of local subscribers."""
+        return {channel: len(entry.subscribers) for channel, entry in self._channels.items()
+                if entry.ready.successful()}
+
+    def local_subscribers(self, channel: str) -> int:
+        entry = self._channels.get(channel)
+        return len(entry.subscribers) if entry is not None else 0
+
+    def count_reset(self, reason: str) -> None:
+        """A subscriber is sent a `gateway-reset` as it subscribes, for `reason`."""
+        self.resets[reason] = self.resets.get(reason, 0) + 1
 
     @property
     def channel_count(self) -> int:
-        return len(self._channels)
+        """Channels with local subscribers."""
+        return sum(1 for entry in self._channels.values() if entry.subscribers)
+
+    @property
+    def idle_channel_count(self) -> int:
+        """Channels still subscribed with no local subscriber: in their grace period."""
+        return len(self._channels) - self.channel_count
+
+    @property
+    def recent_bytes(self) -> int:
+        """What the channels' recent events hold, counted by their encoded frames."""
+        return sum(entry.recent.size for entry in self._channels.values()
+                   if entry.recent is not None)
 
     @property
     def buffered_bytes(self) -> int:
@@ -181,6 +232,9 @@ class Hub:
     def _attach_one(self, subscriber: Subscriber, channel: str) -> EventId:
         entry = self._channels.get(channel)
         if entry is not None:
+            if entry.grace is not None:  # back within the grace period: keep the subscription
+                entry.grace.close()
+                entry.grace = None
             entry.subscribers.add(subscriber)
             entry.ready.get()
             return entry.tail
@@ -192,7 +246,11 @@ class Hub:
             entry.ready.set_exception(error)
             del self._channels[channel]
             raise
+        if self._recent is not None:
+            entry.recent = Recent(self._recent, entry.tail)
         entry.ready.set(True)
+        if not entry.subscribers:  # all left while it was being subscribed
+            self._idle(channel, entry)
         return entry.tail
 
     def _detach(self, subscriber: Subscriber) -> None:
@@ -205,16 +263,42 @@ class Hub:
                 continue
             entry.subscribers.discard(subscriber)
             if not entry.subscribers and entry.ready.ready():
-                del self._channels[channel]
-                self._broker.unsubscribe(channel)
+                self._idle(channel, entry)
+
+    def _idle(self, channel: str, entry: _Channel) -> None:
+        """A channel's last local subscriber left: unsubscribe, after the grace period."""
+        if self._grace <= 0 or self._closing:
+            del self._channels[channel]
+            self._broker.unsubscribe(channel)
+        elif entry.grace is None:
+            entry.grace = gevent.get_hub().loop.timer(self._grace, ref=False)
+            entry.grace.start(self._grace_over, channel, entry)
+
+    def _grace_over(self, channel: str, entry: _Channel) -> None:
+        # In the event loop, which must not wait: unsubscribing may (the broker's connection).
+        entry.grace.close()
+        entry.grace = None
+        gevent.spawn(self._unsubscribe_idle, channel, entry)
+
+    def _unsubscribe_idle(self, channel: str, entry: _Channel) -> None:
+        # Unless a subscriber came meanwhile (or came and left, and a new grace period runs).
+        if self._channels.get(channel) is entry and not entry.subscribers and entry.grace is None:
+            del self._channels[channel]
+            self._broker.unsubscribe(channel)
 
     def dispatch(self, message: Message) -> None:
         """Called by the broker, once per message, in id order per channel."""
         entry = self._channels.get(message.channel)
         if entry is None:
             return
-        if message.event_id is not None:
-            entry.tail = message.event_id
+        event_id = message.event_id
+        if event_id is not None:
+            entry.tail = event_id
+            recent = entry.recent
+            if recent is not None:
+                recent.add(message)
+        elif message.__class__ is HistoryLost and entry.recent is not None:
+            entry.recent.restart(None)
         # No copy of the set: a subscriber that leaves meanwhile (its client gone, dropped,
         # a stream rotated) is taken out after the loop. Nothing in the loop yields, so no
         # other greenlet attaches or dispatches while it runs.
@@ -233,6 +317,8 @@ class Hub:
     def _drop_slow(self, subscriber: Subscriber, why: str) -> None:
         """Disconnect a subscriber that cannot keep up, and count it."""
         self.dropped_slow += 1
+        if why:
+            self.dropped_stalled += 1
         log.info("dropped a subscriber of %s: %s", ",".join(subscriber.channels),
                  why or "its queue is full (--max-pending)")
         subscriber.close()
@@ -241,12 +327,48 @@ class Hub:
         self.dropped_memory += 1  # the budget logs what its drops freed
         seat.subscriber.close()
 
+    def resync(self, channel: str, at: Optional[EventId]) -> None:
+        """Called by the broker when history may hold, up to `at`, entries it did not dispatch
+        live (read from history after a reconnect, or unreadable); ZERO: there is no history;
+        None: what it holds is unknown."""
+        entry = self._channels.get(channel)
+        if entry is not None and entry.recent is not None:
+            entry.recent.restart(at)
+
     def history(self, positions: Dict[str, EventId],
                 limit: Optional[int] = None) -> Dict[str, History]:
-        """Each channel's events after its position: at most `limit` per channel (the first)."""
+        """Each channel's events after its position (at most `limit` per channel), as the
+        broker's `history` answers: from recent events when they cover every channel asked
+        for and the broker is delivering, else from the broker (the channels of one answer are
+        read at one instant)."""
+        if not positions:
+            return {}
+        if self._recent is not None and self._broker.delivering():
+            now_ms = int(time.time() * 1000)
+            answer = {}
+            for channel, after in positions.items():
+                entry = self._channels.get(channel)
+                recent = entry.recent if entry is not None else None
+                history = recent.history(after, limit, now_ms) if recent is not None else None
+                if history is None:
+                    break
+                answer[channel] = history
+            else:
+                self.history_from_memory += 1
+                return answer
+        self.history_from_broker += 1
         return self._broker.history(positions, limit)
 
     def close_all(self) -> None:
+        """End every subscriber, and unsubscribe channels at once from now on."""
+        self._closing = True
+        for channel, entry in list(self._channels.items()):
+            if entry.grace is not None:
+                entry.grace.close()
+                entry.grace = None
+                if not entry.subscribers:
+                    del self._channels[channel]
+                    self._broker.unsubscribe(channel)
         for entry in list(self._channels.values()):
             for subscriber in list(entry.subscribers):
                 subscriber.end()

@@ -24,6 +24,7 @@ from .ids import EventId, HistoryBounds, format_cursor, format_id, history_gap
 
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class InvalidMessage(ValueError):
@@ -99,14 +100,17 @@ class Message:
 
     def to_json(self) -> str:
         """The broker payload, without the gateway id (the broker adds it)."""
-        payload: Dict[str, Any] = {"data": self.data}
+        # The object built from its encoded strings: encoding a str alone takes the encoder's
+        # fast path, where a dict would build a new C encoder at every call.
+        encode = _ENCODER.encode
+        text = '{"data":' + encode(self.data)
         if self.event:
-            payload["type"] = self.event
+            text += ',"type":' + encode(self.event)
         if self.source_id is not None:
-            payload["id"] = self.source_id
+            text += ',"id":' + encode(self.source_id)
         if self.retry is not None:
-            payload["retry"] = self.retry
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+            text += f',"retry":{int(self.retry)}'
+        return text + "}"
 
     def to_dict(self) -> Dict[str, Any]:
         """The long-poll form of the event (the cursor is added by the transport)."""
@@ -220,8 +224,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+#: JSON as RFC 8259 defines it: NaN, Infinity and numbers too large for a double refused.
+#: Made once: `json.loads` with options builds a decoder at every call.
+JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_loads = JSON_DECODER.decode
 
 
 def parse_json(raw: bytes) -> Any:

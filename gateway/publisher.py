@@ -2,23 +2,36 @@
 
     from gateway import Publisher
     Publisher("redis://127.0.0.1:6379/0").publish("chat", {"q": 1}, event="new_answer")
+    Publisher("redis://127.0.0.1:6379/0").publish_many(
+        [{"channel": f"user.{n}", "data": "hi"} for n in range(1000)])
 
 A `redis://` (or `rediss://`, `unix://`) URL publishes straight into Redis with the gateway's
 atomic history-and-publish script; an `http(s)://` URL posts to a running gateway.
 """
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from . import redis_schema
+from .batch import InvalidItem, item_message
 from .ids import format_id
-from .message import InvalidMessage, build_message, check_channel
+from .message import InvalidMessage, Message, build_message, check_channel
+
+#: Events per script call (each call is one atomic step, run whole by Redis) and per HTTP batch.
+CHUNK_EVENTS = 500
+#: Most bytes of events in one HTTP batch: under the gateway's default batch limit (1 MiB).
+CHUNK_BYTES = 512 * 1024
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class PublishError(Exception):
-    """The event was not published; the text says why."""
+    """The event was not published; the text says why. For `publish_many`, `published` holds
+    the results of the events published before the failure (the first ones, in order)."""
+
+    def __init__(self, text: str, published: Sequence[Dict[str, Any]] = ()) -> None:
+        super().__init__(text)
+        self.published = list(published)
 
 
 class Publisher:
@@ -43,9 +56,11 @@ class Publisher:
 
             client = redis.Redis.from_url(url, socket_connect_timeout=timeout,
                                           socket_timeout=timeout)
+            self._client = client
             self._script = client.register_script(redis_schema.PUBLISH_SCRIPT)
             self._redis_error = redis.RedisError
             self._redis_refusal = redis.ResponseError
+            self._no_script = redis.exceptions.NoScriptError
         elif not url.startswith(("http://", "https://")):
             raise ValueError(f"unsupported URL {url!r}: use redis://, rediss://, unix:// or http(s)://")
 
@@ -70,6 +85,93 @@ class Publisher:
             return self._publish_redis(message)
         return self._publish_http(channel, message.to_json())
 
+    def publish_many(self, events: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Publish many events, in order: each a mapping with `channel` and `data`, and
+        optionally `event` (or `type`), `id` and `retry`, as in the gateway's batch format.
+        Returns `{"channel", "id", "receivers"}` for each (over http://, without `receivers`).
+
+        Every event is checked before any is sent: a bad one raises ValueError naming its
+        index (`item 3: ...`), and nothing is published. They go in chunks of CHUNK_EVENTS,
+        each one atomic step like `publish` (over redis://, all chunks in one round trip):
+        should one fail, PublishError carries the results of the chunks published before it.
+        """
+        messages = []
+        for index, event in enumerate(events):
+            try:
+                messages.append(item_message(index, dict(event)))
+            except InvalidItem as error:
+                raise ValueError(str(error)) from None
+        if self._script is not None:
+            return self._publish_many_redis(messages)
+        return self._publish_many_http(messages)
+
+    def _publish_many_redis(self, messages: List[Message]) -> List[Dict[str, Any]]:
+        chunks = [messages[i:i + CHUNK_EVENTS] for i in range(0, len(messages), CHUNK_EVENTS)]
+        replies: List[Any] = [None] * len(chunks)
+        todo = list(range(len(chunks)))
+        for attempt in range(2):
+            try:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for number in todo:
+                        keys, args = redis_schema.publish_many_args(
+                            self._prefix, [(m.channel, m.to_json()) for m in chunks[number]],
+                            *self._limits, checked=True)
+                        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                    for number, reply in zip(todo, pipe.execute(raise_on_error=False)):
+                        replies[number] = reply
+            except self._redis_error as error:
+                raise PublishError(f"Redis did not take the events: {error}",
+                                   self._results(chunks, replies)) from None
+            # Redis forgot the script (it restarted, or SCRIPT FLUSH): load it, send those again.
+            todo = [n for n in todo if isinstance(replies[n], self._no_script)]
+            if not todo or attempt:
+                break
+            self._client.script_load(redis_schema.PUBLISH_SCRIPT)
+        for number, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                raise PublishError(f"Redis did not take the events from {number * CHUNK_EVENTS} "
+                                   f"on: {reply}", self._results(chunks[:number], replies))
+        return self._results(chunks, replies)
+
+    @staticmethod
+    def _results(chunks: List[List[Message]], replies: List[Any]) -> List[Dict[str, Any]]:
+        results = []
+        for chunk, reply in zip(chunks, replies):
+            if reply is None or isinstance(reply, Exception):
+                break
+            for message, (event_id, receivers) in zip(
+                    chunk, redis_schema.parse_publish_many_reply(reply)):
+                results.append({"channel": message.channel, "id": format_id(event_id),
+                                "receivers": receivers})
+        return results
+
+    def _publish_many_http(self, messages: List[Message]) -> List[Dict[str, Any]]:
+        results: List[Dict[str, Any]] = []
+        lines: List[bytes] = []
+        size = 0
+        for number, message in enumerate(messages):
+            payload = message.to_json()
+            line = ('{"channel":"%s",%s\n' % (message.channel, payload[1:])).encode("utf-8")
+            if lines and (len(lines) == CHUNK_EVENTS or size + len(line) > CHUNK_BYTES):
+                results += self._post_batch(b"".join(lines), messages[number - len(lines):number],
+                                            results)
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line)
+        if lines:
+            results += self._post_batch(b"".join(lines), messages[len(messages) - len(lines):],
+                                        results)
+        return results
+
+    def _post_batch(self, body: bytes, messages: List[Message],
+                    published: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        try:
+            answer = self._post("/publish/", body, "application/x-ndjson")
+        except PublishError as error:
+            raise PublishError(str(error), published) from None
+        return [{"channel": message.channel, "id": event_id}
+                for message, event_id in zip(messages, answer["ids"])]
+
     def _publish_redis(self, message) -> Dict[str, Any]:
         keys, args = redis_schema.publish_args(self._prefix, message.channel, message.to_json(),
                                                *self._limits)
@@ -86,14 +188,17 @@ class Publisher:
         return {"channel": message.channel, "id": format_id(event_id), "receivers": receivers}
 
     def _publish_http(self, channel: str, body: str) -> Dict[str, Any]:
+        return self._post(f"/publish/{channel}", body.encode("utf-8"), "application/json")
+
+    def _post(self, path: str, body: bytes, content_type: str) -> Dict[str, Any]:
         # Imported here: urllib pulls in ssl, which must not load before gevent patches it.
         import urllib.error
         import urllib.request
 
         request = urllib.request.Request(
-            f"{self.url.rstrip('/')}/publish/{channel}",
-            data=body.encode("utf-8"),
-            headers={"Content-Type": "application/json"},
+            f"{self.url.rstrip('/')}{path}",
+            data=body,
+            headers={"Content-Type": content_type},
             method="POST",
         )
         if self._token:

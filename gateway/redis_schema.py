@@ -15,25 +15,36 @@ one atomic step, so no subscriber can see an event that history lacks, or the re
 language can run it with EVAL: KEYS[1] = history key, ARGV = live channel, message JSON object,
 max length, max age (ms). It returns `[event id, number of gateway processes that received it]`,
 or refuses with an error reply that starts with `INVALID` and stores nothing.
+
+The same script publishes a batch, still in one atomic step: KEYS[1..n] the history key of each
+event, ARGV the live channel and message of each event in turn, then max length and max age;
+it returns `[id 1, receivers 1, id 2, receivers 2, ...]`, in the events' order, or refuses the
+whole batch (`INVALID item <i>: ...`, counted from 0) and stores none of it.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .ids import ZERO, EventId, HistoryBounds, parse_id
 
 HISTORY_KEY = "sse-gateway:history:"
+_PART_MAX = 2**64 - 1  # as ids.parse_id: both parts of a stream id are unsigned 64-bit
 LIVE_CHANNEL = "sse-gateway/live/"
 REFUSED = "INVALID"
+CHECKED = "checked"
 
 # What the script cannot check is checked again when the gateway reads it (message.py):
 # UTF-8 of the raw bytes (a Lua pattern scan costs about 60 ns a byte on Redis' one thread,
 # so 4 ms for a 64 KB message) and a `retry` written as a float (cjson reads 3000.0 as 3000).
 PUBLISH_SCRIPT = r"""
-local key, live, message = KEYS[1], ARGV[1], ARGV[2]
-local maxlen, age = tonumber(ARGV[3]), tonumber(ARGV[4])
-local function refuse(why)
-  return redis.error_reply('INVALID ' .. why)
+local n = #KEYS
+-- A caller that checked its messages by the gateway's own rules (message.py, stricter than
+-- this script's) says so in a last argument, and the messages are not decoded again here.
+local checked = #ARGV == 2 * n + 3 and ARGV[2 * n + 3] == 'checked'
+if n == 0 or (#ARGV ~= 2 * n + 2 and not checked) then
+  return redis.error_reply('INVALID give KEYS[1..n] and ARGV live channel and message for each '
+    .. 'key, then max length and max age')
 end
+local maxlen, age = tonumber(ARGV[2 * n + 1]), tonumber(ARGV[2 * n + 2])
 local function finite(value)
   if type(value) == 'number' then
     return value == value and value ~= math.huge and value ~= -math.huge
@@ -44,66 +55,94 @@ local function finite(value)
   end
   return true
 end
--- One channel's names: <P>sse-gateway:history:<C> and <P>sse-gateway/live/<C>, C without '/'.
-local channel = string.match(live, '[^/]*$')
-local prefix = string.sub(live, 1, #live - #channel - 17)
-if string.sub(live, #prefix + 1, #prefix + 17) ~= 'sse-gateway/live/'
-    or key ~= prefix .. 'sse-gateway:history:' .. channel then
-  return refuse('KEYS[1] and ARGV[1] must be <prefix>sse-gateway:history:<channel> and '
-    .. '<prefix>sse-gateway/live/<channel>')
+-- Why message i cannot be stored, or nil.
+local function problem(key, live, message)
+  -- One channel's names: <P>sse-gateway:history:<C> and <P>sse-gateway/live/<C>, C without '/'.
+  local channel = string.match(live, '[^/]*$')
+  local prefix = string.sub(live, 1, #live - #channel - 17)
+  if string.sub(live, #prefix + 1, #prefix + 17) ~= 'sse-gateway/live/'
+      or key ~= prefix .. 'sse-gateway:history:' .. channel then
+    return 'KEYS[1] and ARGV[1] must be <prefix>sse-gateway:history:<channel> and '
+      .. '<prefix>sse-gateway/live/<channel>'
+  end
+  if #channel > 128 or not string.find(channel, '^[%w_.:%-]+$') then
+    return 'invalid channel name: use 1-128 of A-Z a-z 0-9 _ . : -'
+  end
+  if checked then
+    return nil
+  end
+  -- cjson refuses invalid JSON, nesting beyond 1000 and \u escapes of lone surrogates.
+  local ok, body = pcall(cjson.decode, message)
+  if not ok then
+    return 'the message is not JSON: ' .. tostring(body)
+  end
+  if type(body) ~= 'table' or not string.find(message, '^%s*{') then
+    return 'the message must be a JSON object with a string data field'
+  end
+  if not finite(body) then
+    return 'NaN and Infinity are not JSON numbers'
+  end
+  if type(body.data) ~= 'string' then
+    return "'data' is required and must be a string"
+  end
+  for _, name in ipairs({'type', 'event', 'id'}) do
+    local value = body[name]
+    if value ~= nil and value ~= cjson.null
+        and (type(value) ~= 'string' or string.find(value, '[\r\n%z]')) then
+      return "'" .. name .. "' must be a string without CR, LF or NUL"
+    end
+  end
+  local retry = body.retry
+  if retry ~= nil and retry ~= cjson.null and (type(retry) ~= 'number'
+      or not (retry >= 0 and retry <= 86400000) or retry % 1 ~= 0) then
+    return "'retry' must be an integer number of milliseconds, 0 to 86400000"
+  end
+  return nil
 end
-if #channel > 128 or not string.find(channel, '^[%w_.:%-]+$') then
-  return refuse('invalid channel name: use 1-128 of A-Z a-z 0-9 _ . : -')
-end
--- cjson refuses invalid JSON, nesting beyond 1000 and \u escapes of lone surrogates.
-local ok, body = pcall(cjson.decode, message)
-if not ok then
-  return refuse('the message is not JSON: ' .. tostring(body))
-end
-if type(body) ~= 'table' or not string.find(message, '^%s*{') then
-  return refuse('the message must be a JSON object with a string data field')
-end
-if not finite(body) then
-  return refuse('NaN and Infinity are not JSON numbers')
-end
-if type(body.data) ~= 'string' then
-  return refuse("'data' is required and must be a string")
-end
-for _, name in ipairs({'type', 'event', 'id'}) do
-  local value = body[name]
-  if value ~= nil and value ~= cjson.null
-      and (type(value) ~= 'string' or string.find(value, '[\r\n%z]')) then
-    return refuse("'" .. name .. "' must be a string without CR, LF or NUL")
+-- Every message is checked before any is stored: a batch is stored whole or not at all.
+for i = 1, n do
+  local why = problem(KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
+  if why then
+    return redis.error_reply('INVALID ' .. (n > 1 and ('item ' .. (i - 1) .. ': ') or '') .. why)
   end
 end
-local retry = body.retry
-if retry ~= nil and retry ~= cjson.null and (type(retry) ~= 'number'
-    or not (retry >= 0 and retry <= 86400000) or retry % 1 ~= 0) then
-  return refuse("'retry' must be an integer number of milliseconds, 0 to 86400000")
+local reply, last, order = {}, {}, {}
+for i = 1, n do
+  local key, live, message = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
+  local id = redis.call('XADD', key, '*', 'm', message)
+  reply[2 * i - 1] = id
+  reply[2 * i] = redis.call('PUBLISH', live, id .. ' ' .. message)
+  if not last[key] then order[#order + 1] = key end
+  last[key] = id
 end
-local id = redis.call('XADD', key, '*', 'm', message)
--- Redis records only XDEL in max-deleted-entry-id, not trimming; resume needs to know what
--- was trimmed, so the script trims exactly and records the largest trimmed id itself.
-local trimmed = nil
-local excess = redis.call('XLEN', key) - maxlen
-if excess > 0 then
-  local doomed = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
-  trimmed = doomed[#doomed][1]
-  redis.call('XTRIM', key, 'MAXLEN', maxlen)
-end
+-- Trimmed once per channel, after its events are in. Redis records only XDEL in
+-- max-deleted-entry-id, not trimming; resume needs to know what was trimmed, so the script
+-- trims exactly and records the largest trimmed id itself.
 local now = redis.call('TIME')
-local oldest = string.format('%d-0', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age)
-local expired = redis.call('XREVRANGE', key, '(' .. oldest, '-', 'COUNT', 1)
-if #expired > 0 then
-  trimmed = expired[1][1]
-  redis.call('XTRIM', key, 'MINID', oldest)
+local oldest_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - age
+local oldest = string.format('%d-0', oldest_ms)
+for _, key in ipairs(order) do
+  local trimmed = nil
+  local excess = math.max(redis.call('XLEN', key) - maxlen, 0)
+  -- The entries over the length, and after them the first entry that stays.
+  local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
+  if excess > 0 then
+    trimmed = head[excess][1]
+    redis.call('XTRIM', key, 'MAXLEN', maxlen)
+  end
+  -- Only when that entry has expired: a reverse range that starts before every entry walks
+  -- the whole stream.
+  local first = head[excess + 1]
+  if first and tonumber(string.match(first[1], '^%d+')) < oldest_ms then
+    trimmed = redis.call('XREVRANGE', key, '(' .. oldest, '-', 'COUNT', 1)[1][1]
+    redis.call('XTRIM', key, 'MINID', oldest)
+  end
+  if trimmed then
+    redis.call('XSETID', key, last[key], 'MAXDELETEDID', trimmed)
+  end
+  redis.call('PEXPIRE', key, age)
 end
-if trimmed then
-  redis.call('XSETID', key, id, 'MAXDELETEDID', trimmed)
-end
-redis.call('PEXPIRE', key, age)
-local receivers = redis.call('PUBLISH', live, id .. ' ' .. message)
-return {id, receivers}
+return reply
 """
 
 
@@ -123,6 +162,26 @@ def publish_args(
             [live_channel(prefix, channel), message_json, max_length, max_age_ms])
 
 
+def publish_many_args(
+    prefix: str, messages: Sequence[Tuple[str, Union[str, bytes]]], max_length: int,
+    max_age_ms: int,
+    checked: bool = False,
+) -> Tuple[List[str], List[Any]]:
+    """KEYS and ARGV for PUBLISH_SCRIPT with several events: `(channel, message JSON)` each.
+
+    `checked`: the messages were built by message.py, so the script need not decode them.
+    """
+    keys = [f"{prefix}{HISTORY_KEY}{channel}" for channel, _ in messages]
+    args: List[Any] = []
+    for channel, message_json in messages:
+        args.append(f"{prefix}{LIVE_CHANNEL}{channel}")
+        args.append(message_json)
+    args += [max_length, max_age_ms]
+    if checked:
+        args.append(CHECKED)
+    return keys, args
+
+
 def refusal(error: Exception) -> Optional[str]:
     """Why the script refused a message, if `error` (its error reply) is a refusal."""
     text = str(error)
@@ -132,7 +191,7 @@ def refusal(error: Exception) -> Optional[str]:
 def split_live(payload: bytes) -> Tuple[EventId, bytes]:
     """The event id and the message of a live payload; ValueError if it has no valid id."""
     head, _, message = payload.partition(b" ")
-    event_id = parse_id(head.decode("ascii", errors="replace"))
+    event_id = _bytes_id(head)
     if event_id is None:
         raise ValueError(f"a live message must start with an event id, not {head[:40]!r}")
     return event_id, message
@@ -143,11 +202,25 @@ def parse_publish_reply(reply: List[Any]) -> Tuple[EventId, int]:
     return parse_stream_id(raw_id), int(receivers)
 
 
+def parse_publish_many_reply(reply: List[Any]) -> List[Tuple[EventId, int]]:
+    return [(parse_stream_id(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
 def parse_stream_id(raw: Any) -> EventId:
-    event_id = parse_id(_text(raw))
+    event_id = _bytes_id(raw) if isinstance(raw, bytes) else parse_id(_text(raw))
     if event_id is None:
         raise ValueError(f"not a stream id: {raw!r}")
     return event_id
+
+
+def _bytes_id(raw: bytes) -> Optional[EventId]:
+    """`ids.parse_id` for bytes, without decoding them first (it runs once per live message)."""
+    ms, dash, seq = raw.partition(b"-")
+    # bytes.isdigit is true for ASCII digits only; int() alone would take "+1", " 1", "1_0".
+    if not (dash and ms.isdigit() and seq.isdigit() and len(ms) <= 20 and len(seq) <= 20):
+        return None
+    event_id = int(ms), int(seq)
+    return event_id if event_id[0] <= _PART_MAX and event_id[1] <= _PART_MAX else None
 
 
 def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:

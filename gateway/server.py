@@ -21,6 +21,8 @@ from .http.acceptor import Acceptor, default_max_connections
 from .http.connection import Server, Settings
 from .hub import Hub
 from .listener import BACKLOG, bind
+from .operations import Operations
+from .recent import RecentLimits
 from .subscribe import UNCACHEABLE
 from .wire import encode_turn_away
 
@@ -45,23 +47,26 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
                            config.history_age)
-    hub = Hub(broker, config.max_buffered_bytes)
-    broker.start(hub.dispatch)
+    hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
+    operations = Operations(config, hub, broker)
+    broker.start(operations.sink(hub.dispatch), hub.resync)
     if not broker.wait_ready(STARTUP_WAIT):
         log.warning("the broker is not reachable yet; serving anyway (subscribers are asked to "
                     "come back later until it is)")
     if reuse_port:
         # Only now: until it listens, the kernel gives the port's connections to the others.
         listener.listen(BACKLOG)
-    app = create_app(config, hub, broker)
+    app = create_app(config, hub, broker, operations)
     greenlets = GreenletPool(keep=IDLE_GREENLETS)
     settings = Settings(max_head=config.max_head_size, header_timeout=config.header_timeout,
-                        idle_timeout=config.idle_timeout, max_body=config.max_message_size)
+                        idle_timeout=config.idle_timeout,
+                        max_body=max(config.max_message_size, config.max_publish_batch_size))
     address = listener.getsockname()
     server = Server(app, settings, address, _refusal(config))
     max_connections = config.max_connections or default_max_connections()
     acceptor = Acceptor(listener, server, greenlets, max_connections, BACKLOG)
     acceptor.start()
+    operations.start(lambda: acceptor.open)
     _tune_garbage_collector()
     log.info(
         "listening on http://%s:%d; broker %s%s; heartbeat %gs, max message %d B, "
@@ -82,8 +87,17 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     if not greenlets.join(config.shutdown_timeout):
         log.warning("%d request(s) still running after %gs; exiting anyway", greenlets.busy,
                     config.shutdown_timeout)
+    operations.stop()
     broker.stop()
     log.info("stopped")
+
+
+def _recent_limits(config: Config) -> Optional[RecentLimits]:
+    # The embedded broker's history is in memory already, and read without I/O.
+    if not config.redis_url:
+        return None
+    return RecentLimits(config.recent_events, config.recent_bytes, config.history_length,
+                        config.history_age)
 
 
 def _refusal(config: Config) -> Callable[[Optional[h1.Request]], bytes]:

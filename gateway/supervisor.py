@@ -6,16 +6,23 @@ port, restarts a worker that dies (a client of a dead worker resumes on another 
 and on SIGTERM or SIGINT stops them all within their shutdown timeout. The workers stop too
 when the supervisor dies any other way (SIGKILL, the OOM killer). It runs no event loop:
 the workers start from a fork before gevent is set up.
+
+The workers' metrics are added up by prometheus-client's multiprocess mode: the supervisor
+gives them a directory for their files in PROMETHEUS_MULTIPROC_DIR (a new temporary one,
+removed at exit; or the one that variable names, emptied of its `*.db` files first), and
+removes a dead worker's gauge files, so that its connections are no longer counted.
 """
 
 import ctypes
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 from .config import Config
 from .listener import bind
@@ -26,6 +33,8 @@ RESTART_DELAY_MAX = 30.0
 STABLE_SECONDS = 10.0  # a worker that lived this long restarts after the shortest delay
 KILL_GRACE = 5.0  # beyond the workers' own shutdown timeout
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+# prometheus-client reads it when it is first imported: set before any worker starts.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
@@ -34,6 +43,8 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
     # workers) and reports a taken address before any worker starts.
     holder = bind(config.host, config.port, reuse_port=True)
     port = holder.getsockname()[1]
+    metrics_dir, made = _metrics_dir()
+    from prometheus_client.multiprocess import mark_process_dead
     config = dataclasses.replace(config, port=port)
     workers: Dict[int, float] = {}  # pid -> start time
     stopping = False
@@ -73,6 +84,7 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
         started = workers.pop(pid, None)
         if started is None:
             continue
+        mark_process_dead(pid, metrics_dir)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             clean = clean and code == 0
@@ -86,8 +98,24 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
         start()
     signal.setitimer(signal.ITIMER_REAL, 0)
     holder.close()
+    if made:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("all workers stopped")
     return 0 if clean else 1
+
+
+def _metrics_dir() -> Tuple[str, bool]:
+    """The workers' metrics directory, set in the environment; whether it was made here."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):  # a previous run's: its counts are not this run's
+                os.remove(os.path.join(given, name))
+        return given, False
+    made = tempfile.mkdtemp(prefix="sse-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    return made, True
 
 
 def _run_child(run_worker: Callable[[Config], None], config: Config, supervisor: int) -> None:

@@ -225,6 +225,23 @@ def gateway(start_gateway, broker_args):
 
 
 @pytest.fixture
+def start_harness(redis_db):
+    """Start hubs on Redis in a process of their own (tests/recent_harness.py), given
+    (history_length, recent_events, recent_bytes, history_age); all are stopped after the test."""
+    from recent_client import Harness
+
+    started: List[Harness] = []
+
+    def start(*limits) -> Harness:
+        started.append(Harness(redis_db, *limits))
+        return started[-1]
+
+    yield start
+    for harness in started:
+        harness.close()
+
+
+@pytest.fixture
 def open_stream():
     """Open a stream and wait until its subscription is live; all are closed after the test."""
     opened: List[Stream] = []

@@ -426,17 +426,20 @@ def test_long_poll_with_a_cursor_beyond_64_bits_resets(gateway, cursor):
 def test_failed_stream_starts_leave_no_subscriber_in_the_hub():
     # In process: nothing the gateway accepts can make a start fail any more, so a message is
     # put into the embedded broker's history past the validation, as a bug would.
+    from gateway.auth.authorizer import Authorizer
     from gateway.brokers.embedded import EmbeddedBroker
     from gateway.config import Config
     from gateway.cors import subscribe_policy
     from gateway.events_endpoint import EventsEndpoint
     from gateway.hub import Hub
+    from gateway.metrics import Metrics
 
     broker = EmbeddedBroker()
     hub = Hub(broker, Config().max_buffered_bytes)
     broker.start(hub.dispatch)
     broker.publish(Message("leak", "\ud800"))  # cannot be encoded
-    endpoint = EventsEndpoint(Config(), hub, subscribe_policy(()))
+    endpoint = EventsEndpoint(Config(), hub, subscribe_policy(()), Authorizer.from_config(Config()),
+                              Metrics(hub, broker))
     statuses = []
     for _ in range(13):
         environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/events/leak", "QUERY_STRING": "",

@@ -218,3 +218,25 @@ def test_poll_during_redis_outage_is_held_briefly_and_keeps_the_cursor_then_resu
     assert resumed["lastEventId"] == after[-1]
     assert resumed["retry"] == RETRY
 
+
+
+def test_the_pub_sub_connection_reconnects_more_times_than_the_pool_has_connections(
+        start_gateway, redis_db):
+    # Each reconnect makes a new pub/sub connection; none may count against the URL's pool size.
+    gateway = start_gateway("--redis-url", redis_db.url + "?max_connections=2")
+    stream = Stream(gateway.url + "/events/often")
+    try:
+        stream.wait_for(subscribed)
+        for cut in range(4):
+            before = {c["id"] for c in redis_db.client.client_list(_type="pubsub")}
+            assert len(before) == 1
+            redis_db.client.client_kill_filter(_type="pubsub")
+            wait_until(lambda b=before: {c["id"] for c in
+                                         redis_db.client.client_list(_type="pubsub")} - b, 15,
+                       message=f"the pub/sub connection to come back after cut {cut}")
+            wait_until(lambda: health_status(gateway) == 200, 15, message="a healthy gateway")
+            [event_id] = publish(gateway, "often", f"after cut {cut}")
+            stream.wait_for(lambda s, i=event_id: s.parser.last_event_id == i, 10)
+        assert [e.data for e in stream.events] == [f"after cut {n}" for n in range(4)]
+    finally:
+        stream.close()

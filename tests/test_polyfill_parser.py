@@ -114,8 +114,12 @@ function bundle(spec) {
     }
     now = end;
   }
+  let tokenDone = null;  // the token function's callback, until the "token" action calls it
   const actions = {
     open(url, options) {
+      if (options && options.token === true) {
+        options.token = (done) => { log.push(["asked", now]); tokenDone = done; };
+      }
       es = new win.SSEGateway.EventSource(url, options);
       for (const type of ["open", "message", "error"].concat(spec.types || [])) {
         es.addEventListener(type, (e) => log.push(
@@ -141,6 +145,7 @@ function bundle(spec) {
       name.split(".").reduce((o, k) => o[k], win)(response);
       s.onload && s.onload();
     },
+    token(value) { const done = tokenDone; tokenDone = null; done(value); },
     close() { es.close(); },
     state() { log.push(["state", now, es.readyState, es.url]); },
     callbacks() { log.push(["callbacks", now, Object.keys(win).filter((k) => k.startsWith("__sseg_cb_"))]); },
@@ -324,7 +329,7 @@ def test_load_bundle_is_minified_and_carries_etag_and_digest():
     joined = sum(p.stat().st_size for p in assets.source_paths())
     assert 0 < len(built.body) < joined * 0.7
     assert b"\n\n" not in built.body and b"/*" not in built.body
-    assert len(built.gzipped) < 4461  # the budget: 4,461 bytes gzipped, sharing included
+    assert len(built.gzipped) < 4611  # the budget: 4,611 bytes gzipped, sharing and tokens included
     assert built.etag.startswith('"') and built.etag.endswith('"') and built.digest in built.etag
     assert len(built.digest) >= 8 and int(built.digest, 16) >= 0
 
@@ -573,3 +578,109 @@ def test_an_automatic_stream_that_shows_no_byte_for_5_s_goes_on_by_long_polling(
     assert [e[1:3] for e in only(log, "ev")] == [
         ["open", None], ["message", "a"], ["error", None], ["open", None]]
     assert only(log, "state")[0][1] == 1
+
+
+# --- private channels: the token function, refusals, the expiry --------------------------------
+
+REFUSED = 'event: gateway-refused\ndata: {"error":"unauthorized","status":401}\n\n'
+EXPIRED = 'event: gateway-auth-expired\ndata: {"channels":["chat"],"reason":"expired"}\n\n'
+TOKEN_STREAM = {"transport": "xhr-stream", "token": True}
+
+
+def test_the_token_function_is_asked_before_connecting_and_after_a_failure_not_for_a_rotation(
+        bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, TOKEN_STREAM], ["tick", 0], ["state"], ["token", "t1"],
+        ["head", 200], ["body", PREAMBLE + "id: 1\ndata: a\n\n: rotate\n\n"], ["end"],
+        ["tick", 0], ["head", 200], ["body", PREAMBLE], ["fail"], ["tick", 1000],
+        ["token", "t2"],
+    ])["log"]
+    assert [a[0] for a in only(log, "asked")] == [0, 1000]
+    assert [r[1] for r in only(log, "req")] == [
+        "http://app.test/events/chat?transport=stream&token=t1",
+        "http://app.test/events/chat?transport=stream&lastEventId=1&token=t1",
+        "http://app.test/events/chat?transport=stream&lastEventId=1&token=t2"]
+    assert only(log, "state")[0][1] == 0  # connecting while the token is fetched
+    assert [e[1] for e in only(log, "ev")] == ["open", "message", "error"]
+
+
+def test_the_expiry_event_renews_the_token_and_resumes_at_once_from_the_last_id(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, TOKEN_STREAM], ["tick", 0], ["token", "t1"], ["head", 200],
+        ["body", PREAMBLE + "id: 5\ndata: a\n\n" + EXPIRED], ["end"], ["tick", 0],
+        ["token", "t2"], ["head", 200], ["body", PREAMBLE + "id: 6\ndata: b\n\n"], ["state"],
+    ], types=["gateway-auth-expired"])["log"]
+    assert [r[1] for r in only(log, "req")][1] == (
+        "http://app.test/events/chat?transport=stream&lastEventId=5&token=t2")
+    # Silent: no error, no second open; the page sees the expiry event itself.
+    assert [e[1:4] for e in only(log, "ev")] == [
+        ["open", None, None], ["message", "a", "5"],
+        ["gateway-auth-expired", '{"channels":["chat"],"reason":"expired"}', "5"],
+        ["message", "b", "6"]]
+    assert only(log, "state")[0][1] == 1
+
+
+def test_a_refused_reused_token_is_renewed_once_and_a_refused_fresh_one_is_final(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, TOKEN_STREAM], ["tick", 0], ["token", "t1"], ["head", 200],
+        ["body", PREAMBLE + ": rotate\n\n"], ["end"], ["tick", 0],
+        # The rotated stream's token expired in between: refused, renewed, asked again.
+        ["head", 200], ["body", REFUSED], ["tick", 0], ["token", "t2"],
+        ["head", 200], ["body", REFUSED], ["tick", 600000], ["state"],
+    ], types=["gateway-refused"])["log"]
+    assert [r[1].rsplit("=", 1)[1] for r in only(log, "req")] == ["t1", "t1", "t2"]
+    assert len(only(log, "asked")) == 2
+    # The refusal is no event for the page: an error, and the source is closed.
+    assert [e[1:] for e in only(log, "ev")] == [["open", None, None, 1], ["error", None, None, 2]]
+    assert only(log, "state")[0][1] == 2
+
+
+@pytest.mark.parametrize("transport, answer", [
+    ("xhr-stream", [["head", 200], ["body", REFUSED]]),
+    ("xhr-poll", [["respond", 401, '{"error":"unauthorized","detail":"x","channel":"chat"}']]),
+    ("xhr-poll", [["respond", 403, '{"error":"forbidden","detail":"x","channel":"chat"}']]),
+    ("jsonp-poll", [["jsonp", {"error": "unauthorized", "detail": "x", "status": 401}]]),
+])
+def test_a_refusal_without_a_token_function_fails_the_connection_for_good(
+        bundle_path, transport, answer):
+    result = run_bundle(bundle_path, [
+        ["open", "http://push.test/events/chat" if transport == "jsonp-poll" else STREAM,
+         {"transport": transport}], ["tick", 0], *answer, ["tick", 600000], ["state"],
+        ["callbacks"],
+    ], json=True)
+    log = result["log"]
+    requests = only(log, "req") + only(log, "script")
+    assert len(requests) == 1, requests
+    events = [e[1] for e in only(log, "ev")]
+    # A long-poll's refusal comes before any open; the padded stream's head came first.
+    assert events == (["open", "error"] if transport == "xhr-stream" else ["error"])
+    assert only(log, "ev")[-1][-1] == 2 and only(log, "state")[0][1] == 2
+    assert only(log, "callbacks")[0][1] == []
+
+
+def test_a_long_poll_answer_with_the_expiry_event_renews_the_token(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, {"transport": "xhr-poll", "token": True}], ["tick", 0], ["token", "t1"],
+        ["respond", 200, json.dumps({"events": [{"event": "gateway-auth-expired", "data": "{}"}],
+                                     "lastEventId": "4"})], ["tick", 0], ["token", "t2"],
+    ], json=True)["log"]
+    urls = [r[1] for r in only(log, "req")]
+    assert "token=t1" in urls[0] and "lastEventId=4" in urls[1] and "token=t2" in urls[1]
+
+
+def test_a_token_function_with_no_token_fails_the_attempt_and_is_asked_again(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, TOKEN_STREAM], ["tick", 0], ["token", None], ["state"],
+        ["tick", 3000], ["token", "t"],
+    ])["log"]
+    assert [a[0] for a in only(log, "asked")] == [0, 3000]
+    assert only(log, "ev") == [[0, "error", None, None, 0]]
+    assert [r[0] for r in only(log, "req")] == [3000]
+
+
+def test_a_token_that_comes_after_close_sends_nothing(bundle_path):
+    log = run_bundle(bundle_path, [
+        ["open", STREAM, TOKEN_STREAM], ["tick", 0], ["close"], ["token", "late"],
+        ["tick", 600000],
+    ])["log"]
+    assert only(log, "req") == [] and only(log, "ev") == []

@@ -20,6 +20,8 @@
   /* readyState seen by each open and each error listener call. */
   window.opens = [];
   window.errors = [];
+  /* How often the polyfill asked for a token (options.tokens, below). */
+  window.tokenCalls = 0;
 
   /* transport: "native" (the browser's own EventSource), "auto" (the polyfill choosing), or a
      polyfill transport name (forced). types: event types to listen for besides "message". */
@@ -27,6 +29,17 @@
     var Source = transport == "native" ? window.EventSource : window.SSEGateway.EventSource,
       all = (types || []).concat(["gateway-reset"]), source, j;
     options = options || {};
+    /* options.tokens, a list: the polyfill's token option hands them out in turn, a task later. */
+    if (options.tokens) {
+      var tokens = options.tokens;
+      delete options.tokens;
+      options.token = function (done) {
+        window.tokenCalls++;
+        setTimeout(function () {
+          done(tokens.shift());
+        }, 0);
+      };
+    }
     if (transport != "native" && transport != "auto") {
       options.transport = transport;
     }

@@ -1,8 +1,9 @@
 """Where events come from: the embedded in-process broker or Redis, behind one interface."""
 
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
 
-__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult", "create_broker"]
+__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult", "ResyncSink",
+           "create_broker"]
 
 
 def create_broker(redis_url, prefix: str, history_length: int, history_age: float) -> Broker:

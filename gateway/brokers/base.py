@@ -2,12 +2,16 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..ids import EventId, HistoryBounds
 from ..message import Message
 
 MessageSink = Callable[[Message], None]
+# Told that a channel's history may hold, up to the id given, entries that were not delivered
+# live (read from history after a reconnect, or unreadable); ZERO: it has no history, None:
+# what it holds is unknown (lost).
+ResyncSink = Callable[[str, Optional[EventId]], None]
 
 
 class BrokerUnavailable(Exception):
@@ -32,15 +36,23 @@ class Broker(ABC):
     in id order, including after its own reconnects."""
 
     name: str
-    # Counted for /healthz: messages from the broker refused (invalid, or failed to deliver),
-    # history entries skipped as invalid, and restarts of a listener that ended.
+    # Counted for /healthz and /metrics: messages from the broker refused (invalid, or failed
+    # to deliver), history entries skipped as invalid, restarts of a listener that ended, and
+    # connections to the broker established again after one was lost.
     refused = 0
     skipped = 0
     listener_restarts = 0
+    reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker's connection is up now (as last seen: no round trip)."""
+        return True
 
     @abstractmethod
-    def start(self, sink: MessageSink) -> None:
-        """Begin delivering messages of subscribed channels to `sink`."""
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
+        """Begin delivering messages of subscribed channels to `sink`, and telling `resync`
+        (in order with them) where history holds what they did not carry."""
 
     @abstractmethod
     def stop(self) -> None: ...
@@ -49,9 +61,20 @@ class Broker(ABC):
         """Wait (at most `timeout` seconds) until subscribers can be served; whether they can."""
         return True
 
+    def delivering(self) -> bool:
+        """Whether the sink has had every message received so far, and what is published now
+        reaches it in order (no reconnect under way); answered without waiting."""
+        return True
+
     @abstractmethod
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""
+
+    @abstractmethod
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        """Append every message to history and deliver it, in order and all in one atomic step
+        (each channel's events keep their order); a result per message. Raises
+        BrokerUnavailable as `publish` does: the whole batch or none of it is published."""
 
     @abstractmethod
     def subscribe(self, channel: str) -> EventId:

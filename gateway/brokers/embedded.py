@@ -6,11 +6,11 @@ brokers; history lives in memory and is gone when the process exits.
 
 import time
 from collections import OrderedDict, deque
-from typing import Deque, Dict, Optional, Set
+from typing import Deque, Dict, List, Optional, Sequence, Set
 
 from ..ids import ZERO, EventId, HistoryBounds, history_gap
 from ..message import Message
-from .base import Broker, History, MessageSink, PublishResult
+from .base import Broker, History, MessageSink, PublishResult, ResyncSink
 
 
 class _Ring:
@@ -43,7 +43,8 @@ class EmbeddedBroker(Broker):
         self._sink: Optional[MessageSink] = None
         self._last: EventId = ZERO
 
-    def start(self, sink: MessageSink) -> None:
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
+        # Every event is delivered as it is published, straight from history: nothing to resync.
         self._sink = sink
 
     def stop(self) -> None:
@@ -66,6 +67,10 @@ class EmbeddedBroker(Broker):
         if delivered:
             self._sink(message)
         return PublishResult(event_id, int(delivered))
+
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        # Nothing here yields to another greenlet: the batch is published whole, in order.
+        return [self.publish(message) for message in messages]
 
     def _forget_expired(self, oldest_ms: int) -> None:
         """Drop channels whose every event has expired, so abandoned channels cost nothing."""

@@ -16,22 +16,26 @@ import logging
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.monkey
 import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult
+from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
+from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
 log = logging.getLogger(__name__)
+# The system's select, never a patched one that might wait: it only looks at a socket.
+_select = gevent.monkey.get_original("select", "select")
 
 _CONNECT_TIMEOUT = 3.0
 _COMMAND_TIMEOUT = 5.0
@@ -44,6 +48,9 @@ POOL_SIZE = 50
 # How long a command may wait for one: far longer than a healthy Redis keeps a process's
 # connections busy, reconnect storm included; only a Redis that does not answer reaches it.
 _POOL_WAIT = 10.0
+# The JSON of published messages that await their live copy (see _own) is forgotten past this:
+# only copies that never come (their channel was left meanwhile) stay that long.
+_OWN_BYTES = 4 * 1024 * 1024
 
 
 class RedisBroker(Broker):
@@ -63,7 +70,10 @@ class RedisBroker(Broker):
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
-        self._script = self._client.register_script(redis_schema.PUBLISH_SCRIPT)
+        # Publishes have a connection of their own, which concurrent ones share (publishing.py).
+        self._publishes = Publishes(redis.ConnectionPool.from_url(
+            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+        ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
         self._listen_pool = redis.ConnectionPool.from_url(
@@ -72,11 +82,16 @@ class RedisBroker(Broker):
         )
         # Subscribed channel -> id of the last event delivered from it.
         self._channels: Dict[str, EventId] = {}
+        # What this process published on channels it serves, by channel and message JSON: its
+        # live copy, back through pub/sub, is then not decoded and checked again.
+        self._own: Dict[Tuple[str, bytes], Message] = {}
+        self._own_bytes = 0
         self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
         self._write_lock = gevent.lock.Semaphore()
         self._sink: Optional[MessageSink] = None
+        self._resync: Optional[ResyncSink] = None
         self._listener: Optional[gevent.Greenlet] = None
         self._restart: Optional[gevent.Greenlet] = None
         self._restart_delay = _BACKOFF_FIRST
@@ -84,11 +99,13 @@ class RedisBroker(Broker):
         self._failure: Optional[str] = None  # why the listener is being restarted
         self._connected_before = False
         self._ready = gevent.event.Event()
+        self._handling = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, sink: MessageSink) -> None:
+    def start(self, sink: MessageSink, resync: Optional[ResyncSink] = None) -> None:
         self._sink = sink
+        self._resync = resync
         self._start_listener()
 
     def stop(self) -> None:
@@ -97,10 +114,29 @@ class RedisBroker(Broker):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=2)
         self._drop_connection()
+        self._publishes.close()
         self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    def delivering(self) -> bool:
+        # Up, and nothing received waits to be handled: then the sink has had every message
+        # that Redis had sent this process (so, for one that published through it, all its
+        # own), and the listener is waiting on an empty socket, its reader's buffer empty.
+        if not self._ready.is_set() or self._handling:
+            return False
+        sock = getattr(self._connection, "_sock", None)  # redis-py's, None when not connected
+        if sock is None:
+            return False
+        try:
+            return not _select([sock], [], [], 0)[0]
+        except (OSError, ValueError):  # closed meanwhile
+            return False
 
     def check(self) -> None:
         try:
@@ -116,21 +152,46 @@ class RedisBroker(Broker):
     # -- publishing and history -------------------------------------------------------------
 
     def publish(self, message: Message) -> PublishResult:
-        keys, args = redis_schema.publish_args(
-            self._prefix, message.channel, message.to_json(), self._max_length, self._max_age_ms
-        )
+        return self.publish_many((message,))[0]
+
+    def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
+        mine = self._remember(messages, items)
+        # Built by message.py, whose rule is stricter than the script's: it need not decode them.
+        keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
+                                                    self._max_age_ms, checked=True)
         try:
-            with self._slot():
-                reply = self._script(keys=keys, args=args)
+            reply = self._publishes.run(keys, args)
         except ResponseError as error:
+            self._forget(mine)
             why = redis_schema.refusal(error)
             if why is not None:
                 raise InvalidMessage(why) from None
             raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
-        except RedisError as error:
+        except (RedisError, OSError) as error:
+            self._forget(mine)
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
-        event_id, receivers = redis_schema.parse_publish_reply(reply)
-        return PublishResult(event_id, receivers)
+        return [PublishResult(event_id, receivers)
+                for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
+
+    def _remember(self, messages: Sequence[Message],
+                  items: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
+        """Note the messages whose live copy this process will receive; what it noted."""
+        if self._own_bytes > _OWN_BYTES:  # copies that never came (their channel was left)
+            self._own.clear()
+            self._own_bytes = 0
+        mine = []
+        for message, item in zip(messages, items):
+            if message.channel in self._channels:
+                self._own[item] = message
+                self._own_bytes += len(item[1])
+                mine.append(item)
+        return mine
+
+    def _forget(self, items: List[Tuple[str, bytes]]) -> None:
+        for item in items:
+            if self._own.pop(item, None) is not None:
+                self._own_bytes -= len(item[1])
 
     def history(self, positions: Dict[str, EventId],
                 limit: Optional[int] = None) -> Dict[str, History]:
@@ -323,6 +384,7 @@ class RedisBroker(Broker):
             try:
                 early = self._connect()
                 if self._connected_before:
+                    self.reconnects += 1
                     self._fill_gaps()
                 for reply in early:
                     self._handle(reply)
@@ -350,7 +412,10 @@ class RedisBroker(Broker):
         Those wait until the gap is filled: delivered first, a live event would move its
         channel's position past the events that the gap fill has yet to deliver.
         """
-        connection = self._listen_pool.make_connection()
+        # Made from the pool's settings, not by the pool: each connection the pool makes counts
+        # against its max_connections until released, and a dropped one never is.
+        pool = self._listen_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
@@ -368,7 +433,12 @@ class RedisBroker(Broker):
         return early
 
     def _fill_gaps(self) -> None:
-        """Deliver what was published while the pub/sub connection was down."""
+        """Deliver what was published while the pub/sub connection was down.
+
+        What was delivered live before no longer tells what history holds (the fill skips
+        invalid entries, trimming may have lost some): `resync` hears, for each channel, where
+        history stood when it was read.
+        """
         histories, skipped = self._reads.history(dict(self._channels), fresh=True)
         self.skipped += skipped
         for channel, history in histories.items():
@@ -378,11 +448,32 @@ class RedisBroker(Broker):
                 self._deliver_safely(HistoryLost(channel, history.bounds))
             for message in history.messages:
                 self._deliver_safely(message)
+            position = self._channels.get(channel, ZERO)
+            bounds = history.bounds
+            if bounds is not None and bounds.exists:
+                self._resync_safely(channel, max(position, bounds.last))
+            else:
+                # No history: with nothing delivered yet, every event of it is to come; else
+                # ids from before may come again (a Redis whose clock went back), unknown.
+                self._resync_safely(channel, ZERO if position == ZERO else None)
+
+    def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
+        if self._resync is None:
+            return
+        try:
+            self._resync(channel, at)
+        except Exception:
+            log.exception("resynchronising channel %r failed", channel)
 
     def _read_forever(self) -> None:
         connection = self._connection
         while True:
-            self._handle(connection.read_response())
+            reply = connection.read_response()
+            self._handling = True  # handling may wait (an unsubscribe), with replies unread
+            try:
+                self._handle(reply)
+            finally:
+                self._handling = False
 
     def _handle(self, reply) -> Optional[str]:
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -397,20 +488,28 @@ class RedisBroker(Broker):
     def _on_payload(self, name: bytes, payload: bytes) -> None:
         """One pub/sub message: whatever goes wrong with it is logged, counted and skipped."""
         channel = self._channel_of(name)
+        event_id = None
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
-                message = from_broker_payload(channel, payload).with_id(event_id)
+                mine = self._own.pop((channel, payload), None) if self._own else None
+                if mine is None:
+                    message = from_broker_payload(channel, payload).with_id(event_id)
+                else:
+                    self._own_bytes -= len(payload)
+                    message = mine.with_id(event_id)
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
                 message = from_broker_payload(channel, payload)
-        except ValueError as error:  # InvalidMessage, or a live message without an id
+        except Exception as error:  # InvalidMessage, a live message without an id, or a bug
             self.refused += 1
-            log.warning("skipped a malformed message on channel %r: %s", channel, error)
-            return
-        except Exception:
-            self.refused += 1
-            log.exception("reading a message on channel %r failed; skipped", channel)
+            if isinstance(error, ValueError):
+                log.warning("skipped a malformed message on channel %r: %s", channel, error)
+            else:
+                log.exception("reading a message on channel %r failed; skipped", channel)
+            if event_id is not None and channel in self._channels \
+                    and event_id > self._channels[channel]:
+                self._resync_safely(channel, event_id)  # history holds it; nobody got it
             return
         self._deliver_safely(message)
 

@@ -39,24 +39,29 @@ _ATTEMPTS = 3  # reads in turn a request waits for before it reads for itself
 class ChannelRead:
     """What one read found in one channel's history after a position. Never changed once made."""
 
-    __slots__ = ("messages", "ids", "skipped", "complete", "bounds")
+    __slots__ = ("messages", "ids", "skipped", "entries", "complete", "bounds")
 
     def __init__(self, messages: List[Message], skipped: List[EventId], complete: bool,
                  bounds: HistoryBounds) -> None:
         self.messages = messages  # oldest first
         self.ids = [message.event_id for message in messages]
         self.skipped = skipped  # ids of entries left out as invalid
+        # Every entry read, valid or not: a limit counts entries, as Redis' COUNT does.
+        self.entries = sorted(self.ids + skipped) if skipped else self.ids
         self.complete = complete  # False when the read stopped at its limit, before the end
         self.bounds = bounds  # as they were when it was read
 
     def serve(self, after: EventId, limit: Optional[int]) -> Optional[Tuple[History, int]]:
-        """The history after `after` (at most `limit` events) and the number of invalid
-        entries left out of it; None when the read ended before that much was known."""
-        start = bisect.bisect_right(self.ids, after)
-        end = len(self.ids) if limit is None else min(len(self.ids), start + limit)
-        if end - start != limit and not self.complete:
+        """The history after `after` (the valid ones of at most `limit` entries) and the number
+        of invalid entries left out of it; None when the read ended before that much was known."""
+        entries = self.entries
+        first = bisect.bisect_right(entries, after)
+        stop = len(entries) if limit is None else min(len(entries), first + limit)
+        if stop - first != limit and not self.complete:
             return None
-        upper = self.ids[end] if end < len(self.ids) else None
+        upper = entries[stop] if stop < len(entries) else None  # the first entry left out
+        start = bisect.bisect_right(self.ids, after)
+        end = len(self.ids) if upper is None else bisect.bisect_left(self.ids, upper)
         skipped = sum(1 for i in self.skipped if i > after and (upper is None or i < upper))
         return History(self.messages[start:end], history_gap(after, self.bounds), self.bounds), skipped
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 from . import h1
+from .redact import redact_target
 from .seam import TakeOver
 
 log = logging.getLogger("gateway.http")
@@ -386,6 +387,7 @@ class _Response:
     def _log(self) -> None:
         if access_log.isEnabledFor(logging.DEBUG):
             request = self.request
+            # No credential in a log: token parameters are redacted, and no header is logged.
             access_log.debug('%s "%s %s %s" %s %d', self.conn.address[0], request.method,
-                             request.target[:200], request.version, (self.status or "")[:3],
+                             redact_target(request.target)[:200], request.version, (self.status or "")[:3],
                              self.length)

@@ -130,7 +130,8 @@ class PollQueue:
             self._wakeups = wakeups_of(hub)
         waiter = self._waiter = Waiter(hub)
         timer = hub.loop.timer(max(timeout, 0.0))
-        timer.start(waiter.switch, False)
+        # From the time now, not the loop's time of this turn: else it ends early.
+        timer.start(waiter.switch, False, update=True)
         try:
             return waiter.get()
         finally:

@@ -40,9 +40,13 @@ class Session:
             except CursorError:
                 # Treated like lost history: say so, then send everything history holds.
                 _, events = self._replay({channel: ZERO for channel in self.channels}, limit)
+                self.hub.count_reset("unknown-id")
                 return [reset_message(self.channels, "unknown-id"), *events]
             lost, events = self._replay(requested, limit)
-            return [reset_message(lost, "history-lost"), *events] if lost else events
+            if not lost:
+                return events
+            self.hub.count_reset("history-lost")
+            return [reset_message(lost, "history-lost"), *events]
         except BaseException:
             self.close()
             raise

@@ -58,7 +58,7 @@ class EventStream:
 
     __slots__ = ("channels", "max_pending", "options", "session", "seat", "opening", "sock",
                  "chunked", "fast", "queue", "out", "sent", "closed", "ending", "stalls",
-                 "_reader", "_writable", "_heartbeat", "_deadline")
+                 "_reader", "_writable", "_heartbeat", "_deadline", "_expiry")
 
     def __init__(self, channels: List[str], max_pending: int, options: StreamOptions) -> None:
         self.channels = tuple(channels)
@@ -80,7 +80,7 @@ class EventStream:
         self.closed = False  # out of the hub: closed, or ending
         self.ending = False
         self.stalls = 0  # heartbeats in a row at which the socket had taken nothing more
-        self._reader = self._writable = self._heartbeat = self._deadline = None
+        self._reader = self._writable = self._heartbeat = self._deadline = self._expiry = None
 
     @property
     def held(self) -> int:
@@ -124,6 +124,12 @@ class EventStream:
         self._check_fast()
         if options.rotate_bytes and self.sent >= options.rotate_bytes:
             self.end(ROTATE)
+
+    def expire_after(self, seconds: float, last: bytes) -> None:
+        """End the stream with `last` after `seconds` (its authorization's lifetime). One timer,
+        only on a stream that has a lifetime; nothing is checked per event."""
+        self._expiry = get_hub().loop.timer(seconds)
+        self._expiry.start(self.end, last)
 
     def deliver(self, message: Message) -> bool:
         if self.fast and message.shared:
@@ -298,7 +304,7 @@ class EventStream:
     def _shut(self) -> None:
         self.closed = True
         self.fast = False
-        for name in ("_reader", "_writable", "_heartbeat", "_deadline"):
+        for name in ("_reader", "_writable", "_heartbeat", "_deadline", "_expiry"):
             self._stop(name)
         sock, self.sock = self.sock, None
         self.out = b""

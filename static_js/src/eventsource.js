@@ -15,14 +15,14 @@ var TRANSPORTS = {
    send cookies); JSONP long-poll where none of these works. Streaming found buffered on the way
    to this origin earlier in the session gives way to long-polling at once. */
 function pickTransport(es, name) {
-  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name];
+  var X = window.XMLHttpRequest, scheme = window.location.protocol, t = TRANSPORTS[name] && name;
   es._auto = !t;
-  t = t || TRANSPORTS[
+  t = t || (
     X && "withCredentials" in new X() ? "xhr-stream" :
       !es._cross ? (X && window.JSON ? "xhr-poll" : "jsonp-poll") :
         window.XDomainRequest && !es.withCredentials &&
           es._origin.slice(0, scheme.length) == scheme ? "xdr-stream" : "jsonp-poll"
-  ];
+  );
   try {
     if (window.sessionStorage[BUFFERED + es._origin]) {
       t = downgrade(t);
@@ -35,7 +35,7 @@ function pickTransport(es, name) {
 
 /* The long-poll that replaces a stream transport. */
 function downgrade(t) {
-  return t == xdrStream ? jsonpPoll : t == xhrStream ? xhrPoll : t;
+  return t == "xdr-stream" ? "jsonp-poll" : t == "xhr-stream" ? "xhr-poll" : t;
 }
 
 /* Calls one listener; an exception is reported asynchronously, as a browser would, and the
@@ -58,7 +58,9 @@ function invoke(target, listener, event) {
    "jsonp-poll"), heartbeatTimeout (ms without a byte before reconnecting, default 45000),
    lastEventIdParam (default "lastEventId"), pollUrl (default: the URL with its "/events"
    path segment turned into "/poll"), shared (one connection for all the origin's pages that
-   open this URL with shared: true; see shared.js). */
+   open this URL with shared: true; see shared.js), token (a function that obtains a token for
+   private channels: called with a function, it passes a token to it, or nothing if it has
+   none, which fails this attempt). */
 function EventSource(url, options) {
   var me = this, a = window.document.createElement("a"), URL = window.URL;
   options = options || {};
@@ -79,6 +81,8 @@ function EventSource(url, options) {
   me._cross = me._origin != originOf(window.location.href);
   me._idParam = options.lastEventIdParam || "lastEventId";
   me._heartbeat = +options.heartbeatTimeout || 45000;
+  me._getToken = options.token;
+  me._stale = 1;
   me._pollBase = options.pollUrl || pollUrlOf(me.url);
   me._listeners = {};
   me._retry = 3000;
@@ -88,9 +92,9 @@ function EventSource(url, options) {
   }, function (ms) {
     me._retry = ms;
   });
-  /* Any scheme but http(s) has no transport: the first attempt fails the connection, as a
-     browser's fetch of it would. */
-  me._transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
+  /* The name of the transport in use (public: pages may show it). Any scheme but http(s) has
+     none: the first attempt fails the connection, as a browser's fetch of it would. */
+  me.transport = /^https?:/i.test(me.url) && pickTransport(me, options.transport);
   /* Connect in a later task, so that listeners added right after construction see "open";
      or share another page's connection, where the browser can. */
   if (!(options.shared && share(me))) {
@@ -170,7 +174,8 @@ EventSource.prototype = {
   _unshare: noop,
 
   _streamUrl: function () {
-    return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id]);
+    return withQuery(this.url, ["transport", "stream", this._idParam, this._p.id, "token",
+      this._token]);
   },
 
   /* The first poll of a connection asks for an answer at once (timeout=0), so "open" comes
@@ -183,17 +188,40 @@ EventSource.prototype = {
     } else if (beat < 30000) {
       hold = String((beat >= 10000 ? beat - 5000 : beat / 2) / 1000);
     }
-    return withQuery(this._pollBase, [this._idParam, this._p.id, "timeout", hold].concat(kv));
+    return withQuery(this._pollBase, [this._idParam, this._p.id, "timeout", hold, "token",
+      this._token].concat(kv));
   },
 
+  /* A token function is asked before the first request, after a failure and after the
+     gateway-auth-expired event; a rotation and the next poll reuse the token. */
   _go: function () {
-    var me = this;
+    var me = this, get = me._getToken, over;
+    function done(token) {
+      if (!over) {
+        over = 1;
+        if (token) {
+          me._token = token;
+          me._uses = 0;
+          me._go();
+        } else {
+          me._end(0);
+        }
+      }
+    }
     me._stop();
+    if (get && me._stale) {
+      me._stale = 0;
+      me._abort = function () {
+        over = 1;
+      };
+      return get(done);
+    }
+    me._uses++;
     me._p.reset();
     me._seen = 0;
     me._alive();
     try {
-      me._abort = me._transport(me);
+      me._abort = TRANSPORTS[me.transport](me);
     } catch (e) {
       /* No request can be made: a forced transport this browser lacks, a URL it refuses, a
          scheme that is not http(s) (no transport). */
@@ -233,11 +261,11 @@ EventSource.prototype = {
      opening comment (and with it, its first events until more come). Then the connection goes
      on by long-polling from the last event ID, silently, and the session remembers it. */
   _alive: function () {
-    var me = this, poll = me._auto && !me._seen && downgrade(me._transport);
+    var me = this, poll = me._auto && !me._seen && downgrade(me.transport);
     clearTimeout(me._timer);
     me._timer = setTimeout(function () {
-      if (poll && poll != me._transport) {
-        me._transport = poll;
+      if (poll && poll != me.transport) {
+        me.transport = poll;
         try {
           window.sessionStorage[BUFFERED + me._origin] = 1;
         } catch (e) {
@@ -247,7 +275,7 @@ EventSource.prototype = {
       } else {
         me._end(0);
       }
-    }, poll && poll != me._transport ? 5000 : me._heartbeat);
+    }, poll && poll != me.transport ? 5000 : me._heartbeat);
   },
 
   /* A stream's text so far: the parser gets the part it has not seen yet. */
@@ -260,9 +288,27 @@ EventSource.prototype = {
     }
   },
 
+  /* The gateway's answers about private channels. The expiry that ends a stream: reconnect at
+     once, with a new token from the token function. A refusal (also a long-poll's): the
+     connection fails for good, unless the token was reused (by a rotation, or a poll after
+     the last): it may have expired in between, so a new one is asked for first. */
   _event: function (type, data, id) {
-    if (this.readyState != CLOSED) {
-      this._fire(type, {data: data, lastEventId: id, origin: this._origin});
+    var me = this;
+    if (me.readyState != CLOSED) {
+      if (type == "gateway-refused") {
+        if (me._getToken && me._uses > 1) {
+          me._stale = 1;
+          me._stop();
+          me._wait(0);
+        } else {
+          me._end(-1);
+        }
+        return;
+      }
+      if (type == "gateway-auth-expired") {
+        me._stale = me._p.rotate = 1;
+      }
+      me._fire(type, {data: data, lastEventId: id, origin: me._origin});
     }
   },
 
@@ -277,6 +323,9 @@ EventSource.prototype = {
       events = response.events || [];
     } catch (e) {
       return me._end(0);
+    }
+    if (response.error) {
+      return me._event("gateway-refused");
     }
     if (typeof response.retry == "number") {
       me._retry = response.retry;
@@ -314,6 +363,7 @@ EventSource.prototype = {
          time is longer, plus up to half again of random jitter, so that a gateway that stays
          down is not stormed; the next good response resets the count. */
       me.readyState = CONNECTING;
+      me._stale = 1;
       me._fire("error");
       if (me.readyState == CONNECTING) {
         me._failures++;

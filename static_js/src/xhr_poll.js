@@ -5,7 +5,8 @@
 function xhrPoll(es) {
   /* A unique parameter: IE would otherwise answer a repeated poll from its cache. */
   return xhrRequest(es, es._pollUrl(["_", uid()]), null, function (status, xhr) {
-    if (status == 200) {
+    /* A refusal of private channels (401, 403) has a JSON body too. */
+    if (status == 200 || status == 401 || status == 403) {
       es._poll(xhr.responseText);
     } else {
       es._end(status > 499 ? 0 : status);
