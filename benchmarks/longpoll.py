@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import sys
 import time
 from array import array
@@ -27,6 +28,8 @@ from urllib.parse import quote
 
 from loadgen import (
     HttpPublisher,
+    cores_cpu_seconds,
+    kernel_threads_cpu_seconds,
     make_payload,
     percentile,
     proc_cpu_seconds,
@@ -47,6 +50,11 @@ class Totals:
         self.reordered = 0
         self.failed: dict[str, int] = {}
         self.latency_us = array("q")
+        # While events are being published, a gateway poll answers with at least one: one
+        # that comes back empty then was not woken by them (or the broker was down).
+        self.publishing = False
+        self.empty = 0
+        self.held_max = 0.0  # the longest a poll answered empty while publishing was held
 
     def fail(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
@@ -96,7 +104,7 @@ class Poller:
         return b"GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
             path.encode(), self.host.encode(), self.port, extra)
 
-    def take(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+    def take(self, status: int, headers: dict[bytes, bytes], body: bytes, held: float) -> None:
         now = time_ns()
         totals = self.totals
         if status != 200:
@@ -107,6 +115,9 @@ class Poller:
             answer = json.loads(body)
             self.cursor = answer["lastEventId"]
             payloads = [event["data"].encode() for event in answer["events"]]
+            if not payloads and totals.publishing:
+                totals.empty += 1
+                totals.held_max = max(totals.held_max, held)
         else:
             self.cache = [(b"If-Modified-Since", headers.get(b"last-modified", b"")),
                           (b"If-None-Match", headers.get(b"etag", b""))]
@@ -135,9 +146,10 @@ class Poller:
         try:
             while not stop.is_set():
                 writer.write(self.request())
+                sent = time.monotonic()
                 status, headers, body = await read_response(reader)
                 self.totals.polls += 1
-                self.take(status, headers, body)
+                self.take(status, headers, body, time.monotonic() - sent)
                 if headers.get(b"connection", b"").lower() == b"close":
                     self.totals.fail("server closed the connection")
                     return
@@ -166,7 +178,10 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
     polls0 = totals.polls
     calls0 = await redis_command_calls(a.redis_url) if a.redis_url else {}
     cpu0 = sum_readings(a.server_pid, proc_cpu_seconds)
+    cores0, kthreads0 = cores_cpu_seconds(), kernel_threads_cpu_seconds()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
+    totals.publishing = True
 
     publisher = HttpPublisher(a.publish_url, a.publish == "http-json", a.timeout)
     events = max(1, int(a.rate * a.duration))
@@ -176,6 +191,7 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
         if delay > 0:
             await asyncio.sleep(delay)
         waiters.append(await publisher.send(make_payload(seq, time_ns())))
+    totals.publishing = False
     drain_end = time.monotonic() + a.drain
     await asyncio.wait(waiters, timeout=a.drain)
     published = 0
@@ -190,6 +206,8 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
     while totals.delivered < expected and time.monotonic() < drain_end:
         await asyncio.sleep(0.02)
     cpu1 = sum_readings(a.server_pid, proc_cpu_seconds)
+    cores1, kthreads1 = cores_cpu_seconds(), kernel_threads_cpu_seconds()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     calls1 = await redis_command_calls(a.redis_url) if a.redis_url else {}
     phase = time.monotonic() - t0
     stop.set()
@@ -201,16 +219,24 @@ async def run(a: argparse.Namespace) -> dict[str, object]:
                   loss=round(1 - totals.delivered / expected, 6) if expected else None,
                   duplicates=totals.duplicates, reordered=totals.reordered,
                   polls=totals.polls - polls0, fail_reasons=totals.failed,
+                  empty_answers=totals.empty, empty_held_max_s=round(totals.held_max, 3),
                   phase_seconds=round(phase, 3))
     lat = sorted(totals.latency_us)
     if lat:
         result.update(latency_p50_ms=round(percentile(lat, 0.5), 2),
                       latency_p99_ms=round(percentile(lat, 0.99), 2),
                       latency_max_ms=round(lat[-1] / 1000, 2))
+    loadgen_cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    result["loadgen_cpu_s"] = round(loadgen_cpu, 3)
     if cpu0 is not None and cpu1 is not None:
         result["server_cpu_s"] = round(cpu1 - cpu0, 3)
         if totals.delivered:
             result["cpu_s_per_1k"] = round((cpu1 - cpu0) / totals.delivered * 1000, 5)
+        # Task time of other programs on the cores (as loadgen.py reports it): large values
+        # make the run's figures suspect, and run.py's --attempts reruns such a cell.
+        tasks = sum(c1[0] - c0[0] for c0, c1 in zip(cores0, cores1))
+        other = tasks - (cpu1 - cpu0) - loadgen_cpu - (kthreads1 - kthreads0)
+        result["background_cpu_s"] = round(max(0.0, other), 3)
     if a.redis_url:
         result.update(redis_command_delta(calls0, calls1))
     return result

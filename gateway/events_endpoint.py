@@ -9,10 +9,9 @@ ends (`_unavailable`): any other status would make an EventSource give up for go
 """
 
 import logging
-from http import HTTPStatus
 from typing import Callable, Iterable, List, Optional, Tuple
 
-from . import subscribe, wire
+from . import endpoint, subscribe, wire
 from .auth import answers
 from .auth.authorizer import Authorizer, AuthUnavailable, Refused
 from .brokers import BrokerUnavailable
@@ -27,6 +26,7 @@ from .transports.stream import PADDING
 log = logging.getLogger(__name__)
 
 PREFIX = "/events"
+ALLOW = "GET, OPTIONS"
 
 
 class EventsEndpoint:
@@ -51,18 +51,17 @@ class EventsEndpoint:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
-        origin = environ.get("HTTP_ORIGIN")
-        cors = self._cors.preflight(origin) if method == "OPTIONS" else self._cors.headers(origin)
-        headers = self._base_headers + list(cors.items())
+        headers = self._base_headers + endpoint.cors_headers(self._cors, method,
+                                                             environ.get("HTTP_ORIGIN"))
         try:
             if method == "OPTIONS":
-                start_response("200 OK", headers + [("Allow", "GET, OPTIONS"), ("Content-Length", "0")])
+                start_response("200 OK", headers + [("Allow", ALLOW), ("Content-Length", "0")])
                 return []
             if method != "GET":
                 raise ApiError(405, "method not allowed", "subscribe with GET")
             return self._stream(environ, start_response, headers)
         except ApiError as error:
-            return _error(start_response, error, headers)
+            return endpoint.error(start_response, error, headers, ALLOW)
         except BrokerUnavailable:
             return self._unavailable(environ, start_response, headers)
         except Refused as refused:
@@ -74,7 +73,7 @@ class EventsEndpoint:
         except Exception:
             log.exception("unhandled error on GET %s", environ.get("PATH_INFO"))
             error = ApiError(500, "internal server error", "the gateway failed; see its log")
-            return _error(start_response, error, headers)
+            return endpoint.error(start_response, error, headers, ALLOW)
 
     def _stream(self, environ: dict, start_response: Callable,
                 headers: List[Tuple[str, str]]) -> Iterable[bytes]:
@@ -133,11 +132,3 @@ def _path_channel(path: str) -> Optional[str]:
         raise ApiError(404, "not found", f"no such path: {path[:200]}")
     return name
 
-
-def _error(start_response: Callable, error: ApiError, headers: List[Tuple[str, str]]) -> List[bytes]:
-    body = error.body()
-    status = f"{error.status} {HTTPStatus(error.status).phrase}"
-    extra = [("Allow", "GET, OPTIONS")] if error.status == 405 else []
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            *headers, *extra])
-    return [body]

@@ -6,6 +6,7 @@ outlives the tests (see child_processes.py).
 """
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -13,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 import redis
@@ -33,6 +35,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def file_descriptors(need: int) -> Iterator[None]:
+    """RLIMIT_NOFILE at least `need` for the block (gateways started meanwhile inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard < need:
+            pytest.fail(f"RLIMIT_NOFILE's hard limit {hard} is below the {need} this test needs")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = ""):

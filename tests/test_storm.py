@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import resource
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ from urllib.parse import urlencode
 import gevent
 import pytest
 import requests
-from conftest import ROOT, wait_until
+from conftest import ROOT, file_descriptors, wait_until
 
 from gateway.brokers.slots import NoSlot, Slots
 from gateway.wire import EventStreamParser
@@ -37,14 +36,8 @@ _CURSOR_LINE = re.compile(rb"\n\nid: [^\n]*\n\n")
 @pytest.fixture(autouse=True, scope="module")
 def enough_file_descriptors():
     """Thousands of sockets here and as many in the gateway, which inherits the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * STORM + 1000
-    if soft < need:
-        if hard < need:
-            pytest.fail(f"RLIMIT_NOFILE's hard limit {hard} is below the {need} this test needs")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with file_descriptors(2 * STORM + 1000):
+        yield
 
 
 # -- a raw HTTP/1.1 client on asyncio ---------------------------------------------------------

@@ -4,25 +4,81 @@ A poll answers at once when events after the client's cursor exist (at most `bat
 else holds until one arrives or the hold time ends. The cursor in the answer covers exactly the
 events in it, so the next poll resumes after them: nothing lost, nothing twice.
 
+A held poll is woken by the event loop's own turn, before it next waits for I/O (`Wakeups`),
+never through gevent's callback queue: the loop runs that queue for a few milliseconds a turn,
+so in a saturated process a wake-up queued there waits behind thousands of others while the
+requests that I/O wakes run ahead, and a held poll would time out with its events still queued.
+
+An event's JSON is encoded once for every one-channel poll that answers with it (`Answer`).
+
 While the broker is down, a poll is held a short while and answered with no events and the
 client's own cursor (`unavailable`): never an error status, and the client keeps its place.
 """
 
 import json
+import logging
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence
+import weakref
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gevent
-import gevent.event
+from gevent.hub import Hub, Waiter, get_hub
 
 from ..hub import Seat
+from ..ids import format_cursor
 from ..message import Message
 from .session import Session
+
+log = logging.getLogger(__name__)
 
 # A plain identifier only: a dotted path such as window.opener.document.body.click would let
 # any page make the gateway's response call a method of another window of this origin.
 CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
+# What JSON writes as it is, between quotes.
+_PLAIN = re.compile(r"[A-Za-z0-9_.:=,-]*")
+
+
+class Wakeups:
+    """The held polls to wake, woken all together in the event loop's next turn.
+
+    By a timer due at once: libev runs every due timer each turn, with the I/O that is ready,
+    and does not wait for I/O while one is due; gevent's callbacks are cut short after the
+    switch interval.
+    """
+
+    __slots__ = ("_due", "_timer", "__weakref__")
+
+    def __init__(self, hub: Hub) -> None:
+        self._due: List["PollQueue"] = []
+        self._timer = hub.loop.timer(0.0, ref=False)
+
+    def add(self, queue: "PollQueue") -> None:
+        self._due.append(queue)
+        if not self._timer.active:
+            self._timer.start(self._run)
+
+    def _run(self) -> None:
+        # In the hub. Each wake-up switches to its poll's greenlet, which comes back here when
+        # it next blocks; polls due meanwhile start the timer again, for the next turn.
+        due, self._due = self._due, []
+        for queue in due:
+            try:
+                queue.wake()
+            except Exception:
+                log.exception("waking a long-poll failed")
+
+
+_wakeups: "weakref.WeakKeyDictionary[Hub, Wakeups]" = weakref.WeakKeyDictionary()
+
+
+def wakeups_of(hub: Hub) -> Wakeups:
+    """The wake-ups of a hub's held polls (one set per hub, so per thread)."""
+    found = _wakeups.get(hub)
+    if found is None:
+        found = _wakeups[hub] = Wakeups(hub)
+    return found
 
 
 class PollQueue:
@@ -31,7 +87,8 @@ class PollQueue:
     the length of the messages' frames, is on the hub's budget.
     """
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "_wakeup")
+    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "_waiter", "_wakeups",
+                 "_due")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
@@ -40,7 +97,9 @@ class PollQueue:
         self.max_pending = max_pending
         self.closed = False
         self.seat: Optional[Seat] = None  # given by the hub
-        self._wakeup: Optional[gevent.event.Event] = None  # made by the first wait
+        self._waiter: Optional[Waiter] = None  # while its request waits
+        self._wakeups: Optional[Wakeups] = None  # the waiting request's hub's
+        self._due = False  # a wake-up is scheduled and has not run yet
 
     @property
     def held(self) -> int:
@@ -57,21 +116,41 @@ class PollQueue:
             return False
         self.queue.append(message)
         self.seat.hold(self.seat.held + len(message.frame))
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if self._waiter is not None:
+            self._schedule_wake()
         return True
 
-    def wait(self, timeout: Optional[float]) -> bool:
-        """Block until there is something to take or the queue is closed."""
+    def wait(self, timeout: float) -> bool:
+        """Block until there is something to take or the queue is closed (True), or until
+        `timeout` seconds have passed (False)."""
         if self.queue or self.closed:
             return True
-        if self._wakeup is None:
-            self._wakeup = gevent.event.Event()
-        return self._wakeup.wait(timeout)
+        hub = get_hub()
+        if self._wakeups is None:
+            self._wakeups = wakeups_of(hub)
+        waiter = self._waiter = Waiter(hub)
+        timer = hub.loop.timer(max(timeout, 0.0))
+        # From the time now, not the loop's time of this turn: else it ends early.
+        timer.start(waiter.switch, False, update=True)
+        try:
+            return waiter.get()
+        finally:
+            timer.close()
+            self._waiter = None
+
+    def wake(self) -> None:
+        """Resume the waiting request (Wakeups calls it, in the hub)."""
+        self._due = False
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.switch(True)
+
+    def _schedule_wake(self) -> None:
+        if not self._due:
+            self._due = True
+            self._wakeups.add(self)
 
     def drain(self) -> List[Message]:
-        if self._wakeup is not None:
-            self._wakeup.clear()
         items, self.queue = self.queue, []
         self.seat.hold(0)
         return items
@@ -86,17 +165,111 @@ class PollQueue:
         if seat is not None:
             seat.hold(0)
             seat.leave()
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if self._waiter is not None:
+            self._schedule_wake()
 
     def end(self) -> None:
         """End cleanly (the server is stopping): a queue has nothing more to finish."""
         self.close()
 
 
-def poll(session: Session, backlog: List[Message], hold: float, batch: int,
-         retry_ms: int) -> Dict[str, Any]:
-    """Wait for events (at most `hold` seconds) and return the response body."""
+# An event taken by a poll, and the cursor after it; None for a one-channel poll's event
+# that has an id, whose cursor is the event's own (as its frame's `id:` line).
+Taken = Tuple[Message, Optional[str]]
+
+
+class Answer:
+    """A poll's answer: the events taken, and the cursor to send next.
+
+    `json()` and `jsonp()` give exactly the bytes of `encode_json(to_dict())` and
+    `encode_jsonp(callback, to_dict())`, from each event's encoding made once for all polls.
+    """
+
+    __slots__ = ("events", "cursor", "retry")
+
+    def __init__(self, events: List[Taken], cursor: str, retry_ms: int) -> None:
+        self.events = events
+        self.cursor = cursor
+        self.retry = retry_ms
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"events": [_item(message, cursor) for message, cursor in self.events],
+                "lastEventId": self.cursor, "retry": self.retry}
+
+    def json(self) -> bytes:
+        return self._encode(False)
+
+    def jsonp(self, callback: str) -> bytes:
+        """`callback` must match CALLBACK."""
+        return _call(callback, self._encode(True))
+
+    def _encode(self, ascii: bool) -> bytes:
+        items = [_ENCODED.get(message, ascii) if cursor is None
+                 else _dumps(_item(message, cursor), ascii)
+                 for message, cursor in self.events]
+        cursor = self.cursor
+        # A cursor of ids and channel names needs no escaping; one with a publisher's id may.
+        quoted = b'"%s"' % cursor.encode() if _PLAIN.fullmatch(cursor) else _dumps(cursor, ascii)
+        return b'{"events":[%s],"lastEventId":%s,"retry":%d}' % (
+            b",".join(items), quoted, self.retry)
+
+
+def _item(message: Message, cursor: Optional[str]) -> Dict[str, Any]:
+    item = message.to_dict()
+    if cursor is None:
+        cursor = format_cursor((message.channel,), {message.channel: message.event_id},
+                               message.source_id)
+    item["id"] = cursor
+    return item
+
+
+def _dumps(value: Any, ascii: bool) -> bytes:
+    # ASCII-only for JSONP: U+2028/U+2029 break old JavaScript parsers.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=ascii).encode(
+        "ascii" if ascii else "utf-8")
+
+
+class _EncodedEvents:
+    """Each recent event's JSON, as one-channel polls answer with it, made once (a bounded
+    cache: the polls that answer with an event do so in the moments after its dispatch)."""
+
+    __slots__ = ("_entries", "_bytes", "max_entries", "max_bytes")
+
+    def __init__(self, max_entries: int = 512, max_bytes: int = 4 << 20) -> None:
+        # id(message) -> [message, UTF-8 JSON, ASCII JSON]; holding the message keeps its id
+        # from being reused while the entry lives.
+        self._entries: "OrderedDict[int, List[Any]]" = OrderedDict()
+        self._bytes = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+
+    def get(self, message: Message, ascii: bool) -> bytes:
+        entry = self._entries.get(id(message))
+        if entry is None:
+            entry = self._entries[id(message)] = [message, None, None]
+        encoded = entry[2 if ascii else 1]
+        if encoded is None:
+            encoded = entry[2 if ascii else 1] = _dumps(_item(message, None), ascii)
+            self._bytes += len(encoded)
+            self._trim()
+        return encoded
+
+    def _trim(self) -> None:
+        entries = self._entries
+        while len(entries) > 1 and (len(entries) > self.max_entries or
+                                    self._bytes > self.max_bytes):
+            self._forget(entries.popitem(last=False)[1])
+
+    def _forget(self, entry: List[Any]) -> None:
+        self._bytes -= sum(len(encoded) for encoded in entry[1:] if encoded is not None)
+
+
+_ENCODED = _EncodedEvents()
+
+
+def collect(session: Session, backlog: List[Message], hold: float, batch: int,
+            retry_ms: int) -> Answer:
+    """Wait for events (at most `hold` seconds) and return the answer; the session is closed."""
     subscriber = session.subscriber
     deadline = time.monotonic() + hold
     try:
@@ -106,40 +279,51 @@ def poll(session: Session, backlog: List[Message], hold: float, batch: int,
             if remaining <= 0 or not subscriber.wait(remaining):
                 break
             events = _take(session, subscriber.drain(), batch)
-        return {"events": events, "lastEventId": session.cursor(), "retry": retry_ms}
+        return Answer(events, session.cursor(), retry_ms)
     finally:
         session.close()
 
 
-def unavailable(cursor: Optional[str], hold: float, retry_ms: int) -> Dict[str, Any]:
+def poll(session: Session, backlog: List[Message], hold: float, batch: int,
+         retry_ms: int) -> Dict[str, Any]:
+    """As `collect`, the answer as the JSON-ready body."""
+    return collect(session, backlog, hold, batch, retry_ms).to_dict()
+
+
+def unavailable(cursor: Optional[str], hold: float, retry_ms: int) -> Answer:
     """The answer while the broker is down, after a hold of `retry_ms` (at most `hold` seconds).
 
     A client polls again as soon as it has an answer: the hold keeps it from polling in a tight
     loop. Its cursor comes back unchanged ("" if it sent none), so it loses nothing.
     """
     gevent.sleep(min(hold, retry_ms / 1000))
-    return {"events": [], "lastEventId": cursor or "", "retry": retry_ms}
+    return Answer([], cursor or "", retry_ms)
 
 
-def _take(session: Session, messages: List[Message], batch: int) -> List[Dict[str, Any]]:
-    events = []
+def _take(session: Session, messages: List[Message], batch: int) -> List[Taken]:
+    events: List[Taken] = []
+    own_ids = len(session.channels) == 1
     for message in messages:
         if len(events) >= batch:
             break  # the cursor stops before the rest: the next poll gets them from history
         if session.accept(message):
-            item = message.to_dict()
-            item["id"] = session.cursor(message.source_id)
-            events.append(item)
+            shared = own_ids and message.event_id is not None
+            events.append((message, None if shared else session.cursor(message.source_id)))
     return events
 
 
 def encode_json(body: Dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """A JSON-ready body as a poll answers with it."""
+    return _dumps(body, False)
 
 
 def encode_jsonp(callback: str, body: Dict[str, Any]) -> bytes:
-    """`callback` must match CALLBACK. ASCII-only JSON: U+2028/2029 break old JS parsers."""
+    """A JSON-ready body as a JSONP poll answers with it; `callback` must match CALLBACK."""
+    return _call(callback, _dumps(body, True))
+
+
+def _call(callback: str, ascii_json: bytes) -> bytes:
     if not CALLBACK.fullmatch(callback):
         raise ValueError("invalid callback name")
     # The leading comment keeps the response from starting with attacker-chosen bytes.
-    return f"/**/{callback}({json.dumps(body, separators=(',', ':'))});".encode("ascii")
+    return b"/**/%s(%s);" % (callback.encode("ascii"), ascii_json)

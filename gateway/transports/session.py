@@ -25,8 +25,9 @@ class Session:
         self.subscriber = subscriber
         self.positions: Dict[str, EventId] = {}
 
-    def open(self, last_event_id: Optional[str]) -> List[Message]:
-        """Attach and return the backlog to send first (resets, then replayed events).
+    def open(self, last_event_id: Optional[str], limit: Optional[int] = None) -> List[Message]:
+        """Attach and return the backlog to send first (resets, then replayed events), with at
+        most `limit` events of each channel's history (the client takes no more at once).
 
         Raises BrokerUnavailable, with the subscriber closed, when the broker cannot serve.
         """
@@ -38,10 +39,10 @@ class Session:
                 requested = parse_cursor(last_event_id, self.channels)
             except CursorError:
                 # Treated like lost history: say so, then send everything history holds.
-                _, events = self._replay({channel: ZERO for channel in self.channels})
+                _, events = self._replay({channel: ZERO for channel in self.channels}, limit)
                 self.hub.count_reset("unknown-id")
                 return [reset_message(self.channels, "unknown-id"), *events]
-            lost, events = self._replay(requested)
+            lost, events = self._replay(requested, limit)
             if not lost:
                 return events
             self.hub.count_reset("history-lost")
@@ -50,11 +51,12 @@ class Session:
             self.close()
             raise
 
-    def _replay(self, requested: Dict[str, EventId]) -> Tuple[List[str], List[Message]]:
+    def _replay(self, requested: Dict[str, EventId],
+                limit: Optional[int]) -> Tuple[List[str], List[Message]]:
         """The channels whose history has a gap, and the events after each position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
-        for channel, history in self.hub.history(requested).items():
+        for channel, history in self.hub.history(requested, limit).items():
             after = requested[channel]
             if history.gap:
                 lost.append(channel)
@@ -63,6 +65,8 @@ class Session:
                 after = min(after, self.positions[channel])
             self.positions[channel] = after
             histories.append(history.messages)
+        if len(histories) == 1:
+            return lost, list(histories[0])  # a copy: the read's messages may be shared
         return lost, list(heapq.merge(*histories, key=lambda m: m.event_id))
 
     def accept(self, message: Message) -> bool:

@@ -1,0 +1,176 @@
+"""GET /poll and /poll/<channel>: long-polling, as JSON (XHR) or JSONP (script tags), served as
+a bare WSGI application.
+
+A long-poll client makes a request for every answer, so a request here costs only what it
+needs, as on /events: no routing table, request or response objects, or contexts. What a
+request asks for is read in one place (`read_request`), then authorized in one
+(`Authorizer.check_subscribe`), before anything is attached.
+
+While the broker (or the application that authorizes) is down, a poll gets a 200 answer with
+no events, its own cursor and a retry hint (`transports.poll.unavailable`): never an error
+status.
+"""
+
+import logging
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from . import endpoint, subscribe
+from .auth import answers
+from .auth.authorizer import PUBLIC, Authorizer, AuthUnavailable, Grant, Refused
+from .brokers import BrokerUnavailable
+from .config import Config
+from .cors import CorsPolicy
+from .forwarded import FORWARDING_HEADERS, Network, resolve
+from .hub import Hub
+from .metrics import Metrics
+from .subscribe import UNCACHEABLE, ApiError
+from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp
+from .transports.poll import Answer, collect, unavailable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/poll"
+ALLOW = "GET, HEAD, OPTIONS"
+JSON = [("Content-Type", "application/json; charset=utf-8")]
+JSONP = [("Content-Type", "application/javascript; charset=utf-8"),
+         ("X-Content-Type-Options", "nosniff")]
+_NOT_ALLOWED = ApiError(405, "method not allowed", "The method is not allowed for the requested URL.")
+METRICS_ENDPOINT = "poll_events"  # what /metrics calls this endpoint's refusals
+
+
+class PollRequest(NamedTuple):
+    """What a poll asks for, checked: its channels, JSONP callback (None for JSON), hold time
+    in seconds, largest batch, cursor (None for a first poll), and its query's arguments."""
+
+    channels: List[str]
+    callback: Optional[str]
+    hold: float
+    batch: int
+    cursor: Optional[str]
+    args: subscribe.Query
+
+
+def read_request(environ: dict, config: Config) -> PollRequest:
+    """The poll a request asks for; ApiError (400, or 403 for JSONP from an unlisted page)."""
+    args = subscribe.Query(environ.get("QUERY_STRING", ""))
+    channels = subscribe.channels(_path_channel(environ["PATH_INFO"]), args, config.max_channels)
+    callback = args.get("callback")
+    if callback is not None and not CALLBACK.fullmatch(callback):
+        raise ApiError(400, "invalid callback",
+                       f"callback must be a plain identifier, ^{CALLBACK.pattern}$")
+    if callback is not None and config.cors_origins:
+        check_jsonp_referer(environ.get("HTTP_REFERER"), config.cors_origins)
+    hold = subscribe.number_arg(args, "timeout", config.poll_timeout, config.poll_timeout)
+    batch = int(subscribe.number_arg(args, "batch", config.max_batch, config.max_batch,
+                                     integer=True))
+    cursor = subscribe.last_event_id(environ.get("HTTP_LAST_EVENT_ID"), args)
+    return PollRequest(channels, callback, hold, batch, cursor, args)
+
+
+def check_jsonp_referer(referer: Optional[str], origins: Sequence[str]) -> None:
+    """A script tag ignores CORS and carries cookies: with an allowlist, JSONP must not let
+    other sites read what only the listed origins may. Script requests name their page in
+    Referer."""
+    page = urlsplit(referer or "")
+    origin = f"{page.scheme}://{page.netloc}" if page.scheme and page.netloc else None
+    if origin not in origins:
+        raise ApiError(403, "forbidden", "JSONP is allowed only from the --cors-origin origins, "
+                       "named by the request's Referer")
+
+
+class PollEndpoint:
+    def __init__(self, config: Config, hub: Hub, cors: CorsPolicy, auth: Authorizer,
+                 metrics: Metrics, proxies: Sequence[Network]) -> None:
+        self._config = config
+        self._hub = hub
+        self._cors = cors
+        self._auth = auth
+        self._metrics = metrics
+        self._proxies = proxies
+        self._uncacheable = list(UNCACHEABLE.items())
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        """`/poll`, or `/poll/` and one path segment."""
+        if path == PREFIX:
+            return True
+        start = len(PREFIX) + 1
+        return path.startswith(PREFIX + "/") and len(path) > start and "/" not in path[start:]
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            return endpoint.error(start_response, _NOT_ALLOWED, self._uncacheable, ALLOW)
+        headers = endpoint.cors_headers(self._cors, method, environ.get("HTTP_ORIGIN"))
+        headers += self._uncacheable
+        if method == "OPTIONS":
+            start_response("200 OK", headers + [("Allow", ALLOW), ("Content-Length", "0")])
+            return []
+        try:
+            request = read_request(environ, self._config)
+            status, kind, body = self._answer(environ, request)
+        except ApiError as error:
+            self._count_refusal(error.status)
+            return endpoint.error(start_response, error, headers, ALLOW)
+        except Exception:
+            log.exception("unhandled error on %s %s", method, environ.get("PATH_INFO"))
+            error = ApiError(500, "internal server error", "the gateway failed; see its log")
+            return endpoint.error(start_response, error, headers, ALLOW)
+        self._count_refusal(status)
+        start_response(endpoint.status_line(status),
+                       [*kind, ("Content-Length", str(len(body))), *headers])
+        return [body]
+
+    def _answer(self, environ: dict, request: PollRequest) -> Tuple[int, endpoint.Headers, bytes]:
+        config = self._config
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+        with self._metrics.polling(jsonp=request.callback is not None):
+            try:
+                grant = self._auth.check_subscribe(request.channels, environ, request.args)
+                # A poll answers with at most `batch` events: it reads no more history.
+                session, backlog = subscribe.open_session(
+                    self._hub, PollQueue(request.channels, config.max_pending), request.cursor,
+                    request.batch)
+            except Refused as refused:
+                status, content_type, body = answers.poll_refusal(refused, request.callback)
+                return status, [("Content-Type", content_type)], body
+            except (BrokerUnavailable, AuthUnavailable):
+                grant = PUBLIC
+                answer = unavailable(request.cursor, request.hold,
+                                     subscribe.outage_retry(config.retry))
+            else:
+                # The session is attached, and `collect` detaches it whatever happens.
+                answer = collect(session, backlog, grant.hold(request.hold), request.batch,
+                                 config.retry)
+        return (200, *_encoded(answer, grant, request.callback))
+
+    def _count_refusal(self, status: int) -> None:
+        if status in (401, 403):
+            self._metrics.refused_auth(METRICS_ENDPOINT, status)
+
+    def _client(self, environ: dict) -> str:
+        headers = {name: environ[key] for name in FORWARDING_HEADERS
+                   if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
+        return resolve(environ.get("REMOTE_ADDR") or "", headers, self._proxies).address
+
+
+def _encoded(answer: Answer, grant: Grant,
+             callback: Optional[str]) -> Tuple[endpoint.Headers, bytes]:
+    if grant.expired():  # the expiry event goes last, in the body as a dict
+        body = answers.end_poll(answer.to_dict(), grant)
+        if callback is None:
+            return JSON, encode_json(body)
+        return JSONP, encode_jsonp(callback, body)
+    if callback is None:
+        return JSON, answer.json()
+    return JSONP, answer.jsonp(callback)
+
+
+def _path_channel(path: str) -> Optional[str]:
+    if path == PREFIX:
+        return None
+    name = path[len(PREFIX) + 1:]
+    # PEP 3333's PATH_INFO is bytes as latin-1; a channel name is read as UTF-8, as werkzeug does.
+    return name if name.isascii() else name.encode("latin-1").decode("utf-8", "replace")
