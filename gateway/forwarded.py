@@ -57,6 +57,24 @@ def resolve(peer: str, headers: Mapping[str, str], networks: Sequence[Network]) 
     return Client(chain[0] if chain else peer, bool(chain) and _address(chain[0]) is not None)
 
 
+class EnvironHeaders:
+    """A WSGI environ's request headers by name, as `resolve` reads them."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self._environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+
 def is_loopback(client: Client) -> bool:
     address = _address(client.address)
     return client.trusted and address is not None and address.is_loopback

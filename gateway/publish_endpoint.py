@@ -27,7 +27,7 @@ from .auth.authorizer import Authorizer, PublishGrant, Refused
 from .brokers import Broker, BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy, own_origin, page_may_publish, publish_policy
-from .forwarded import FORWARDING_HEADERS, is_loopback, parse_networks, resolve
+from .forwarded import FORWARDING_HEADERS, EnvironHeaders, is_loopback, parse_networks, resolve
 from .ids import format_id
 from .message import (
     InvalidJson,
@@ -60,24 +60,6 @@ class ItemError(ApiError):
     def body(self) -> bytes:
         return json.dumps({"error": self.error, "detail": self.detail, "index": self.index},
                           ensure_ascii=False).encode("utf-8")
-
-
-class _Headers:
-    """The request headers that `forwarded.resolve` reads, from the environ."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: dict) -> None:
-        self._environ = environ
-
-    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        return self._environ.get("HTTP_" + name.upper().replace("-", "_"), default)
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
 
 
 class PublishEndpoint:
@@ -185,7 +167,7 @@ class PublishEndpoint:
     def _from_loopback(self, environ: dict) -> bool:
         peer = environ.get("REMOTE_ADDR") or ""
         if any(environ.get(key) for key in _FORWARDING_KEYS):
-            return is_loopback(resolve(peer, _Headers(environ), self._proxies))
+            return is_loopback(resolve(peer, EnvironHeaders(environ), self._proxies))
         # No forwarding headers: the peer alone decides, and peers are few (local publishers).
         local = self._local_peers.get(peer)
         if local is None:

@@ -16,7 +16,7 @@ cover every private channel, or none at all, leaves the decision to the applicat
 import time
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from ..forwarded import Network, parse_networks, resolve
+from ..forwarded import EnvironHeaders, Network, parse_networks, resolve
 from .callback import AuthCallback, CallbackUnavailable
 from .policy import PrivateChannels, uncovered
 from .tokens import NotAJwt, TokenError, TokenVerifier
@@ -159,7 +159,7 @@ class Authorizer:
         return token, _QUERY
 
     def _address(self, environ: Mapping[str, str]) -> str:
-        return resolve(environ.get("REMOTE_ADDR", ""), _Headers(environ), self._proxies).address
+        return resolve(environ.get("REMOTE_ADDR", ""), EnvironHeaders(environ), self._proxies).address
 
 
 class PublishGrant:
@@ -200,19 +200,3 @@ def _cookie(header: Optional[str], name: str) -> Optional[str]:
     return None
 
 
-class _Headers:
-    """Request headers by name, from a WSGI environ (for forwarded.resolve)."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        return self._environ.get("HTTP_" + name.upper().replace("-", "_"), default)
-
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
