@@ -47,6 +47,9 @@ def _publish_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="parse DATA as JSON")
     parser.add_argument("--redis-url", help="publish through Redis (env SSE_GATEWAY_REDIS_URL)")
     parser.add_argument("--prefix", help="Redis key prefix (env SSE_GATEWAY_PREFIX)")
+    parser.add_argument("--redis-cluster", action="store_true", default=None,
+                        help="--redis-url names nodes of a Redis Cluster, comma-separated "
+                             "(env SSE_GATEWAY_REDIS_CLUSTER=1)")
     parser.add_argument("--url", default="http://127.0.0.1:8080",
                         help="gateway to publish through when no Redis URL is given "
                              "(default: http://127.0.0.1:8080)")
@@ -212,7 +215,14 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get("SSE_GATEWAY_REDIS_URL")
     prefix = args.prefix if args.prefix is not None else os.environ.get("SSE_GATEWAY_PREFIX", "")
     token = args.publish_token or os.environ.get("SSE_GATEWAY_PUBLISH_TOKEN", "").split(",")[0]
-    publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    cluster = args.redis_cluster or os.environ.get("SSE_GATEWAY_REDIS_CLUSTER", "").lower() in (
+        "1", "true", "yes", "on")
+    try:
+        publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None,
+                              cluster=cluster and bool(redis_url))
+    except PublishError as error:
+        print(f"sse-gateway publish: {error}", file=sys.stderr)
+        return 1
     fields = {"event": args.event, "id": args.source_id, "retry": args.retry}
     fields = {name: value for name, value in fields.items() if value is not None}
     try:

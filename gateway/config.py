@@ -17,6 +17,7 @@ class Config:
     port: int = 8080
     redis_url: Optional[str] = None
     prefix: str = ""
+    redis_cluster: bool = False
     publish_tokens: Tuple[str, ...] = ()
     heartbeat: float = 15.0
     retry: int = 3000
@@ -102,12 +103,32 @@ class Config:
             problems.append("workers above 1 need --redis-url: the embedded broker lives in "
                             "one process, and the workers must share events and history")
         problems += _auth_problems(self)
+        problems += _cluster_problems(self)
         if self.log_format not in ("text", "json"):
             problems.append("log-format must be text or json")
         if not 0 < self.presence_interval <= 60:
             problems.append("presence-interval must be above 0 and at most 60 seconds")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def _cluster_problems(config: Config) -> List[str]:
+    if not config.redis_cluster:
+        return []
+    problems = []
+    if not config.redis_url:
+        problems.append("redis-cluster needs --redis-url: one or more of the cluster's nodes, "
+                        "comma-separated (redis://host:port,redis://host2:port)")
+    else:
+        for seed in config.redis_url.split(","):
+            if not seed.strip().startswith(("redis://", "rediss://")):
+                problems.append("redis-cluster needs redis:// or rediss:// URLs in --redis-url, "
+                                "comma-separated")
+                break
+    if "{" in config.prefix or "}" in config.prefix:
+        problems.append("prefix must not contain { or } with --redis-cluster: the channel is the "
+                        "hash tag of its Redis names")
+    return problems
 
 
 def _auth_problems(config: Config) -> List[str]:
@@ -167,6 +188,8 @@ OPTIONS: List[Option] = [
     Option("redis_url", "Redis URL (redis://host:port/db); without it the embedded broker is used",
            metavar="URL"),
     Option("prefix", "prefix of the Redis pub/sub channels and keys"),
+    Option("redis_cluster", "Redis is a Redis Cluster: --redis-url names one or more of its nodes, "
+           "comma-separated (events go by sharded pub/sub)", switch=True),
     Option("publish_tokens", "bearer token accepted by POST /publish (repeatable; env: "
            "comma-separated); without any, publishing is allowed from loopback only",
            flag="--publish-token", repeatable=True, metavar="TOKEN"),

@@ -36,13 +36,14 @@ class Operations:
         self._hub = hub
         self._interval = config.presence_interval
         self.metrics = Metrics(hub, broker, multiprocess=config.workers > 1)
-        self.presence = create_presence(hub, config.redis_url, config.prefix,
-                                        config.presence_interval)
+        # On a Redis Cluster, GET /channels counts this process's subscribers only.
+        self.presence = create_presence(hub, None if config.redis_cluster else config.redis_url,
+                                        config.prefix, config.presence_interval)
         if config.redis_url:
-            url, prefix = config.redis_url, config.prefix
+            url, prefix, cluster = config.redis_url, config.prefix, config.redis_cluster
 
             def resolve() -> str:
-                return shared_channel(url, prefix)
+                return shared_channel(url, prefix, cluster)
         else:
             own = new_channel()
 

@@ -46,7 +46,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis_url, config.prefix, config.history_length,
-                           config.history_age)
+                           config.history_age, config.redis_cluster)
     hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
     operations = Operations(config, hub, broker)
     broker.start(operations.sink(hub.dispatch), hub.resync)
@@ -139,7 +139,9 @@ def _tune_garbage_collector() -> None:
 
 
 def _redacted(url: str) -> str:
-    # Keep passwords out of logs.
+    # Keep passwords out of logs (of each seed node of a Redis Cluster's comma-separated list).
+    if "," in url:
+        return ",".join(_redacted(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]

@@ -33,9 +33,19 @@ def new_channel() -> str:
     return "sse-gateway.status." + secrets.token_hex(16)
 
 
-def shared_channel(url: str, prefix: str) -> str:
+def shared_channel(url: str, prefix: str, cluster: bool = False) -> str:
     """The status channel of every gateway on this Redis: stored by the first to ask."""
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    if cluster:
+        from redis.exceptions import RedisClusterException
+
+        from .cluster_nodes import cluster_client
+
+        try:
+            client = cluster_client(url, socket_timeout=2, socket_connect_timeout=2)
+        except RedisClusterException as error:  # no seed node answered
+            raise RedisError(str(error)) from None
+    else:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.set(prefix + CHANNEL_KEY, new_channel(), nx=True)
         name = client.get(prefix + CHANNEL_KEY)

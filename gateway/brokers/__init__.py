@@ -6,8 +6,14 @@ __all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResu
            "create_broker"]
 
 
-def create_broker(redis_url, prefix: str, history_length: int, history_age: float) -> Broker:
-    """The Redis broker when a URL is given, else the embedded one."""
+def create_broker(redis_url, prefix: str, history_length: int, history_age: float,
+                  cluster: bool = False) -> Broker:
+    """The Redis broker when a URL is given (the cluster one for a Redis Cluster), else the
+    embedded one."""
+    if redis_url and cluster:
+        from .cluster import ClusterBroker
+
+        return ClusterBroker(redis_url, prefix, history_length, history_age)
     if redis_url:
         from .redis import RedisBroker
 
