@@ -3,6 +3,7 @@ do to it (find a node, kill a master, migrate a slot)."""
 
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from typing import Dict, List, Optional, Tuple
@@ -14,12 +15,27 @@ from conftest import free_port, wait_until
 from redis.crc import key_slot
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
 class RedisCluster:
     def __init__(self, masters: int = 3, replicas: int = 1) -> None:
         self.size = masters * (1 + replicas)
         self.masters = masters
         self.replicas = replicas
-        self.ports = [free_port() for _ in range(self.size)]
+        self.ports = [cluster_port() for _ in range(self.size)]
         self.dir = tempfile.mkdtemp(prefix="sse-gateway-cluster-")
         self.procs: Dict[int, subprocess.Popen] = {}
 
