@@ -256,6 +256,8 @@ def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:
     """HistoryBounds from redis-py's XINFO STREAM reply (None when the key does not exist)."""
     if not info:
         return HistoryBounds(exists=False)
+    if b"last-generated-id" in info:  # unparsed (redis-py's cluster transactions): bytes keys
+        info = {key.decode("ascii"): value for key, value in info.items()}
     first_entry = info.get("first-entry")
     return HistoryBounds(
         exists=True,
@@ -265,7 +267,10 @@ def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:
     )
 
 
-def entry_payload(fields: Dict[Any, Any]) -> Optional[bytes]:
+def entry_payload(fields: Union[Dict[Any, Any], List[Any]]) -> Optional[bytes]:
+    """An entry's message; `fields` as redis-py parses them, or the flat list Redis sends."""
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2]))
     value = fields.get(b"m", fields.get("m"))
     if value is None:
         return None

@@ -92,6 +92,16 @@ class RedisCluster:
                 return False
         wait_until(ok, timeout, 0.05, message="the cluster to be ok on every node")
 
+    def wait_failover(self, dead: int, timeout: float = 30) -> None:
+        """Until every live node has a replica in the place of the dead master on port `dead`."""
+        def done() -> bool:
+            try:
+                return all(dead not in self.slot_owners(port) for port in self.alive())
+            except redis.RedisError:
+                return False
+        wait_until(done, timeout, 0.05, message=f"a replica to take over from :{dead}")
+        self.wait_ok(timeout)
+
     def _replicas_in_sync(self) -> bool:
         for port in self.alive():
             info = self.node(port).info("replication")

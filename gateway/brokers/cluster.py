@@ -464,7 +464,11 @@ class _Shard:
                 self.ready = True
                 delay = _BACKOFF_FIRST
                 self._read_forever()
-            except (RedisError, OSError, BrokerUnavailable) as error:
+            except Exception as error:  # Redis, or a bug: the shard starts again all the same
+                if not isinstance(error, (RedisError, OSError, BrokerUnavailable)):
+                    broker.listener_restarts += 1
+                    log.exception("the pub/sub listener of Redis Cluster master %s failed",
+                                  self.name)
                 self.ready = False
                 self._drop()
                 self.failure = (f"the pub/sub connection to Redis Cluster master {self.name} "
