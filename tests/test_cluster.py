@@ -10,6 +10,7 @@ from typing import Dict, List
 
 import pytest
 import redis
+import requests
 from conftest import ROOT, health, wait_until
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
 
@@ -60,6 +61,12 @@ def pubsub_connections(cluster: RedisCluster, pid: int) -> Dict[int, int]:
     """Node port -> the pub/sub connections process `pid` holds there."""
     name = f"sse-gateway-pubsub-{pid}"
     return {port: cluster.pubsub_clients(port).count(name) for port in cluster.alive()}
+
+
+def unavailable(gateway):
+    """The /healthz body when it answers 503, else None."""
+    response = requests.get(gateway.url + "/healthz", timeout=5)
+    return response.json() if response.status_code == 503 else None
 
 
 class Publishing:
@@ -202,6 +209,10 @@ def test_master_killed_while_publishing_then_events_arrive_once_or_are_reported_
             wait_until(lambda: len(publishing.acknowledged[victim_channel]) >= 20, 10,
                        message="publishes")
             cluster.kill(victim)
+            # Until a replica takes over, /healthz names the master that is down.
+            down = wait_until(lambda: unavailable(gateways[0]), 10, 0.01,
+                              message="/healthz to report the dead master")
+            assert f"127.0.0.1:{victim}" in down["detail"], down
             cluster.wait_failover(victim)
             assert cluster.master_of(slot_of(victim_channel)) != victim
             after = len(publishing.acknowledged[victim_channel])
