@@ -58,11 +58,16 @@ class Publisher:
             import redis
 
             if cluster:
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+
                 from .cluster_nodes import cluster_client
 
                 try:
+                    # Not sent again after a lost connection (the script may have run: the
+                    # events would be stored twice); MOVED and ASK are followed all the same.
                     client = cluster_client(url, socket_connect_timeout=timeout,
-                                            socket_timeout=timeout)
+                                            socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
                 except (redis.RedisError, redis.exceptions.RedisClusterException) as error:
                     raise PublishError(f"no node of the Redis Cluster answered: {error}") from None
             else:

@@ -12,6 +12,7 @@ import pytest
 import redis
 import requests
 from conftest import ROOT, health, wait_until
+from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
 
 from gateway import Publisher
@@ -291,3 +292,18 @@ def test_cluster_settings_that_cannot_work_are_refused(args, problem):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert problem in done.stderr
+
+
+def test_cluster_names_carry_the_channel_as_hash_tag_and_single_redis_names_are_unchanged():
+    from gateway import redis_schema
+
+    assert redis_schema.history_key("p:", "chat", cluster=True) == "p:sse-gateway:history:{chat}"
+    assert redis_schema.live_channel("p:", "chat", cluster=True) == "p:sse-gateway/live/{chat}"
+    assert redis_schema.history_key("p:", "chat") == "p:sse-gateway:history:chat"
+    assert redis_schema.live_channel("p:", "chat") == "p:sse-gateway/live/chat"
+    keys, args = redis_schema.publish_many_args("", [("a", "{}"), ("b", "{}")], 10, 1000,
+                                                checked=True, cluster=True)
+    assert keys == ["sse-gateway:history:{a}", "sse-gateway:history:{b}"]
+    assert args == ["sse-gateway/live/{a}", "{}", "sse-gateway/live/{b}", "{}", 10, 1000,
+                    "checked"]
+    assert slot_of("chat") == key_slot(keys[0].replace("{a}", "{chat}").encode())

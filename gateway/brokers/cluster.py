@@ -156,6 +156,7 @@ class ClusterBroker(StreamsBroker):
                 with self._slot():
                     client.get_redis_connection(node).ping()
             except RedisError as error:
+                self._refresh_later()  # a replica may have taken its place
                 raise BrokerUnavailable(f"the Redis Cluster master {node.name} is unreachable: "
                                         f"{error}") from None
         for shard in list(self._shards.values()):
