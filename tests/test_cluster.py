@@ -71,11 +71,13 @@ def unavailable(gateway):
 
 
 class Publishing:
-    """Publishes `data` events in turn on the channels from a thread, through a Publisher, until
-    stopped; keeps what was acknowledged and what failed."""
+    """Publishes `data` events in turn on the channels from a thread, until stopped, every other
+    one through a Publisher and through the gateway; keeps what was acknowledged and what
+    failed."""
 
-    def __init__(self, cluster: RedisCluster, channels: List[str]) -> None:
+    def __init__(self, cluster: RedisCluster, channels: List[str], gateway) -> None:
         self.publisher = Publisher(cluster.url, cluster=True, timeout=2)
+        self.through_gateway = Publisher(gateway.url, timeout=5)
         self.channels = channels
         self.acknowledged: Dict[str, List[str]] = {c: [] for c in channels}
         self.ids: Dict[str, str] = {}
@@ -89,8 +91,9 @@ class Publishing:
         while not self._stop.is_set() and number < 100000:
             channel = self.channels[number % len(self.channels)]
             data = f"{channel} {number}"
+            publisher = self.through_gateway if number % 2 else self.publisher
             try:
-                result = self.publisher.publish(channel, data)
+                result = publisher.publish(channel, data)
             except PublishError:
                 self.failed += 1
                 self._stop.wait(0.02)
@@ -173,7 +176,7 @@ def test_slot_migrated_while_publishing_loses_and_repeats_nothing(
     target = next(p for p in redis_cluster.master_ports() if p != source)
     gateways = [cluster_gateway(start_gateway, redis_cluster) for _ in range(2)]
     streams = [open_stream(events_url(g, channels)) for g in gateways]
-    publishing = Publishing(redis_cluster, channels)
+    publishing = Publishing(redis_cluster, channels, gateways[1])
     try:
         wait_until(lambda: len(publishing.acknowledged[busy]) >= 30, 10, message="publishes")
         redis_cluster.migrate_slot(slot, target)
@@ -205,7 +208,7 @@ def test_master_killed_while_publishing_then_events_arrive_once_or_are_reported_
         victim = cluster.master_of(slot_of(victim_channel))
         gateways = [cluster_gateway(start_gateway, cluster) for _ in range(2)]
         streams = [open_stream(events_url(g, channels)) for g in gateways]
-        publishing = Publishing(cluster, channels)
+        publishing = Publishing(cluster, channels, gateways[1])
         try:
             wait_until(lambda: len(publishing.acknowledged[victim_channel]) >= 20, 10,
                        message="publishes")
