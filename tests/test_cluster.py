@@ -241,7 +241,9 @@ def test_master_killed_while_publishing_then_events_arrive_once_or_are_reported_
                 # Once each, in order, and nothing acknowledged missing but what Redis lost.
                 assert len(set(got[channel])) == len(got[channel])
                 assert got[channel] == sorted(got[channel], key=lambda d: int(d.split()[1]))
-                assert set(kept[channel]) <= set(got[channel]) <= set(acknowledged[channel])
+                assert set(kept[channel]) <= set(got[channel]) <= set(acknowledged[channel]), (
+                    sorted(set(kept[channel]) - set(got[channel])),
+                    [gateway.log()[-4000:] for gateway in gateways])
             resets = [e for e in stream.events if e.type == "gateway-reset"]
             assert not resets or kept != acknowledged, "a reset, but Redis lost nothing"
         lost = sum(len(acknowledged[c]) - len(kept[c]) for c in channels)
