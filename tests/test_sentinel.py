@@ -1,0 +1,327 @@
+"""Redis Sentinel: the gateway and the Python Publisher find the master through sentinels, and
+follow a failover.
+
+Real servers on loopback: a master with a password, one replica (`--replicaof`), three
+sentinels with a password of their own (each its own config file, which Sentinel rewrites),
+quorum 2, a master declared down after 1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import List, Optional, Tuple
+
+import pytest
+import redis
+import requests
+from child_processes import die_with_parent
+from conftest import ROOT, Gateway, RedisServer, free_port, wait_until
+from sse_client import Stream, subscribed
+from test_faults import Client
+
+from gateway import Publisher, PublishError
+from gateway.config import Config
+from gateway.redis_schema import history_key
+
+MASTER = "mymaster"
+PASSWORD = "master-secret"  # the master's and the replica's requirepass
+SENTINEL_PASSWORD = "sentinel-secret"
+CHANNEL = "counted"
+HISTORY = 100_000  # no event is trimmed: every loss is the failover's
+CLIENTS = 4
+FAILOVER = 20.0  # seconds for the sentinels to agree and promote the replica
+CATCH_UP = 20.0
+
+
+class Sentinels:
+    """A master, its replica and three sentinels watching them."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sse-gateway-sentinel-")
+        self.master = self._server()
+        self.replica = self._server()
+        # No 5 s wait before the replica's first full sync (diskless, the default).
+        auth = ("--requirepass", PASSWORD, "--masterauth", PASSWORD,
+                "--repl-diskless-sync-delay", "0")
+        self.master.start(*auth)
+        self.replica.start(*auth, "--replicaof", "127.0.0.1", str(self.master.port))
+        wait_until(lambda: self.replica.client.info("replication")["master_link_status"] == "up",
+                   10, message="the replica to sync")
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: List[Optional[subprocess.Popen]] = [self._sentinel(p) for p in self.ports]
+        self.clients = [redis.Redis(port=p, password=SENTINEL_PASSWORD, socket_timeout=2)
+                        for p in self.ports]
+        wait_until(self._watching, 15, message="the sentinels to see the replica and each other")
+
+    def _server(self) -> RedisServer:
+        server = RedisServer()
+        server.client = redis.Redis(port=server.port, password=PASSWORD, socket_timeout=5)
+        return server
+
+    def _sentinel(self, port: int) -> subprocess.Popen:
+        path = os.path.join(self.dir, f"sentinel-{port}.conf")
+        with open(path, "w") as handle:
+            handle.write(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+                         f"requirepass {SENTINEL_PASSWORD}\n"
+                         f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} 2\n"
+                         f"sentinel auth-pass {MASTER} {PASSWORD}\n"
+                         f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                         f"sentinel failover-timeout {MASTER} 5000\n")
+        return subprocess.Popen([shutil.which("redis-server"), path, "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent())
+
+    def _watching(self) -> bool:
+        try:
+            states = [c.sentinel_master(MASTER) for c in self.clients]
+        except redis.RedisError:
+            return False
+        return all(s["num-slaves"] == 1 and s["num-other-sentinels"] == 2 for s in states)
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def args(self, master: str = MASTER) -> Tuple[str, ...]:
+        return ("--redis-sentinel", self.addresses, "--redis-sentinel-master", master,
+                "--redis-url", f"redis://:{PASSWORD}@/0",
+                "--redis-sentinel-password", SENTINEL_PASSWORD)
+
+    def publisher(self, **options) -> Publisher:
+        return Publisher(f"redis://:{PASSWORD}@/0", sentinels=self.addresses, master=MASTER,
+                         sentinel_password=SENTINEL_PASSWORD, **options)
+
+    def master_port(self) -> int:
+        """The master's port, as the first sentinel that answers says."""
+        for client in self.clients:
+            try:
+                return int(client.sentinel_get_master_addr_by_name(MASTER)[1])
+            except (redis.RedisError, TypeError):
+                continue
+        raise AssertionError("no sentinel answers")
+
+    def stop_sentinel(self, index: int) -> None:
+        proc = self.procs[index]
+        proc.kill()
+        proc.wait(10)
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for client in self.clients:
+            client.close()
+        self.master.cleanup()
+        self.replica.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def sentinels():
+    found = Sentinels()
+    try:
+        yield found
+    finally:
+        found.cleanup()
+
+
+def secret_free(text: str) -> bool:
+    return PASSWORD not in text and SENTINEL_PASSWORD not in text
+
+
+class CountingPublisher:
+    """Publishes 0, 1, 2, ... through Sentinel's master, one every 20 ms, in a thread."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.acked: List[Tuple[int, str]] = []  # (seq, id) that Redis acknowledged
+        self.failed = 0
+        self.attempted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def last_acked(self) -> int:
+        return self.acked[-1][0] if self.acked else -1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            seq = self.attempted
+            self.attempted += 1
+            try:
+                reply = self._publisher.publish(CHANNEL, str(seq))
+            except PublishError:
+                self.failed += 1  # not acknowledged: it may or may not be stored
+            else:
+                self.acked.append((seq, reply["id"]))
+            self._stop.wait(0.02)
+
+
+def test_a_gateway_on_sentinels_serves_and_publishes(sentinels, start_gateway, open_stream):
+    gateway = start_gateway(*sentinels.args(), "--heartbeat", "1")
+    stream = open_stream(f"{gateway.url}/events/{CHANNEL}")
+    assert gateway.publish(CHANNEL, {"data": "over http"}).status_code == 200
+    publisher = sentinels.publisher()
+    sent = publisher.publish(CHANNEL, "from Python")
+    stream.wait_events(2)
+    assert [e.data for e in stream.events] == ["over http", "from Python"]
+    assert stream.events[1].last_event_id == sent["id"]
+    # Both went to the master, and from it to the replica.
+    assert sentinels.master.client.xlen(history_key("", CHANNEL)) == 2
+    wait_until(lambda: sentinels.replica.client.xlen(history_key("", CHANNEL)) == 2, 5,
+               message="the replica to have both events")
+    body = requests.get(gateway.url + "/healthz", timeout=5).json()
+    assert body["status"] == "ok" and body["broker"] == "redis"
+    # `sse-gateway publish` finds the master likewise, its passwords from the environment.
+    env = {**os.environ, "SSE_GATEWAY_REDIS_SENTINEL": sentinels.addresses,
+           "SSE_GATEWAY_REDIS_SENTINEL_MASTER": MASTER,
+           "SSE_GATEWAY_REDIS_URL": f"redis://:{PASSWORD}@/0",
+           "SSE_GATEWAY_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
+    done = subprocess.run([sys.executable, "-m", "gateway", "publish", CHANNEL, "from the CLI"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    stream.wait_events(3)
+    assert stream.events[2].data == "from the CLI"
+    assert secret_free(gateway.log())
+
+
+def test_a_sentinel_down_among_three_changes_nothing(sentinels, start_gateway, open_stream):
+    sentinels.stop_sentinel(0)  # the first one asked
+    gateway = start_gateway(*sentinels.args(), "--heartbeat", "1")
+    stream = open_stream(f"{gateway.url}/events/{CHANNEL}")
+    assert gateway.publish(CHANNEL, {"data": "one"}).status_code == 200
+    sentinels.publisher(timeout=2).publish(CHANNEL, "two")
+    stream.wait_events(2)
+    assert [e.data for e in stream.events] == ["one", "two"]
+    assert requests.get(gateway.url + "/healthz", timeout=5).json()["status"] == "ok"
+
+
+class AnsweringGateway(Gateway):
+    """A gateway that need not be healthy: it is ready once it answers /healthz at all."""
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited early:\n{self.log()}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=1).status_code in (200, 503)
+        except requests.RequestException:
+            return False
+
+
+def test_a_wrong_master_name_is_a_clear_error(sentinels):
+    with pytest.raises(PublishError, match="No master found for 'nosuch'"):
+        Publisher(f"redis://:{PASSWORD}@/0", sentinels=sentinels.addresses, master="nosuch",
+                  sentinel_password=SENTINEL_PASSWORD, timeout=2).publish(CHANNEL, "x")
+    gateway = AnsweringGateway(list(sentinels.args(master="nosuch")))
+    try:
+        answer = requests.get(gateway.url + "/healthz", timeout=5)
+        assert answer.status_code == 503
+        assert "No master found for 'nosuch'" in answer.json()["detail"]
+        assert secret_free(answer.text) and secret_free(gateway.log())
+    finally:
+        gateway.cleanup()
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"redis_sentinel": "127.0.0.1:26379"}, "needs --redis-sentinel-master"),
+    ({"redis_sentinel_master": MASTER}, "need --redis-sentinel"),
+    ({"redis_sentinel": "127.0.0.1", "redis_sentinel_master": MASTER}, "is not HOST:PORT"),
+    ({"redis_sentinel": "127.0.0.1:26379", "redis_sentinel_master": MASTER,
+      "redis_url": f"redis://:{PASSWORD}@127.0.0.1:6379/0"}, "its address comes from"),
+    ({"redis_sentinel": "127.0.0.1:26379", "redis_sentinel_master": MASTER,
+      "redis_url": "unix:///tmp/redis.sock"}, "must be redis:// or rediss://"),
+])
+def test_sentinel_settings_that_do_not_go_together_are_refused(settings, problem):
+    with pytest.raises(ValueError, match=problem) as refused:
+        Config(**settings)
+    assert secret_free(str(refused.value))
+
+
+def test_a_sentinel_setting_error_stops_serve_with_its_reason():
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--redis-sentinel",
+                           "127.0.0.1:26379"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    assert "--redis-sentinel needs --redis-sentinel-master" in done.stderr
+
+
+def test_the_gateway_and_the_publisher_follow_a_failover(sentinels, start_gateway):
+    """The master is killed while streams are open and a publisher publishes: the sentinels
+    promote the replica, and every acknowledged event reaches every client once, in order,
+    unless the new master lacks it (replication is asynchronous): then a gateway-reset."""
+    gateway = start_gateway(*sentinels.args(), "--heartbeat", "1", "--history-length",
+                            str(HISTORY))
+    stop = threading.Event()
+    clients = [Client([f"{gateway.url}/events/{CHANNEL}"], stop) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
+    publisher = CountingPublisher(sentinels.publisher(history_length=HISTORY, timeout=2))
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: all(c.subscribed for c in clients), 15, message="every client")
+        publisher.start()
+        wait_until(lambda: publisher.last_acked() >= 20, 10, message="events before the kill")
+        old = sentinels.master.port
+        assert sentinels.master_port() == old
+        sentinels.master.proc.kill()
+        sentinels.master.proc.wait(10)
+        killed_at = publisher.attempted
+        wait_until(lambda: sentinels.master_port() == sentinels.replica.port, FAILOVER,
+                   message="the sentinels to promote the replica")
+        # The publisher reaches the new master, and every client has what it acknowledged.
+        target = wait_until(lambda: publisher.last_acked() > killed_at + 10
+                            and publisher.last_acked(), CATCH_UP,
+                            message="acknowledged publishes on the new master")
+        wait_until(lambda: all(c.last_seq() >= target for c in clients), CATCH_UP,
+                   message=f"every client to catch up: {[c.last_seq() for c in clients]} "
+                           f"< {target}")
+        wait_until(lambda: requests.get(gateway.url + "/healthz", timeout=5).status_code == 200,
+                   CATCH_UP, message="the gateway's /healthz to recover")
+        # The gateway's own publish connection follows too.
+        with Stream(f"{gateway.url}/events/other") as other:
+            other.wait_for(subscribed)
+            answer = gateway.publish("other", {"data": "through the gateway"})
+            assert answer.status_code == 200, answer.text
+            assert other.wait_events(1)[0].data == "through the gateway"
+    finally:
+        publisher.close()
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+
+    # What the new master holds decides what each client must have had.
+    kept = {entry_id.decode() for entry_id, _ in
+            sentinels.replica.client.xrange(history_key("", CHANNEL))}
+    acked = dict(publisher.acked)
+    lost = {seq for seq, event_id in acked.items() if event_id not in kept}
+    for index, client in enumerate(clients):
+        seqs = [item.seq for item in client.received if item.seq is not None]
+        resets = [item for item in client.received if item.seq is None]
+        where = f"client {index} ({client.connections} connections, {client.failures[-3:]})"
+        assert all(a < b for a, b in zip(seqs, seqs[1:])), f"{where}: out of order: {seqs}"
+        ids = {item.seq: item.event_id for item in client.received if item.seq is not None}
+        assert all(ids[seq] == acked[seq] for seq in ids if seq in acked), \
+            f"{where}: events under another id than Redis gave them"
+        missing = sorted(set(acked) - set(seqs))
+        if lost:
+            # Acknowledged by the old master, never replicated: seen live, or a reset.
+            assert set(missing) <= lost, f"{where}: lost though the new master has them"
+            assert not missing or resets, f"{where}: {missing} lost silently"
+        else:
+            assert not missing, f"{where}: acknowledged events never received: {missing}"
+            assert not resets, f"{where}: a gateway-reset, though nothing was lost"
+    print(f"failover: {len(acked)} events acknowledged, {publisher.failed} publishes failed "
+          f"during the switch, {len(lost)} acknowledged events lost by the new master")
+    assert secret_free(gateway.log())
