@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
 import redis
@@ -257,10 +257,13 @@ def test_a_sentinel_setting_error_stops_serve_with_its_reason():
     assert "--redis-sentinel needs --redis-sentinel-master" in done.stderr
 
 
-def test_the_gateway_and_the_publisher_follow_a_failover(sentinels, start_gateway):
-    """The master is killed while streams are open and a publisher publishes: the sentinels
-    promote the replica, and every acknowledged event reaches every client once, in order,
-    unless the new master lacks it (replication is asynchronous): then a gateway-reset."""
+def failover(sentinels: Sentinels, start_gateway,
+             before_kill: Callable[[CountingPublisher], None] = lambda publisher: None,
+             ) -> Tuple[List[Client], CountingPublisher, Set[int]]:
+    """Streams open and a publisher publishing, the master is killed: once the sentinels have
+    promoted the replica, the publisher's events are acknowledged again, every client has
+    the latest, /healthz is 200 and a publish through the gateway works. Returns the clients,
+    the publisher, and the acknowledged events that the new master lacks."""
     gateway = start_gateway(*sentinels.args(), "--heartbeat", "1", "--history-length",
                             str(HISTORY))
     stop = threading.Event()
@@ -273,17 +276,19 @@ def test_the_gateway_and_the_publisher_follow_a_failover(sentinels, start_gatewa
         wait_until(lambda: all(c.subscribed for c in clients), 15, message="every client")
         publisher.start()
         wait_until(lambda: publisher.last_acked() >= 20, 10, message="events before the kill")
-        old = sentinels.master.port
-        assert sentinels.master_port() == old
+        before_kill(publisher)
+        assert sentinels.master_port() == sentinels.master.port
         sentinels.master.proc.kill()
         sentinels.master.proc.wait(10)
         killed_at = publisher.attempted
         wait_until(lambda: sentinels.master_port() == sentinels.replica.port, FAILOVER,
                    message="the sentinels to promote the replica")
         # The publisher reaches the new master, and every client has what it acknowledged.
-        target = wait_until(lambda: publisher.last_acked() > killed_at + 10
+        first = wait_until(lambda: publisher.last_acked() > killed_at and publisher.last_acked(),
+                           CATCH_UP, message="a publish acknowledged by the new master")
+        target = wait_until(lambda: publisher.last_acked() >= first + 10
                             and publisher.last_acked(), CATCH_UP,
-                            message="acknowledged publishes on the new master")
+                            message="more publishes acknowledged by the new master")
         wait_until(lambda: all(c.last_seq() >= target for c in clients), CATCH_UP,
                    message=f"every client to catch up: {[c.last_seq() for c in clients]} "
                            f"< {target}")
@@ -300,28 +305,82 @@ def test_the_gateway_and_the_publisher_follow_a_failover(sentinels, start_gatewa
         stop.set()
         for thread in threads:
             thread.join(10)
-
-    # What the new master holds decides what each client must have had.
+    assert secret_free(gateway.log())
     kept = {entry_id.decode() for entry_id, _ in
             sentinels.replica.client.xrange(history_key("", CHANNEL))}
-    acked = dict(publisher.acked)
-    lost = {seq for seq, event_id in acked.items() if event_id not in kept}
+    lost = {seq for seq, event_id in publisher.acked if event_id not in kept}
+    return clients, publisher, lost
+
+
+def check_clients(clients: List[Client], acked: Dict[int, str], lost: Set[int]) -> None:
+    """Every acknowledged event once and in order, under the id Redis gave it, but those the
+    new master lacks; a client that missed some of these has a gateway-reset before the events
+    after them; none has one when nothing was lost."""
     for index, client in enumerate(clients):
         seqs = [item.seq for item in client.received if item.seq is not None]
-        resets = [item for item in client.received if item.seq is None]
         where = f"client {index} ({client.connections} connections, {client.failures[-3:]})"
         assert all(a < b for a, b in zip(seqs, seqs[1:])), f"{where}: out of order: {seqs}"
-        ids = {item.seq: item.event_id for item in client.received if item.seq is not None}
-        assert all(ids[seq] == acked[seq] for seq in ids if seq in acked), \
-            f"{where}: events under another id than Redis gave them"
-        missing = sorted(set(acked) - set(seqs))
-        if lost:
-            # Acknowledged by the old master, never replicated: seen live, or a reset.
-            assert set(missing) <= lost, f"{where}: lost though the new master has them"
-            assert not missing or resets, f"{where}: {missing} lost silently"
-        else:
-            assert not missing, f"{where}: acknowledged events never received: {missing}"
+        assert all(item.event_id == acked[item.seq] for item in client.received
+                   if item.seq in acked), f"{where}: events under another id than Redis gave"
+        missing = set(acked) - set(seqs)
+        assert missing <= lost, f"{where}: never received {sorted(missing - lost)}"
+        resets = [n for n, item in enumerate(client.received) if item.seq is None]
+        if missing:
+            assert resets, f"{where}: {sorted(missing)} lost silently"
+            after = [n for n, item in enumerate(client.received)
+                     if item.seq is not None and item.seq > max(missing)]
+            assert not after or min(resets) < min(after), \
+                f"{where}: the gateway-reset came after the events that follow the loss"
+            assert {client.received[n].reason for n in resets} == {"history-lost"}
+        elif not lost:
             assert not resets, f"{where}: a gateway-reset, though nothing was lost"
-    print(f"failover: {len(acked)} events acknowledged, {publisher.failed} publishes failed "
-          f"during the switch, {len(lost)} acknowledged events lost by the new master")
-    assert secret_free(gateway.log())
+
+
+def test_the_gateway_and_the_publisher_follow_a_failover(sentinels, start_gateway):
+    """Every acknowledged event reaches every client once, in order; should the new master
+    lack some (replication is asynchronous, and they may not have reached it), a reset."""
+    clients, publisher, lost = failover(sentinels, start_gateway)
+    check_clients(clients, dict(publisher.acked), lost)
+    print(f"failover: {len(publisher.acked)} events acknowledged, {publisher.failed} "
+          f"publishes failed during the switch, {len(lost)} acknowledged events lost")
+
+
+def test_events_the_new_master_never_received_end_in_a_reset(sentinels, start_gateway):
+    """The replica stops receiving (it can no longer authenticate to the master), events are
+    acknowledged by the master alone, then the master is killed: the replica that takes
+    over lacks them, and every client is told with a gateway-reset."""
+
+    def cut_replication(publisher: CountingPublisher) -> None:
+        sentinels.replica.client.config_set("masterauth", "wrong")
+        sentinels.master.client.client_kill_filter(_type="replica")
+        wait_until(lambda: sentinels.replica.client.info("replication")["master_link_status"]
+                   == "down", 10, message="the replica to lose its master")
+        cut = publisher.last_acked()
+        wait_until(lambda: publisher.last_acked() >= cut + 10, 10,
+                   message="events only the master has")
+
+    clients, publisher, lost = failover(sentinels, start_gateway, cut_replication)
+    assert len(lost) >= 10, f"the new master lacks only {sorted(lost)}"
+    # The open streams had them live, and lost nothing.
+    check_clients(clients, dict(publisher.acked), lost)
+    # A client that was away resumes from before them, and is told.
+    acked = dict(publisher.acked)
+    late = Client(clients[0].urls, threading.Event())
+    late.cursor = acked[min(lost) - 5]
+    wait_until(lambda: resumed(late, max(acked)), CATCH_UP, message="the late client")
+    # Told first, then given what the new master holds after its cursor.
+    assert [item.seq for item in late.received[:5]] == [None, *range(min(lost) - 4, min(lost))]
+    late_acked = {seq: event_id for seq, event_id in acked.items() if seq > min(lost) - 5}
+    check_clients([late], late_acked, lost)
+    assert set(late_acked) - {item.seq for item in late.received} == lost
+
+
+def resumed(client: Client, last: int) -> bool:
+    """Read one stream with the client's cursor until it has event `last`."""
+    client.stop.clear()
+    reader = threading.Thread(target=client._stream, args=(client.urls[0],), daemon=True)
+    reader.start()
+    wait_until(lambda: client.last_seq() >= last, CATCH_UP, message=f"event {last}")
+    client.stop.set()
+    reader.join(10)
+    return True
