@@ -450,7 +450,8 @@ class RedisBroker(Broker):
         lost = self._record_losses(histories)
         for channel, history in histories.items():
             bounds = history.bounds
-            if channel in lost:
+            if channel in lost and not history.gap:
+                # What history_gap cannot see: streams behind that event lost what followed.
                 at = lost[channel]
                 bounds = replace(bounds, last=max(bounds.last, at),
                                  max_deleted=max(bounds.max_deleted, at))
@@ -470,10 +471,12 @@ class RedisBroker(Broker):
                 self._resync_safely(channel, ZERO if position == ZERO else None)
 
     def _record_losses(self, histories: Dict[str, History]) -> Dict[str, EventId]:
-        """The channels whose history lacks the last event delivered from them, though nothing
-        recorded its deletion, and that event's id: Redis lost it, and maybe events after it.
-        A replica promoted after a failover lacks the writes it had not received yet
-        (replication is asynchronous), and new events may have been published to it since.
+        """The channels whose history lacks the last event delivered from them, though it holds
+        older ones and nothing recorded its deletion, and that event's id: Redis lost it, and
+        maybe events after it. A replica promoted after a failover lacks the writes it had not
+        received yet (replication is asynchronous), and new events may have been published
+        to it since. (A history that begins after the event was recreated: history_gap sees
+        that.)
 
         The loss is recorded in Redis (redis_schema.LOST_SCRIPT), for every gateway and every
         later resume to see, and so that no later event is given an id at or below it.
@@ -482,7 +485,7 @@ class RedisBroker(Broker):
         for channel, history in histories.items():
             bounds, position = history.bounds, self._channels.get(channel, ZERO)
             if bounds is not None and bounds.exists and position != ZERO \
-                    and bounds.max_deleted < position:
+                    and bounds.max_deleted < position and bounds.first <= position:
                 suspects[channel] = position
         if not suspects:
             return {}
