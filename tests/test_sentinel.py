@@ -131,6 +131,17 @@ class Sentinels:
 
 @pytest.fixture
 def sentinels():
+    """A set of one's own, for a test that kills part of it."""
+    found = Sentinels()
+    try:
+        yield found
+    finally:
+        found.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_sentinels():
+    """A set for the tests that leave it as they found it."""
     found = Sentinels()
     try:
         yield found
@@ -176,7 +187,9 @@ class CountingPublisher:
             self._stop.wait(0.02)
 
 
-def test_a_gateway_on_sentinels_serves_and_publishes(sentinels, start_gateway, open_stream):
+def test_a_gateway_on_sentinels_serves_and_publishes(shared_sentinels, start_gateway,
+                                                     open_stream):
+    sentinels = shared_sentinels
     gateway = start_gateway(*sentinels.args(), "--heartbeat", "1")
     stream = open_stream(f"{gateway.url}/events/{CHANNEL}")
     assert gateway.publish(CHANNEL, {"data": "over http"}).status_code == 200
@@ -227,7 +240,8 @@ class AnsweringGateway(Gateway):
             return False
 
 
-def test_a_wrong_master_name_is_a_clear_error(sentinels):
+def test_a_wrong_master_name_is_a_clear_error(shared_sentinels):
+    sentinels = shared_sentinels
     with pytest.raises(PublishError, match="No master found for 'nosuch'"):
         Publisher(f"redis://:{PASSWORD}@/0", sentinels=sentinels.addresses, master="nosuch",
                   sentinel_password=SENTINEL_PASSWORD, timeout=2).publish(CHANNEL, "x")
