@@ -38,8 +38,8 @@ class Redactor:
 def secrets_of(publish_tokens: Iterable[str], redis_url: Optional[str]) -> List[str]:
     """What must never be logged: the tokens, and the Redis URL's password (as written and decoded)."""
     found = list(publish_tokens)
-    for url in (redis_url or "").split(","):  # a Redis Cluster's seed nodes, comma-separated
-        password = urlsplit(url.strip()).password
+    if redis_url:
+        password = urlsplit(redis_url).password
         if password:
             found += [password, unquote(password)]
     return found

@@ -36,14 +36,13 @@ class Operations:
         self._hub = hub
         self._interval = config.presence_interval
         self.metrics = Metrics(hub, broker, multiprocess=config.workers > 1)
+        redis, prefix = config.redis, config.prefix
         # On a Redis Cluster, GET /channels counts this process's subscribers only.
-        self.presence = create_presence(hub, None if config.redis_cluster else config.redis_url,
-                                        config.prefix, config.presence_interval)
-        if config.redis_url:
-            url, prefix, cluster = config.redis_url, config.prefix, config.redis_cluster
-
+        self.presence = create_presence(hub, None if redis is not None and redis.cluster
+                                        else redis, prefix, config.presence_interval)
+        if redis is not None:
             def resolve() -> str:
-                return shared_channel(url, prefix, cluster)
+                return shared_channel(redis, prefix)
         else:
             own = new_channel()
 

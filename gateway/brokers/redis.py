@@ -14,7 +14,7 @@ resubscribes and fills the gap) while `check` reports the broker unavailable.
 
 import logging
 import random
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -27,6 +27,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId
 from ..message import InvalidMessage, Message
 from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
+from .endpoints import RedisEndpoint
 from .publishing import Publishes
 from .shared_reads import SharedReads
 from .slots import Slots
@@ -49,28 +50,33 @@ POOL_SIZE = 50
 class RedisBroker(StreamsBroker):
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "", history_length: int = 1000,
-                 history_age: float = 3600.0) -> None:
+    def __init__(self, endpoint: Union[str, RedisEndpoint], prefix: str = "",
+                 history_length: int = 1000, history_age: float = 3600.0) -> None:
+        """`endpoint`: a Redis URL, or where Sentinel says the master is (endpoints.py)."""
+        if isinstance(endpoint, str):
+            endpoint = RedisEndpoint(endpoint)
         self._prefix = prefix
         self._raw_prefix = prefix.encode("utf-8")
         self._live_prefix = redis_schema.live_channel(prefix, "").encode("utf-8")
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
-        self._pool = redis.ConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
+        self._pool = endpoint.pool(
+            max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=_COMMAND_TIMEOUT,
         )
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
         # Publishes have a connection of their own, which concurrent ones share (publishing.py).
-        self._publishes = Publishes(redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+        self._publishes = Publishes(endpoint.pool(
+            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
         ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
-        self._listen_pool = redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
+        # Under Sentinel its connection asks the sentinels where the master is each time it
+        # connects (see _connect), so a reconnect after a failover reaches the new master.
+        self._listen_pool = endpoint.pool(
+            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
             socket_keepalive=True, protocol=2,
         )
         # Subscribed channel -> id of the last event delivered from it.

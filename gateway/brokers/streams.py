@@ -207,21 +207,64 @@ class StreamsBroker(Broker):
                      {c: self._channels[c] for c in channels if c in self._channels})
         histories, skipped = self._reads.history(positions, fresh=True)
         self.skipped += skipped
+        lost = self._record_losses(histories)
         for channel, history in histories.items():
-            if history.gap:
-                log.warning("events of channel %r were trimmed from history while the pub/sub "
-                            "connection was down; its subscribers are told to reload", channel)
-                self._deliver_safely(HistoryLost(channel, history.bounds))
+            bounds = history.bounds
+            if channel in lost and not history.gap:
+                # What history_gap cannot see: streams behind that event lost what followed.
+                at = lost[channel]
+                bounds = replace(bounds, last=max(bounds.last, at),
+                                 max_deleted=max(bounds.max_deleted, at))
+            if history.gap or channel in lost:
+                log.warning("events of channel %r were lost from history while the pub/sub "
+                            "connection was down (trimmed, or lost by a Redis that took over "
+                            "before it had them); its subscribers are told to reload", channel)
+                self._deliver_safely(HistoryLost(channel, bounds))
             for message in history.messages:
                 self._deliver_safely(message)
             position = self._channels.get(channel, ZERO)
-            bounds = history.bounds
             if bounds is not None and bounds.exists:
                 self._resync_safely(channel, max(position, bounds.last))
             else:
                 # No history: with nothing delivered yet, every event of it is to come; else
                 # ids from before may come again (a Redis whose clock went back), unknown.
                 self._resync_safely(channel, ZERO if position == ZERO else None)
+
+    def _record_losses(self, histories: Dict[str, History]) -> Dict[str, EventId]:
+        """The channels whose history lacks the last event delivered from them, though it holds
+        older ones and nothing recorded its deletion, and that event's id: Redis lost it, and
+        maybe events after it. A replica promoted after a failover lacks the writes it had not
+        received yet (replication is asynchronous), and new events may have been published
+        to it since. (A history that begins after the event was recreated: history_gap sees
+        that.)
+
+        The loss is recorded in Redis (redis_schema.LOST_SCRIPT), for every gateway and every
+        later resume to see, and so that no later event is given an id at or below it.
+        """
+        suspects = {}
+        for channel, history in histories.items():
+            bounds, position = history.bounds, self._channels.get(channel, ZERO)
+            if bounds is not None and bounds.exists and position != ZERO \
+                    and bounds.max_deleted < position and bounds.first <= position:
+                suspects[channel] = position
+        if not suspects:
+            return {}
+        with self._slot():
+            with self._client.pipeline(transaction=False) as pipe:
+                for channel, position in suspects.items():
+                    pipe.xrange(self._history_key(channel),
+                                min=format_id(position), max=format_id(position), count=1)
+                replies = pipe.execute(raise_on_error=False)
+            lost = {channel: position for (channel, position), reply
+                    in zip(suspects.items(), replies) if reply == []}
+            if lost:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for channel, position in lost.items():
+                        pipe.eval(redis_schema.LOST_SCRIPT, 1,
+                                  self._history_key(channel),
+                                  format_id(position))
+                    pipe.execute()
+        return lost
 
     def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
         if self._resync is None:
