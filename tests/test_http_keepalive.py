@@ -13,7 +13,8 @@ import json
 import signal
 import time
 
-from test_http_hostile import connect, read_until_closed, split_response
+import pytest
+from test_http_hostile import assert_json_refusal, connect, read_until_closed, split_response
 
 IDLE = 1.0  # --idle-timeout in these tests
 SLACK = 2.0  # how much later than due a loaded machine may close it
@@ -72,3 +73,20 @@ def test_stopping_the_process_closes_idle_kept_alive_connections_at_once(start_g
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"GET /poll/keep HTTP/1.1\r\nHost: gw\r\nX-A : b\r\n\r\n", 400),
+    (b"GET /poll/keep HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n", 400),
+    (b"GET /poll/keep HTTP/1.1\r\nHost: gw\r\nX-A: b\x00c\r\n\r\n", 400),
+    (b"GET /poll/keep HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", 400),
+    (b"GET /poll/keep HTTP/1.1\r\nHost: gw\r\n" + b"X-Pad: " + b"a" * 9000 + b"\r\n\r\n", 431),
+], ids=["space-before-colon", "two-hosts", "nul", "length-and-chunked", "too-large"])
+def test_a_hostile_head_after_a_poll_on_a_kept_alive_connection_gets_its_json_refusal(
+        start_gateway, head, status):
+    gateway = start_gateway("--max-head-size", "8192")
+    with connect(gateway.port) as sock:
+        poll_once(sock)
+        sock.sendall(head)
+        assert_json_refusal(read_until_closed(sock, 10), status)
