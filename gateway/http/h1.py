@@ -364,11 +364,32 @@ def response_head(status: str, headers: List[Tuple[str, str]]) -> bytes:
     `status` is as WSGI has it ("200 OK"). Raises ValueError if a name or value holds CR, LF or
     NUL: the response must not be split by what an application echoes into a header.
     """
-    text = "HTTP/1.1 " + status + "\r\n" + "".join([f"{n}: {v}\r\n" for n, v in headers]) + "\r\n"
-    lines = len(headers) + 2
-    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+    known = _HEAD_LINES
+    parts = [known.get(status) or _head_line(status, "HTTP/1.1 " + status + "\r\n")]
+    for header in headers:
+        line = known.get(header) if type(header) is tuple else None
+        if line is None:
+            name, value = header
+            line = _head_line(header, f"{name}: {value}\r\n")
+        parts.append(line)
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+# Status and header lines already checked, by status or (name, value): most responses repeat
+# the lines of the ones before (a Date changes once a second, a length takes a few values).
+_HEAD_LINES: dict = {}
+_HEAD_LINES_KEPT = 4096
+
+
+def _head_line(key, line: str) -> str:
+    if line.count("\n") != 1 or line.count("\r") != 1 or "\0" in line:
         raise ValueError("a response status or header holds CR, LF or NUL")
-    return text.encode("latin-1")
+    if type(key) is str or type(key) is tuple:
+        if len(_HEAD_LINES) >= _HEAD_LINES_KEPT:
+            _HEAD_LINES.clear()
+        _HEAD_LINES[key] = line
+    return line
 
 
 def encode_chunk(data: bytes) -> bytes:
