@@ -84,4 +84,4 @@ def test_the_common_path_and_the_full_parser_agree_on_every_head(head):
 def test_a_plain_poll_head_takes_the_common_path():
     head = b"GET /poll/c?lastEventId=1-2 HTTP/1.1\r\nHost: gw:80\r\nOrigin: https://a\r\n\r\n"
     match = h1._COMMON_HEAD.fullmatch(head.decode("latin-1"))
-    assert match is not None and h1._common_request(match) is not None
+    assert match is not None and h1._common_request(*match.groups()) is not None

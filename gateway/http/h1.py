@@ -125,16 +125,14 @@ def head_too_large(data: bytes, limit: int) -> HttpError:
                      f"the request head is larger than {limit} bytes")
 
 
-# The common head, recognised in one pass: an origin-form target, HTTP/1.x, field lines whose
-# names are tokens right before the colon and whose values hold no control character. A value
-# starts with a visible character, so the whitespace before it and the value cannot both match
-# the same spaces (no backtracking); what trails it is stripped after.
-_FIELD_LINE = (rf"({_TOKEN}):[ \t]*((?:[\x21-\x7e\x80-\xff][^\x00-\x08\x0a-\x1f\x7f]*)?)"
-               r"\r?\n")
-_COMMON_HEAD = re.compile(rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([0-9])\r?\n"
-                          rf"((?:{_TOKEN}:[ \t]*(?:[\x21-\x7e\x80-\xff][^\x00-\x08\x0a-\x1f\x7f]*)?"
-                          r"\r?\n)*)\r?\n")
-_FIELD = re.compile(_FIELD_LINE)
+# The common head, checked in one pass: an origin-form target, HTTP/1.x, field lines whose
+# names are tokens right before the colon and whose values hold no control character (so each
+# line splits at its first colon and strips as the full parser's would). A value starts with a
+# visible character, so the whitespace before it and the value never match the same spaces:
+# no backtracking.
+_COMMON_HEAD = re.compile(
+    rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([0-9])\r?\n"
+    rf"((?:{_TOKEN}:[ \t]*(?:[\x21-\x7e\x80-\xff][^\x00-\x08\x0a-\x1f\x7f]*)?\r?\n)*)\r?\n")
 
 
 def parse_request_head(head: bytes) -> Request:
@@ -142,31 +140,32 @@ def parse_request_head(head: bytes) -> Request:
     text = head.decode("latin-1")
     common = _COMMON_HEAD.fullmatch(text)
     if common is not None:
-        request = _common_request(common)
+        request = _common_request(*common.groups())
         if request is not None:
             return request
     return _parse_any_head(text)
 
 
-def _common_request(match: "re.Match[str]") -> Optional[Request]:
+def _common_request(method: str, target: str, minor: str, block: str) -> Optional[Request]:
     """The request of a common head without a body (a long-poll's, an event stream's), or
-    None for `_parse_any_head` to parse: it is the same Request, found with less work. Any
-    field that frames a body, a missing or repeated Host, too many lines: None."""
-    method, target, minor, block = match.groups()
-    fields = [(name.lower(), value.rstrip(" \t")) for name, value in _FIELD.findall(block)]
-    if len(fields) > MAX_FIELDS:
-        return None
+    None for `_parse_any_head` to parse: the same Request, found with less work. A field that
+    frames a body, an expectation, a missing or second Host, too many lines: None."""
+    fields: List[Tuple[str, str]] = []
     host = None
     connection = ""
-    for name, value in fields:
+    for line in block.split("\n")[:-1]:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        value = value.strip(" \t\r")
+        fields.append((name, value))
         if name in _FRAMING:
             if name == "host" and host is None:
                 host = value
             elif name == "connection":
                 connection += "," + value
-            else:  # a body's framing, an expectation, a second Host
+            else:
                 return None
-    if host is None or not _HOST.fullmatch(host):
+    if host is None or len(fields) > MAX_FIELDS or not _HOST.fullmatch(host):
         return None
     http_10 = minor == "0"
     path, _, query = target.partition("?")
