@@ -9,6 +9,7 @@ fields, duplicate or missing Host, long lines of spaces). No sockets.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,25 @@ def test_a_plain_poll_head_takes_the_common_path():
     head = b"GET /poll/c?lastEventId=1-2 HTTP/1.1\r\nHost: gw:80\r\nOrigin: https://a\r\n\r\n"
     match = h1._COMMON_HEAD.fullmatch(head.decode("latin-1"))
     assert match is not None and h1._common_request(*match.groups()) is not None
+
+
+def test_response_head_lines_kept_from_earlier_heads_never_let_a_split_one_through():
+    good = [("X", "a"), ("Content-Length", "12")]
+    first = h1.response_head("200 OK", good)
+    assert h1.response_head("200 OK", good) == first  # the kept lines, the same bytes
+    for bad in [("X", "a\r\nSet-Cookie: evil"), ("X\nY", "a"), ("X", "a\0")]:
+        with pytest.raises(ValueError):
+            h1.response_head("200 OK", [*good, bad])
+        with pytest.raises(ValueError):  # and again, now that the good lines are kept
+            h1.response_head("200 OK", [bad])
+    # A header as a list (unhashable) is checked and written, not kept.
+    assert h1.response_head("204 No Content", [["X", "b"]]) == (
+        b"HTTP/1.1 204 No Content\r\nX: b\r\n\r\n")
+    with pytest.raises(ValueError):
+        h1.response_head("200 OK", [["X", "b\r\n"]])
+
+
+def test_response_head_lines_kept_stay_within_their_bound():
+    for n in range(3 * h1._HEAD_LINES_KEPT):
+        h1.response_head("200 OK", [("Content-Length", str(n))])
+    assert 0 < len(h1._HEAD_LINES) <= h1._HEAD_LINES_KEPT

@@ -10,10 +10,11 @@ Deadlines bound what a client can hold: a request head must arrive within the he
 body likewise, and a kept-alive connection may sit idle for the idle timeout. A long-poll client
 waits between requests as often as it is answered, so that wait costs no timer of its own: the
 connection reuses one read watcher for every wait, and one timer per process (`Server._sweep`)
-closes the connections idle past their deadline, a fraction of the timeout late at most. A refused request
-gets its JSON error, then a lingering close (RFC 9112 section 9.6): the gateway stops sending
-and reads what the client still sends for a moment, so the client's kernel does not discard the
-answer on the reset that closing an unread socket would cause.
+closes the connections idle past their deadline, a fraction of the timeout late at most.
+
+A refused request gets its JSON error, then a lingering close (RFC 9112 section 9.6): the
+gateway stops sending and reads what the client still sends for a moment, so the client's
+kernel does not discard the answer on the reset that closing an unread socket would cause.
 """
 
 import logging
@@ -84,8 +85,9 @@ class Server:
             connection.wake()
 
     def rest(self, connection: "Connection", waiter: Waiter) -> None:
-        """`connection` waits for its next request on `waiter`: switched False once idle
-        past the idle timeout (`leave` when the wait ends otherwise)."""
+        """`connection` waits for its next request on `waiter`, which a sweep switches with
+        False once it is idle past the idle timeout (the connection takes itself out of
+        `resting` when its wait ends otherwise)."""
         if self._sweeper is None:
             every = min(SWEEP_EVERY, self.settings.idle_timeout / 4)
             self._sweeper = self.hub.loop.timer(every, every, ref=False)

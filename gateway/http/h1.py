@@ -10,7 +10,7 @@ import json
 import re
 import time
 from http import HTTPStatus
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from wsgiref.handlers import format_date_time
 
 MAX_FIELDS = 100  # header lines in a request head, and trailer lines in a chunked body
@@ -377,11 +377,13 @@ def response_head(status: str, headers: List[Tuple[str, str]]) -> bytes:
 
 # Status and header lines already checked, by status or (name, value): most responses repeat
 # the lines of the ones before (a Date changes once a second, a length takes a few values).
-_HEAD_LINES: dict = {}
+_HEAD_LINES: Dict[object, str] = {}
 _HEAD_LINES_KEPT = 4096
 
 
-def _head_line(key, line: str) -> str:
+def _head_line(key: object, line: str) -> str:
+    """`line` (a status or header line, with its CRLF), checked; kept under `key` if that is
+    a status or a header tuple (a header given as a list is not hashable)."""
     if line.count("\n") != 1 or line.count("\r") != 1 or "\0" in line:
         raise ValueError("a response status or header holds CR, LF or NUL")
     if type(key) is str or type(key) is tuple:
