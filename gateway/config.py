@@ -270,9 +270,10 @@ OPTIONS: List[Option] = [
     Option("header_timeout", "seconds a client has to send a request head (and again a "
            "request body) before the connection is closed", parse=float),
     Option("idle_timeout", "seconds a kept-alive connection may wait for its next request "
-           "(keep it above a proxy's upstream keepalive_timeout, 60 s in nginx)", parse=float),
+           "(keep it above a proxy's upstream keepalive_timeout, 60 s in nginx); it is closed at "
+           "most a quarter of this (at most 1 s) later", parse=float),
     Option("workers", "gateway processes sharing the port, e.g. one per core (above 1 needs "
-           "--redis-url)", parse=int),
+           "--redis-url or --redis-sentinel)", parse=int),
     Option("log_level", "debug, info, warning or error", metavar="LEVEL"),
     Option("log_format", "text (one line per record, for people) or json (one JSON object "
            "per line, for log collectors)", metavar="FORMAT"),

@@ -1,7 +1,7 @@
 """What the bare-WSGI subscribe endpoints (/events, /poll) answer alike: CORS headers, errors."""
 
 from http import HTTPStatus
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .cors import CorsPolicy
 from .subscribe import ApiError
@@ -16,7 +16,13 @@ def cors_headers(cors: CorsPolicy, method: str, origin: Optional[str]) -> Header
 
 def status_line(code: int) -> str:
     """A WSGI status: `200 OK`."""
-    return f"{code} {HTTPStatus(code).phrase}"
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = _STATUS_LINES[code] = f"{code} {HTTPStatus(code).phrase}"
+    return line
+
+
+_STATUS_LINES: Dict[int, str] = {}  # an HTTPStatus lookup on every answer costs a little
 
 
 def error(start_response: Callable, error: ApiError, headers: Headers, allow: str) -> List[bytes]:

@@ -5,16 +5,21 @@ one (an mmap and a munmap per connection), and an event stream's request is over
 dozen microseconds. So jobs wait in a queue, and a worker greenlet runs them one after another:
 at most BATCH in a row, then the event loop gets a turn (to accept more connections and read
 Redis) before a worker goes on. Another worker takes over whenever one blocks; a new one starts
-only when none is parked, and at most `keep` stay parked once the queue is empty.
+only when none is parked, and at most `keep` stay parked once the queue is empty. The turn
+that hands the queue to a worker comes through the process' `Wakeups`, not gevent's callback
+queue, which a saturated loop runs late.
 """
 
 import sys
 from collections import deque
-from typing import Any, Callable, Deque, List, Tuple
+from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import gevent
 import gevent.event
 from gevent.hub import Waiter
+from greenlet import greenlet
+
+from .wakeups import Wakeups
 
 BATCH = 32
 
@@ -22,8 +27,10 @@ BATCH = 32
 class GreenletPool:
     """A `spawn` callable for a gevent server, and a way to wait for the work in hand."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, wakeups: Optional[Wakeups] = None) -> None:
+        """`wakeups`: the process' (the pool makes its own if none is given)."""
         self._keep = keep
+        self._wakeups = wakeups if wakeups is not None else Wakeups()
         self._jobs: Deque[Tuple[Callable[..., Any], tuple]] = deque()
         self._parked: List[Waiter] = []
         self._scheduled = False
@@ -49,7 +56,7 @@ class GreenletPool:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            gevent.get_hub().loop.run_callback(self._next)
+            self._wakeups.call_soon(self._next)
 
     def _next(self) -> None:
         # In the hub, once whoever ran before has finished its batch or blocked.
@@ -58,7 +65,8 @@ class GreenletPool:
             if self._parked:
                 self._parked.pop().switch(None)
             else:
-                gevent.spawn(self._work)
+                # Started here and now: gevent.spawn would start it from the callback queue.
+                greenlet(self._work, parent=gevent.get_hub()).switch()
 
     def _work(self) -> None:
         jobs = self._jobs

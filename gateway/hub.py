@@ -19,12 +19,12 @@ import time
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set
 
 import gevent
-import gevent.event
 
 from .brokers import Broker, History
 from .ids import ZERO, EventId
 from .message import HistoryLost, Message
 from .recent import Recent, RecentLimits
+from .wakeups import Latch, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class Seat:
         self.held = 0  # as the budget counts it
         self._hub = hub
 
+    @property
+    def wakeups(self) -> Wakeups:
+        """The process' wake-ups, for a subscriber that wakes a waiting greenlet."""
+        return self._hub.wakeups
+
     def hold(self, held: int) -> None:
         """The bytes held now; over the budget, the largest holders (maybe this one) are dropped."""
         if held != self.held:
@@ -88,9 +93,9 @@ class _Channel:
 
     __slots__ = ("subscribers", "ready", "tail", "recent", "grace")
 
-    def __init__(self) -> None:
+    def __init__(self, wakeups: Wakeups) -> None:
         self.subscribers: Set[Subscriber] = set()
-        self.ready = gevent.event.AsyncResult()
+        self.ready = Latch(wakeups)
         self.tail: EventId = ZERO
         self.recent: Optional[Recent] = None
         self.grace = None  # a gevent loop timer
@@ -148,11 +153,14 @@ def _held(seat: Seat) -> int:
 
 class Hub:
     def __init__(self, broker: Broker, max_buffered_bytes: int,
-                 recent: Optional[RecentLimits] = None, unsubscribe_grace: float = 0.0) -> None:
+                 recent: Optional[RecentLimits] = None, unsubscribe_grace: float = 0.0,
+                 wakeups: Optional[Wakeups] = None) -> None:
         """`recent`: how many recent events each channel keeps in memory (None: none, for a
         broker whose history is in memory already); `unsubscribe_grace`: seconds a channel
-        stays subscribed after its last local subscriber left (0: unsubscribe at once)."""
+        stays subscribed after its last local subscriber left (0: unsubscribe at once);
+        `wakeups`: the process' (the hub makes its own if none is given)."""
         self._broker = broker
+        self.wakeups = wakeups if wakeups is not None else Wakeups()
         self._channels: Dict[str, _Channel] = {}
         self._recent = recent if recent is not None and recent.events and recent.max_bytes \
             else None
@@ -238,7 +246,7 @@ class Hub:
             entry.subscribers.add(subscriber)
             entry.ready.get()
             return entry.tail
-        entry = self._channels[channel] = _Channel()
+        entry = self._channels[channel] = _Channel(self.wakeups)
         entry.subscribers.add(subscriber)
         try:
             entry.tail = self._broker.subscribe(channel)
@@ -339,17 +347,30 @@ class Hub:
                 limit: Optional[int] = None) -> Dict[str, History]:
         """Each channel's events after its position (at most `limit` per channel), as the
         broker's `history` answers: from recent events when they cover every channel asked
-        for and the broker is delivering, else from the broker (the channels of one answer are
-        read at one instant)."""
+        for and the broker is delivering (or connected, for a position at the last event
+        dispatched), else from the broker (the channels of one answer are read at one
+        instant)."""
         if not positions:
             return {}
-        if self._recent is not None and self._broker.delivering():
+        if self._recent is not None and self._broker.connected:
             now_ms = int(time.time() * 1000)
             answer = {}
+            delivering = None
             for channel, after in positions.items():
                 entry = self._channels.get(channel)
                 recent = entry.recent if entry is not None else None
-                history = recent.history(after, limit, now_ms) if recent is not None else None
+                if recent is None:
+                    break
+                # Events the broker holds and has not dispatched yet are missing here. A
+                # position at the last one dispatched (a poll's, mostly) needs none of them:
+                # while the broker is connected they are all to come, live (or, after a
+                # reconnect, from its gap fill), to every attached subscriber.
+                if after != recent.last:
+                    if delivering is None:
+                        delivering = self._broker.delivering()
+                    if not delivering:
+                        break
+                history = recent.history(after, limit, now_ms)
                 if history is None:
                     break
                 answer[channel] = history

@@ -12,7 +12,7 @@ status.
 """
 
 import logging
-from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import endpoint, subscribe
@@ -37,6 +37,7 @@ JSONP = [("Content-Type", "application/javascript; charset=utf-8"),
          ("X-Content-Type-Options", "nosniff")]
 _NOT_ALLOWED = ApiError(405, "method not allowed", "The method is not allowed for the requested URL.")
 METRICS_ENDPOINT = "poll_events"  # what /metrics calls this endpoint's refusals
+ORIGINS_KEPT = 256  # Origin headers whose response headers are kept made
 
 
 class PollRequest(NamedTuple):
@@ -89,6 +90,8 @@ class PollEndpoint:
         self._metrics = metrics
         self._proxies = proxies
         self._uncacheable = list(UNCACHEABLE.items())
+        # Per Origin header: a poll's CORS and cache headers (the same for every answer).
+        self._poll_headers: Dict[Optional[str], endpoint.Headers] = {}
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -102,11 +105,12 @@ class PollEndpoint:
         method = environ["REQUEST_METHOD"]
         if method not in ("GET", "HEAD", "OPTIONS"):
             return endpoint.error(start_response, _NOT_ALLOWED, self._uncacheable, ALLOW)
-        headers = endpoint.cors_headers(self._cors, method, environ.get("HTTP_ORIGIN"))
-        headers += self._uncacheable
+        origin = environ.get("HTTP_ORIGIN")
         if method == "OPTIONS":
+            headers = endpoint.cors_headers(self._cors, method, origin) + self._uncacheable
             start_response("200 OK", headers + [("Allow", ALLOW), ("Content-Length", "0")])
             return []
+        headers = self._headers_for(origin)
         try:
             request = read_request(environ, self._config)
             status, kind, body = self._answer(environ, request)
@@ -121,6 +125,16 @@ class PollEndpoint:
         start_response(endpoint.status_line(status),
                        [*kind, ("Content-Length", str(len(body))), *headers])
         return [body]
+
+    def _headers_for(self, origin: Optional[str]) -> endpoint.Headers:
+        """The CORS and cache headers of a GET or HEAD from `origin` (not to be changed)."""
+        headers = self._poll_headers.get(origin)
+        if headers is None:
+            if len(self._poll_headers) >= ORIGINS_KEPT:  # any client can send any Origin
+                self._poll_headers.clear()
+            headers = self._poll_headers[origin] = (
+                endpoint.cors_headers(self._cors, "GET", origin) + self._uncacheable)
+        return headers
 
     def _answer(self, environ: dict, request: PollRequest) -> Tuple[int, endpoint.Headers, bytes]:
         config = self._config

@@ -24,6 +24,7 @@ from .listener import BACKLOG, bind
 from .operations import Operations
 from .recent import RecentLimits
 from .subscribe import UNCACHEABLE
+from .wakeups import Wakeups
 from .wire import encode_turn_away
 
 log = logging.getLogger("gateway")
@@ -47,7 +48,9 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis, config.prefix, config.history_length,
                            config.history_age)
-    hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
+    wakeups = Wakeups()
+    hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace,
+              wakeups)
     operations = Operations(config, hub, broker)
     broker.start(operations.sink(hub.dispatch), hub.resync)
     if not broker.wait_ready(STARTUP_WAIT):
@@ -57,7 +60,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         # Only now: until it listens, the kernel gives the port's connections to the others.
         listener.listen(BACKLOG)
     app = create_app(config, hub, broker, operations)
-    greenlets = GreenletPool(keep=IDLE_GREENLETS)
+    greenlets = GreenletPool(keep=IDLE_GREENLETS, wakeups=wakeups)
     settings = Settings(max_head=config.max_head_size, header_timeout=config.header_timeout,
                         idle_timeout=config.idle_timeout,
                         max_body=max(config.max_message_size, config.max_publish_batch_size))

@@ -95,6 +95,8 @@ def channels(path_channel: Optional[str], args: Args, limit: int) -> List[str]:
         raise ApiError(400, "no channel", "name a channel: /events/<channel> or ?channel=a&channel=b")
     if len(names) > limit:
         raise ApiError(400, "too many channels", f"at most {limit} channels per request")
+    if len(names) == 1:  # a stream's or a poll's path: no duplicates to drop
+        return [checked_channel(names[0])]
     return list(dict.fromkeys(checked_channel(name) for name in names))
 
 

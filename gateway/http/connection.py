@@ -7,18 +7,23 @@ stream request, whose head is in the socket when it is accepted, costs no watche
 
 Deadlines bound what a client can hold: a request head must arrive within the header timeout
 (from the connection's start, or from the first byte after an idle keep-alive wait), a chunked
-body likewise, and a kept-alive connection may sit idle for the idle timeout. A refused request
-gets its JSON error, then a lingering close (RFC 9112 section 9.6): the gateway stops sending
-and reads what the client still sends for a moment, so the client's kernel does not discard the
-answer on the reset that closing an unread socket would cause.
+body likewise, and a kept-alive connection may sit idle for the idle timeout. A long-poll client
+waits between requests as often as it is answered, so that wait costs no timer of its own: the
+connection reuses one read watcher for every wait, and one timer per process (`Server._sweep`)
+closes the connections idle past their deadline, a fraction of the timeout late at most.
+
+A refused request gets its JSON error, then a lingering close (RFC 9112 section 9.6): the
+gateway stops sending and reads what the client still sends for a moment, so the client's
+kernel does not discard the answer on the reset that closing an unread socket would cause.
 """
 
 import logging
 import socket
 from dataclasses import dataclass
 from time import monotonic
-from typing import Callable, Optional, Set
+from typing import Callable, Dict, Optional, Set, Tuple
 
+from gevent.hub import Waiter, get_hub
 from gevent.socket import wait_read, wait_write
 
 from . import h1
@@ -30,6 +35,7 @@ READ_SIZE = 4096
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024
 REFUSAL_WAIT = 1.0  # seconds a refused client gets to send the head that says what it wants
+SWEEP_EVERY = 1.0  # seconds between sweeps of idle connections, at most (a quarter of the timeout)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,12 @@ class Server:
         # The whole answer to a client over the connection cap, given its head (or None).
         self.refusal = refusal
         self.stopping = False
-        self.idle: Set["Connection"] = set()
+        self.idle: Set["Connection"] = set()  # waiting for the first bytes of a request head
+        # Kept alive between requests: each one's deadline and the waiter of its wait, in the
+        # order they began waiting, so in the order of their deadlines.
+        self.resting: Dict["Connection", Tuple[float, Waiter]] = {}
+        self.hub = get_hub()
+        self._sweeper = None  # the loop timer of `_sweep`, from the first wait
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one accepted connection until it closes or is handed over (a pool job)."""
@@ -70,12 +81,36 @@ class Server:
         """Serve no further request: idle connections close now, busy ones after their
         response."""
         self.stopping = True
-        for connection in list(self.idle):
+        for connection in [*self.idle, *self.resting]:
             connection.wake()
+
+    def rest(self, connection: "Connection", waiter: Waiter) -> None:
+        """`connection` waits for its next request on `waiter`, which a sweep switches with
+        False once it is idle past the idle timeout (the connection takes itself out of
+        `resting` when its wait ends otherwise)."""
+        if self._sweeper is None:
+            every = min(SWEEP_EVERY, self.settings.idle_timeout / 4)
+            self._sweeper = self.hub.loop.timer(every, every, ref=False)
+            self._sweeper.start(self._sweep)
+        self.resting[connection] = (monotonic() + self.settings.idle_timeout, waiter)
+
+    def _sweep(self) -> None:
+        # In the hub. Each switch runs the connection's greenlet until it closes the socket.
+        resting = self.resting
+        now = monotonic()
+        expired = []
+        for connection, (deadline, waiter) in resting.items():
+            if deadline > now:
+                break
+            expired.append((connection, waiter))
+        for connection, _ in expired:
+            del resting[connection]
+        for _, waiter in expired:
+            waiter.switch(False)
 
 
 class Connection:
-    __slots__ = ("server", "sock", "address", "buffer", "taken")
+    __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -83,6 +118,7 @@ class Connection:
         self.address = address
         self.buffer = b""  # bytes received and not yet used: the start of the next request
         self.taken = False  # the socket belongs to a TakeOver response now
+        self.watcher = None  # the read watcher of its waits between requests, once it waits
 
     def serve(self) -> None:
         server = self.server
@@ -93,7 +129,7 @@ class Connection:
                 request = self.read_head(deadline)
                 if request is None or not respond(self, request) or server.stopping:
                     return
-                if not self.buffer and not self._wait_idle(settings.idle_timeout):
+                if not self.buffer and not self._wait_idle():
                     return
                 deadline = monotonic() + settings.header_timeout
         except h1.HttpError as error:
@@ -101,6 +137,8 @@ class Connection:
         except OSError as error:  # the client left or timed out; nothing to answer
             log.debug("connection from %s ended: %s", self.address[0], error)
         finally:
+            if self.watcher is not None:
+                self.watcher.close()
             if not self.taken:
                 self.sock.close()
 
@@ -220,17 +258,22 @@ class Connection:
         except OSError:
             pass
 
-    def _wait_idle(self, timeout: float) -> bool:
-        """Wait for the next request of a kept-alive connection; False if none comes."""
+    def _wait_idle(self) -> bool:
+        """Wait for the next request of a kept-alive connection; False if none comes within
+        the idle timeout."""
         server = self.server
-        server.idle.add(self)
+        watcher = self.watcher
+        if watcher is None:
+            watcher = self.watcher = server.hub.loop.io(self.sock.fileno(), 1)
+        waiter = Waiter(server.hub)
+        server.rest(self, waiter)
+        watcher.start(waiter.switch, True)
         try:
-            wait_read(self.sock.fileno(), timeout)
-        except socket.timeout:
-            return False
+            readable = waiter.get()
         finally:
-            server.idle.discard(self)
-        return not server.stopping
+            watcher.stop()
+            server.resting.pop(self, None)
+        return readable and not server.stopping
 
 
 def send_now(sock: socket.socket, data: bytes) -> None:

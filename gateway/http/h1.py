@@ -10,7 +10,7 @@ import json
 import re
 import time
 from http import HTTPStatus
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from wsgiref.handlers import format_date_time
 
 MAX_FIELDS = 100  # header lines in a request head, and trailer lines in a chunked body
@@ -125,9 +125,56 @@ def head_too_large(data: bytes, limit: int) -> HttpError:
                      f"the request head is larger than {limit} bytes")
 
 
+# The common head, checked in one pass: an origin-form target, HTTP/1.x, field lines whose
+# names are tokens right before the colon and whose values hold no control character (so each
+# line splits at its first colon and strips as the full parser's would). A value starts with a
+# visible character, so the whitespace before it and the value never match the same spaces:
+# no backtracking.
+_COMMON_HEAD = re.compile(
+    rf"({_TOKEN}) (/[\x21-\x7e]*) HTTP/1\.([0-9])\r?\n"
+    rf"((?:{_TOKEN}:[ \t]*(?:[\x21-\x7e\x80-\xff][^\x00-\x08\x0a-\x1f\x7f]*)?\r?\n)*)\r?\n")
+
+
 def parse_request_head(head: bytes) -> Request:
     """Parse one request head (request line, header lines, the empty line) or raise HttpError."""
-    lines = head.decode("latin-1").split("\n")
+    text = head.decode("latin-1")
+    common = _COMMON_HEAD.fullmatch(text)
+    if common is not None:
+        request = _common_request(*common.groups())
+        if request is not None:
+            return request
+    return _parse_any_head(text)
+
+
+def _common_request(method: str, target: str, minor: str, block: str) -> Optional[Request]:
+    """The request of a common head without a body (a long-poll's, an event stream's), or
+    None for `_parse_any_head` to parse: the same Request, found with less work. A field that
+    frames a body, an expectation, a missing or second Host, too many lines: None."""
+    fields: List[Tuple[str, str]] = []
+    host = None
+    connection = ""
+    for line in block.split("\n")[:-1]:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        value = value.strip(" \t\r")
+        fields.append((name, value))
+        if name in _FRAMING:
+            if name == "host" and host is None:
+                host = value
+            elif name == "connection":
+                connection += "," + value
+            else:
+                return None
+    if host is None or len(fields) > MAX_FIELDS or not _HOST.fullmatch(host):
+        return None
+    http_10 = minor == "0"
+    path, _, query = target.partition("?")
+    return Request(method, target, path, query, http_10, fields, host, None, False,
+                   not http_10 and not (connection and "close" in _tokens(connection)), False)
+
+
+def _parse_any_head(text: str) -> Request:
+    lines = text.split("\n")
     del lines[-2:]  # the empty line and what follows its LF
     match = _REQUEST_LINE.fullmatch(lines[0]) if lines else None
     if match is None:
@@ -316,11 +363,34 @@ def response_head(status: str, headers: List[Tuple[str, str]]) -> bytes:
     `status` is as WSGI has it ("200 OK"). Raises ValueError if a name or value holds CR, LF or
     NUL: the response must not be split by what an application echoes into a header.
     """
-    text = "HTTP/1.1 " + status + "\r\n" + "".join([f"{n}: {v}\r\n" for n, v in headers]) + "\r\n"
-    lines = len(headers) + 2
-    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+    known = _HEAD_LINES
+    parts = [known.get(status) or _head_line(status, "HTTP/1.1 " + status + "\r\n")]
+    for header in headers:
+        line = known.get(header) if type(header) is tuple else None
+        if line is None:
+            name, value = header
+            line = _head_line(header, f"{name}: {value}\r\n")
+        parts.append(line)
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+# Status and header lines already checked, by status or (name, value): most responses repeat
+# the lines of the ones before (a Date changes once a second, a length takes a few values).
+_HEAD_LINES: Dict[object, str] = {}
+_HEAD_LINES_KEPT = 4096
+
+
+def _head_line(key: object, line: str) -> str:
+    """`line` (a status or header line, with its CRLF), checked; kept under `key` if that is
+    a status or a header tuple (a header given as a list is not hashable)."""
+    if line.count("\n") != 1 or line.count("\r") != 1 or "\0" in line:
         raise ValueError("a response status or header holds CR, LF or NUL")
-    return text.encode("latin-1")
+    if type(key) is str or type(key) is tuple:
+        if len(_HEAD_LINES) >= _HEAD_LINES_KEPT:
+            _HEAD_LINES.clear()
+        _HEAD_LINES[key] = line
+    return line
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -4,10 +4,9 @@ A poll answers at once when events after the client's cursor exist (at most `bat
 else holds until one arrives or the hold time ends. The cursor in the answer covers exactly the
 events in it, so the next poll resumes after them: nothing lost, nothing twice.
 
-A held poll is woken by the event loop's own turn, before it next waits for I/O (`Wakeups`),
-never through gevent's callback queue: the loop runs that queue for a few milliseconds a turn,
-so in a saturated process a wake-up queued there waits behind thousands of others while the
-requests that I/O wakes run ahead, and a held poll would time out with its events still queued.
+A held poll is woken through the process' `wakeups.Wakeups` (the hub's, given with its seat),
+never through gevent's callback queue: in a saturated process a wake-up queued there waits
+behind thousands of others, and a held poll would time out with its events still queued.
 
 An event's JSON is encoded once for every one-channel poll that answers with it (`Answer`).
 
@@ -16,22 +15,18 @@ client's own cursor (`unavailable`): never an error status, and the client keeps
 """
 
 import json
-import logging
 import re
 import time
-import weakref
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gevent
-from gevent.hub import Hub, Waiter, get_hub
+from gevent.hub import Waiter, get_hub
 
 from ..hub import Seat
 from ..ids import format_cursor
 from ..message import Message
 from .session import Session
-
-log = logging.getLogger(__name__)
 
 # A plain identifier only: a dotted path such as window.opener.document.body.click would let
 # any page make the gateway's response call a method of another window of this origin.
@@ -40,55 +35,13 @@ CALLBACK = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}")
 _PLAIN = re.compile(r"[A-Za-z0-9_.:=,-]*")
 
 
-class Wakeups:
-    """The held polls to wake, woken all together in the event loop's next turn.
-
-    By a timer due at once: libev runs every due timer each turn, with the I/O that is ready,
-    and does not wait for I/O while one is due; gevent's callbacks are cut short after the
-    switch interval.
-    """
-
-    __slots__ = ("_due", "_timer", "__weakref__")
-
-    def __init__(self, hub: Hub) -> None:
-        self._due: List["PollQueue"] = []
-        self._timer = hub.loop.timer(0.0, ref=False)
-
-    def add(self, queue: "PollQueue") -> None:
-        self._due.append(queue)
-        if not self._timer.active:
-            self._timer.start(self._run)
-
-    def _run(self) -> None:
-        # In the hub. Each wake-up switches to its poll's greenlet, which comes back here when
-        # it next blocks; polls due meanwhile start the timer again, for the next turn.
-        due, self._due = self._due, []
-        for queue in due:
-            try:
-                queue.wake()
-            except Exception:
-                log.exception("waking a long-poll failed")
-
-
-_wakeups: "weakref.WeakKeyDictionary[Hub, Wakeups]" = weakref.WeakKeyDictionary()
-
-
-def wakeups_of(hub: Hub) -> Wakeups:
-    """The wake-ups of a hub's held polls (one set per hub, so per thread)."""
-    found = _wakeups.get(hub)
-    if found is None:
-        found = _wakeups[hub] = Wakeups(hub)
-    return found
-
-
 class PollQueue:
     """A long-poll's subscriber (hub.Subscriber): a bounded queue of the messages dispatched
     to it, which its request waits on (`wait`) and takes (`drain`). What it queues, counted by
     the length of the messages' frames, is on the hub's budget.
     """
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "_waiter", "_wakeups",
-                 "_due")
+    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "_waiter", "_due")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
@@ -98,7 +51,6 @@ class PollQueue:
         self.closed = False
         self.seat: Optional[Seat] = None  # given by the hub
         self._waiter: Optional[Waiter] = None  # while its request waits
-        self._wakeups: Optional[Wakeups] = None  # the waiting request's hub's
         self._due = False  # a wake-up is scheduled and has not run yet
 
     @property
@@ -126,8 +78,6 @@ class PollQueue:
         if self.queue or self.closed:
             return True
         hub = get_hub()
-        if self._wakeups is None:
-            self._wakeups = wakeups_of(hub)
         waiter = self._waiter = Waiter(hub)
         timer = hub.loop.timer(max(timeout, 0.0))
         # From the time now, not the loop's time of this turn: else it ends early.
@@ -139,7 +89,7 @@ class PollQueue:
             self._waiter = None
 
     def wake(self) -> None:
-        """Resume the waiting request (Wakeups calls it, in the hub)."""
+        """Resume the waiting request (the wake-ups call it, in the hub)."""
         self._due = False
         waiter = self._waiter
         if waiter is not None:
@@ -148,7 +98,7 @@ class PollQueue:
     def _schedule_wake(self) -> None:
         if not self._due:
             self._due = True
-            self._wakeups.add(self)
+            self.seat.wakeups.call_soon(self.wake)
 
     def drain(self) -> List[Message]:
         items, self.queue = self.queue, []
