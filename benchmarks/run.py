@@ -74,7 +74,7 @@ SMOKE = {
 }
 PUBLISH_WORKLOADS = ("publish", "channels")
 # Not in the default matrix: `serve --workers 2` on every core, the generator on one of them.
-EXTRA_TARGETS = ("sse-gateway-x2", "sse-gateway-token")
+EXTRA_TARGETS = ("sse-gateway-x2", "sse-gateway-token", "sse-gateway-cluster")
 CHANNEL = "bench"
 BENCH_KEY = "benchmark-only-hs256-secret-32-bytes"  # sse-gateway-token: signs the subscribers' token
 
@@ -392,6 +392,46 @@ def start_redis(svc: Services) -> tuple[int, int]:
     return port, proc.pid
 
 
+def start_redis_cluster(svc: Services, masters: int = 3) -> tuple[list[int], list[int]]:
+    """A Redis Cluster of `masters` masters without replicas: their ports and pids."""
+    ports, pids = [], []
+    while len(ports) < masters:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue  # the cluster bus listens 10000 above
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        proc = svc.spawn(f"redis-{port}", [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--maxclients", "19000", "--protected-mode", "yes",
+            "--cluster-enabled", "yes", "--cluster-config-file",
+            str(svc.workdir / f"nodes-{port}.conf"), "--dir", str(svc.workdir)])
+        svc.wait_ready("redis", proc, lambda p=port: redis_probe(p))
+        ports.append(port)
+        pids.append(proc.pid)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not all(cluster_ok(p) for p in ports):
+        if time.monotonic() > deadline:
+            raise TargetError("the Redis Cluster did not become ok")
+        time.sleep(0.1)
+    return ports, pids
+
+
+def cluster_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in s.recv(4096)
+    except OSError:
+        return False
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -405,6 +445,7 @@ class Started:
     redis_url: str = ""  # the target's Redis, whose commands storm.py and longpoll.py count
     token: str = ""  # the subscribers' token (in the query), for a private channel
     redis_pid: int = 0  # its process (in cpu_pids too): publish.py reports its CPU apart
+    cluster_pids: list[int] = field(default_factory=list)  # a Redis Cluster's, likewise
     # For publish.py: event-stream and publish URLs with {channel}, how a single event is
     # posted (gateway: a JSON message; raw: the payload), and the batch URL where there is one.
     subscribe_template: str = ""
@@ -413,9 +454,19 @@ class Started:
     batch_url: str = ""
 
 
-def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = False) -> Started:
-    """`token`: the channel private, every subscriber with its own HS256 token in the query."""
-    redis_port, redis_pid = start_redis(svc)
+def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = False,
+                  cluster: bool = False) -> Started:
+    """`token`: the channel private, every subscriber with its own HS256 token in the query;
+    `cluster`: on a 3-master Redis Cluster rather than one Redis."""
+    if cluster:
+        ports, cluster_pids = start_redis_cluster(svc)
+        redis_args = ["--redis-cluster", "--redis-url",
+                      ",".join(f"redis://127.0.0.1:{p}" for p in ports)]
+        redis_port, redis_pid = 0, 0
+    else:
+        redis_port, redis_pid = start_redis(svc)
+        redis_args = ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+        cluster_pids = []
     port = free_port()
     env = dict(
         os.environ,
@@ -432,8 +483,7 @@ def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = Fa
             "127.0.0.1",
             "--port",
             str(port),
-            "--redis-url",
-            f"redis://127.0.0.1:{redis_port}/0",
+            *redis_args,
             "--log-level",
             "info" if workers > 1 else "warning",
             "--max-pending",
@@ -456,11 +506,13 @@ def start_gateway(svc: Services, python: str, workers: int = 1, token: bool = Fa
         subscribe_url=f"{base}/events/{CHANNEL}",
         token=mint_token(python, env) if token else "",
         publish_args=["--publish", "http-json", "--publish-url", f"{base}/publish/{CHANNEL}"],
-        cpu_pids=[proc.pid, *child_pids(proc.pid), redis_pid],
+        cpu_pids=[proc.pid, *child_pids(proc.pid), *([redis_pid] if redis_pid else []),
+                  *cluster_pids],
         poll_url=f"{base}/poll/{CHANNEL}",
         poll_protocol="gateway",
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else "",
         redis_pid=redis_pid,
+        cluster_pids=cluster_pids,
         subscribe_template=f"{base}/events/{{channel}}",
         publish_template=f"{base}/publish/{{channel}}",
         publish_format="gateway",
@@ -651,6 +703,7 @@ STARTERS: dict[str, Callable[[Services, str], Started]] = {
     "sse-gateway": start_gateway,
     "sse-gateway-x2": lambda svc, python: start_gateway(svc, python, workers=2),
     "sse-gateway-token": lambda svc, python: start_gateway(svc, python, token=True),
+    "sse-gateway-cluster": lambda svc, python: start_gateway(svc, python, cluster=True),
     "nchan": start_nchan,
     "flask-sse": start_flask_sse,
     "floor": start_floor,
@@ -744,7 +797,8 @@ def publish_argv(started: Started, target: str, subscribers: int, plan: Plan,
     if not started.subscribe_template:
         raise TargetError(f"{target} has no {plan.workload} workload")
     mode = plan.mode if plan.workload == "publish" else "channels"
-    servers = [pid for pid in started.cpu_pids if pid != started.redis_pid]
+    servers = [pid for pid in started.cpu_pids
+               if pid != started.redis_pid and pid not in started.cluster_pids]
     argv = [*head, str(BENCH / "publish.py"), "--mode", mode, "--label", target,
             "--url", started.subscribe_template, "--duration", str(plan.seconds),
             "--drain", str(plan.drain), "--settle", str(plan.settle),
@@ -753,6 +807,8 @@ def publish_argv(started: Started, target: str, subscribers: int, plan: Plan,
             *[arg for pid in servers for arg in ("--server-pid", str(pid))]]
     if started.redis_pid:
         argv += ["--redis-pid", str(started.redis_pid), "--redis-url", started.redis_url]
+    for pid in started.cluster_pids:  # their CPU apart; history is checked on one Redis only
+        argv += ["--redis-pid", str(pid)]
     if mode != "single" and started.batch_url:
         argv += ["--publish", "gateway-batch", "--publish-url", started.batch_url,
                  "--batch", "500" if mode == "batch" else "100", "--window", "4"]

@@ -57,6 +57,9 @@ def _publish_parser(subparsers) -> None:
                         help="the sentinels' own password "
                              "(env SSE_GATEWAY_REDIS_SENTINEL_PASSWORD)")
     parser.add_argument("--prefix", help="Redis key prefix (env SSE_GATEWAY_PREFIX)")
+    parser.add_argument("--redis-cluster", action="store_true", default=None,
+                        help="--redis-url names nodes of a Redis Cluster, comma-separated "
+                             "(env SSE_GATEWAY_REDIS_CLUSTER=1)")
     parser.add_argument("--url", default="http://127.0.0.1:8080",
                         help="gateway to publish through when no Redis URL is given "
                              "(default: http://127.0.0.1:8080)")
@@ -229,11 +232,17 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     sentinel = {"sentinels": setting("redis_sentinel") or (),
                 "master": setting("redis_sentinel_master"),
                 "sentinel_password": setting("redis_sentinel_password")}
+    cluster = args.redis_cluster or os.environ.get("SSE_GATEWAY_REDIS_CLUSTER", "").lower() in (
+        "1", "true", "yes", "on")
     try:
         if any(sentinel.values()):
             publisher = Publisher(redis_url, prefix=prefix, **sentinel)
         else:
-            publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+            publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None,
+                                  cluster=cluster and bool(redis_url))
+    except PublishError as error:
+        print(f"sse-gateway publish: {error}", file=sys.stderr)
+        return 1
     except ValueError as error:
         parser.error(str(error))
     fields = {"event": args.event, "id": args.source_id, "retry": args.retry}

@@ -21,6 +21,7 @@ class Config:
     redis_sentinel_master: Optional[str] = None
     redis_sentinel_password: Optional[str] = field(default=None, repr=False)  # a secret
     prefix: str = ""
+    redis_cluster: bool = False
     publish_tokens: Tuple[str, ...] = ()
     heartbeat: float = 15.0
     retry: int = 3000
@@ -112,6 +113,7 @@ class Config:
                             "embedded broker lives in one process, and the workers must "
                             "share events and history")
         problems += _auth_problems(self)
+        problems += _cluster_problems(self)
         if self.log_format not in ("text", "json"):
             problems.append("log-format must be text or json")
         if not 0 < self.presence_interval <= 60:
@@ -131,7 +133,27 @@ class Config:
         except ValueError as error:
             raise ValueError(f"redis-sentinel: {error}") from None
         return RedisEndpoint(self.redis_url or "redis://", sentinels,
-                             self.redis_sentinel_master, self.redis_sentinel_password)
+                             self.redis_sentinel_master, self.redis_sentinel_password,
+                             self.redis_cluster)
+
+
+def _cluster_problems(config: Config) -> List[str]:
+    if not config.redis_cluster:
+        return []
+    problems = []
+    if not config.redis_url:
+        problems.append("redis-cluster needs --redis-url: one or more of the cluster's nodes, "
+                        "comma-separated (redis://host:port,redis://host2:port)")
+    else:
+        for seed in config.redis_url.split(","):
+            if not seed.strip().startswith(("redis://", "rediss://")):
+                problems.append("redis-cluster needs redis:// or rediss:// URLs in --redis-url, "
+                                "comma-separated")
+                break
+    if "{" in config.prefix or "}" in config.prefix:
+        problems.append("prefix must not contain { or } with --redis-cluster: the channel is the "
+                        "hash tag of its Redis names")
+    return problems
 
 
 def _auth_problems(config: Config) -> List[str]:
@@ -198,6 +220,8 @@ OPTIONS: List[Option] = [
     Option("redis_sentinel_password", "the sentinels' own password (their requirepass), if "
            "they have one", metavar="PASSWORD"),
     Option("prefix", "prefix of the Redis pub/sub channels and keys"),
+    Option("redis_cluster", "Redis is a Redis Cluster: --redis-url names one or more of its nodes, "
+           "comma-separated (events go by sharded pub/sub)", switch=True),
     Option("publish_tokens", "bearer token accepted by POST /publish (repeatable; env: "
            "comma-separated); without any, publishing is allowed from loopback only",
            flag="--publish-token", repeatable=True, metavar="TOKEN"),

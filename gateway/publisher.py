@@ -54,6 +54,7 @@ class Publisher:
         sentinels: Union[str, Sequence[Union[str, Tuple[str, int]]]] = (),
         master: Optional[str] = None,
         sentinel_password: Optional[str] = None,
+        cluster: bool = False,
     ) -> None:
         """`url`: by default the gateway at http://127.0.0.1:8080 (`redis://` under Sentinel).
         `prefix`, `history_length` and `history_age` must match the gateway's settings.
@@ -64,6 +65,8 @@ class Publisher:
         whose reply a failover cut off raises PublishError (it may have been stored or not),
         and the next one goes to the new master. `url` is then `redis://` or
         `rediss://` without an address, e.g. `redis://:PASSWORD@/0`.
+
+        `cluster`: the `redis://` URL names nodes of a Redis Cluster, comma-separated.
         """
         if sentinels or master or sentinel_password:
             url = url or "redis://"
@@ -74,20 +77,25 @@ class Publisher:
             endpoint = RedisEndpoint(url, addresses, master, sentinel_password)
         else:
             url = url or DEFAULT_URL
-            endpoint = RedisEndpoint(url) if url.startswith(_REDIS_SCHEMES) else None
+            endpoint = (RedisEndpoint(url, cluster=cluster) if url.startswith(_REDIS_SCHEMES)
+                        else None)
         self.url = url
         self._prefix = prefix
         self._token = token
         self._timeout = timeout
         self._limits = (history_length, int(history_age * 1000))
         self._script = None
+        self._cluster = cluster
         if endpoint is not None:
             import redis
 
-            client = endpoint.client(socket_connect_timeout=timeout, socket_timeout=timeout)
+            try:
+                client = endpoint.client(socket_connect_timeout=timeout, socket_timeout=timeout)
+            except redis.RedisError as error:  # a cluster's nodes are asked at once
+                raise PublishError(f"no node of the Redis Cluster answered: {error}") from None
             self._client = client
             self._script = client.register_script(redis_schema.PUBLISH_SCRIPT)
-            self._redis_error = redis.RedisError
+            self._redis_error = (redis.RedisError, redis.exceptions.RedisClusterException)
             self._redis_refusal = redis.ResponseError
             self._no_script = redis.exceptions.NoScriptError
         elif not url.startswith(("http://", "https://")):
@@ -135,6 +143,8 @@ class Publisher:
         return self._publish_many_http(messages)
 
     def _publish_many_redis(self, messages: List[Message]) -> List[Dict[str, Any]]:
+        if self._cluster:
+            return self._publish_many_cluster(messages)
         chunks = [messages[i:i + CHUNK_EVENTS] for i in range(0, len(messages), CHUNK_EVENTS)]
         replies: List[Any] = [None] * len(chunks)
         todo = list(range(len(chunks)))
@@ -144,7 +154,7 @@ class Publisher:
                     for number in todo:
                         keys, args = redis_schema.publish_many_args(
                             self._prefix, [(m.channel, m.to_json()) for m in chunks[number]],
-                            *self._limits, checked=True)
+                            *self._limits, checked=True, cluster=self._cluster)
                         pipe.evalsha(self._script.sha, len(keys), *keys, *args)
                     for number, reply in zip(todo, pipe.execute(raise_on_error=False)):
                         replies[number] = reply
@@ -161,6 +171,37 @@ class Publisher:
                 raise PublishError(f"Redis did not take the events from {number * CHUNK_EVENTS} "
                                    f"on: {reply}", self._results(chunks[:number], replies))
         return self._results(chunks, replies)
+
+    def _publish_many_cluster(self, messages: List[Message]) -> List[Dict[str, Any]]:
+        """As on one Redis, but a chunk holds the events of one hash slot (the script runs on
+        one shard): atomic per slot. Should a chunk fail, PublishError carries the results of
+        the chunks published before it, in their order (not the events')."""
+        from redis.crc import key_slot
+
+        by_slot: Dict[int, List[int]] = {}
+        for index, message in enumerate(messages):
+            key = redis_schema.history_key(self._prefix, message.channel, cluster=True)
+            by_slot.setdefault(key_slot(key.encode("utf-8")), []).append(index)
+        order = [index for indices in by_slot.values() for index in indices]
+        results: List[Dict[str, Any]] = [{} for _ in messages]
+        published = 0
+        for indices in by_slot.values():
+            for start in range(0, len(indices), CHUNK_EVENTS):
+                chunk = indices[start:start + CHUNK_EVENTS]
+                keys, args = redis_schema.publish_many_args(
+                    self._prefix, [(messages[i].channel, messages[i].to_json()) for i in chunk],
+                    *self._limits, checked=True, cluster=True)
+                try:
+                    reply = self._script(keys=keys, args=args)
+                except self._redis_error as error:
+                    raise PublishError(f"Redis did not take the events: {error}",
+                                       [results[i] for i in order[:published]]) from None
+                for index, (event_id, receivers) in zip(
+                        chunk, redis_schema.parse_publish_many_reply(reply)):
+                    results[index] = {"channel": messages[index].channel,
+                                      "id": format_id(event_id), "receivers": receivers}
+                published += len(chunk)
+        return results
 
     @staticmethod
     def _results(chunks: List[List[Message]], replies: List[Any]) -> List[Dict[str, Any]]:
@@ -203,7 +244,7 @@ class Publisher:
 
     def _publish_redis(self, message) -> Dict[str, Any]:
         keys, args = redis_schema.publish_args(self._prefix, message.channel, message.to_json(),
-                                               *self._limits)
+                                               *self._limits, cluster=self._cluster)
         try:
             reply = self._script(keys=keys, args=args)
         except self._redis_refusal as error:

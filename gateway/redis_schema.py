@@ -10,6 +10,17 @@ Per channel `C` and key prefix `P`:
 
 No channel name contains `/`, so no channel's raw pub/sub name is another's live one.
 
+On a Redis Cluster (`--redis-cluster`) a channel's history stream and live channel must be
+in one hash slot, so that the script, which writes both, runs on one shard. There the channel
+is the hash tag of both names: `P` + `sse-gateway:history:{` + `C` + `}` and `P` +
+`sse-gateway/live/{` + `C` + `}`, a sharded pub/sub channel (SSUBSCRIBE; the script sends it
+with SPUBLISH). Channel names never contain braces, and the prefix must not either (Redis
+hashes the first `{...}` of a name). A publisher in another language computes the same two
+names and sends the EVAL or EVALSHA to the node that owns the slot (any cluster client does,
+routing by KEYS[1]); the events of one batch must all be of one slot. Raw messages keep the
+classic pub/sub name `P` + `C` (a cluster forwards a classic PUBLISH to every node).
+Single-Redis names are unchanged.
+
 `PUBLISH_SCRIPT` checks the message, then appends it to the history and publishes it live in
 one atomic step, so no subscriber can see an event that history lacks, or the reverse. Any
 language can run it with EVAL: KEYS[1] = history key, ARGV = live channel, message JSON object,
@@ -55,15 +66,23 @@ local function finite(value)
   end
   return true
 end
+local sharded = {}
 -- Why message i cannot be stored, or nil.
 local function problem(key, live, message)
-  -- One channel's names: <P>sse-gateway:history:<C> and <P>sse-gateway/live/<C>, C without '/'.
+  -- One channel's names: <P>sse-gateway:history:<C> and <P>sse-gateway/live/<C>, C without '/'
+  -- (or {C} in both, on a Redis Cluster).
   local channel = string.match(live, '[^/]*$')
   local prefix = string.sub(live, 1, #live - #channel - 17)
   if string.sub(live, #prefix + 1, #prefix + 17) ~= 'sse-gateway/live/'
       or key ~= prefix .. 'sse-gateway:history:' .. channel then
     return 'KEYS[1] and ARGV[1] must be <prefix>sse-gateway:history:<channel> and '
       .. '<prefix>sse-gateway/live/<channel>'
+  end
+  -- On a Redis Cluster the channel is the names' hash tag, {C}: both share one slot, and the
+  -- event goes by sharded pub/sub (SPUBLISH) to the subscribers of that slot's shard only.
+  if string.find(channel, '^{.*}$') then
+    channel = string.sub(channel, 2, -2)
+    sharded[live] = true
   end
   if #channel > 128 or not string.find(channel, '^[%w_.:%-]+$') then
     return 'invalid channel name: use 1-128 of A-Z a-z 0-9 _ . : -'
@@ -111,7 +130,7 @@ for i = 1, n do
   local key, live, message = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
   local id = redis.call('XADD', key, '*', 'm', message)
   reply[2 * i - 1] = id
-  reply[2 * i] = redis.call('PUBLISH', live, id .. ' ' .. message)
+  reply[2 * i] = redis.call(sharded[live] and 'SPUBLISH' or 'PUBLISH', live, id .. ' ' .. message)
   if not last[key] then order[#order + 1] = key end
   last[key] = id
 end
@@ -174,35 +193,45 @@ return 1
 """
 
 
-def history_key(prefix: str, channel: str) -> str:
-    return f"{prefix}{HISTORY_KEY}{channel}"
+def history_key(prefix: str, channel: str, cluster: bool = False) -> str:
+    """The channel's history stream; `cluster`: with the channel as hash tag (see above)."""
+    return f"{prefix}{HISTORY_KEY}{{{channel}}}" if cluster else f"{prefix}{HISTORY_KEY}{channel}"
 
 
-def live_channel(prefix: str, channel: str) -> str:
-    return f"{prefix}{LIVE_CHANNEL}{channel}"
+def live_channel(prefix: str, channel: str, cluster: bool = False) -> str:
+    """The channel's live pub/sub name; `cluster`: a sharded one, with the channel as hash tag."""
+    return f"{prefix}{LIVE_CHANNEL}{{{channel}}}" if cluster else f"{prefix}{LIVE_CHANNEL}{channel}"
 
 
 def publish_args(
-    prefix: str, channel: str, message_json: str, max_length: int, max_age_ms: int
+    prefix: str, channel: str, message_json: str, max_length: int, max_age_ms: int,
+    cluster: bool = False,
 ) -> Tuple[List[str], List[Any]]:
     """KEYS and ARGV for PUBLISH_SCRIPT."""
-    return ([history_key(prefix, channel)],
-            [live_channel(prefix, channel), message_json, max_length, max_age_ms])
+    return ([history_key(prefix, channel, cluster)],
+            [live_channel(prefix, channel, cluster), message_json, max_length, max_age_ms])
 
 
 def publish_many_args(
     prefix: str, messages: Sequence[Tuple[str, Union[str, bytes]]], max_length: int,
     max_age_ms: int,
     checked: bool = False,
+    cluster: bool = False,
 ) -> Tuple[List[str], List[Any]]:
     """KEYS and ARGV for PUBLISH_SCRIPT with several events: `(channel, message JSON)` each.
 
     `checked`: the messages were built by message.py, so the script need not decode them.
+    `cluster`: the names of a Redis Cluster; all the events must then be of one hash slot.
     """
-    keys = [f"{prefix}{HISTORY_KEY}{channel}" for channel, _ in messages]
+    if cluster:
+        keys = [f"{prefix}{HISTORY_KEY}{{{channel}}}" for channel, _ in messages]
+        lives = [f"{prefix}{LIVE_CHANNEL}{{{channel}}}" for channel, _ in messages]
+    else:
+        keys = [f"{prefix}{HISTORY_KEY}{channel}" for channel, _ in messages]
+        lives = [f"{prefix}{LIVE_CHANNEL}{channel}" for channel, _ in messages]
     args: List[Any] = []
-    for channel, message_json in messages:
-        args.append(f"{prefix}{LIVE_CHANNEL}{channel}")
+    for live, (_, message_json) in zip(lives, messages):
+        args.append(live)
         args.append(message_json)
     args += [max_length, max_age_ms]
     if checked:
@@ -255,6 +284,8 @@ def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:
     """HistoryBounds from redis-py's XINFO STREAM reply (None when the key does not exist)."""
     if not info:
         return HistoryBounds(exists=False)
+    if b"last-generated-id" in info:  # unparsed (redis-py's cluster transactions): bytes keys
+        info = {key.decode("ascii"): value for key, value in info.items()}
     first_entry = info.get("first-entry")
     return HistoryBounds(
         exists=True,
@@ -264,7 +295,10 @@ def bounds_from_xinfo(info: Optional[Dict[Any, Any]]) -> HistoryBounds:
     )
 
 
-def entry_payload(fields: Dict[Any, Any]) -> Optional[bytes]:
+def entry_payload(fields: Union[Dict[Any, Any], List[Any]]) -> Optional[bytes]:
+    """An entry's message; `fields` as redis-py parses them, or the flat list Redis sends."""
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2]))
     value = fields.get(b"m", fields.get("m"))
     if value is None:
         return None

@@ -11,7 +11,12 @@ __all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResu
 
 def create_broker(redis: Optional[RedisEndpoint], prefix: str, history_length: int,
                   history_age: float) -> Broker:
-    """The Redis broker when Redis is given (a URL, or Sentinel), else the embedded one."""
+    """The Redis broker when Redis is given (a URL, or Sentinel; the cluster broker for a
+    Redis Cluster), else the embedded one."""
+    if redis is not None and redis.cluster:
+        from .cluster import ClusterBroker
+
+        return ClusterBroker(redis.url, prefix, history_length, history_age)
     if redis is not None:
         from .redis import RedisBroker
 

@@ -43,12 +43,14 @@ def format_addresses(addresses: Tuple[Address, ...]) -> str:
 
 @dataclass(frozen=True)
 class RedisEndpoint:
-    """A Redis URL alone, or with `sentinels` and `master`: Sentinel's master of that name."""
+    """A Redis URL alone, or with `sentinels` and `master`: Sentinel's master of that name;
+    or, `cluster`, the comma-separated seed nodes of a Redis Cluster."""
 
     url: str = "redis://"
     sentinels: Tuple[Address, ...] = ()
     master: Optional[str] = None
     sentinel_password: Optional[str] = field(default=None, repr=False)
+    cluster: bool = False  # the URL names seed nodes of a Redis Cluster, comma-separated
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -57,6 +59,9 @@ class RedisEndpoint:
 
     def problems(self) -> List[str]:
         """What is wrong with these settings, in the words of the gateway's options."""
+        if self.cluster and self.sentinels:
+            return ["--redis-cluster and --redis-sentinel do not go together: a cluster "
+                    "fails over by itself"]
         if not self.sentinels:
             if self.master is not None or self.sentinel_password is not None:
                 return ["--redis-sentinel-master and --redis-sentinel-password need "
@@ -79,13 +84,17 @@ class RedisEndpoint:
     def secrets(self) -> List[str]:
         """The passwords, as written and decoded: never to be logged."""
         found = [self.sentinel_password] if self.sentinel_password else []
-        password = urlsplit(self.url).password
-        if password:
-            found += [password, unquote(password)]
+        for url in self.url.split(",") if self.cluster else [self.url]:
+            password = urlsplit(url.strip()).password
+            if password:
+                found += [password, unquote(password)]
         return found
 
     def describe(self) -> str:
         """For logs and errors: where it connects, without passwords."""
+        if self.cluster:
+            seeds = [RedisEndpoint(url.strip()).describe() for url in self.url.split(",")]
+            return f"the Redis Cluster of {','.join(seeds)}"
         scheme, sep, rest = self.url.partition("://")
         if "@" in rest:
             rest = "***@" + rest.split("@", 1)[1]
@@ -122,6 +131,18 @@ class RedisEndpoint:
         could run twice, once on each master)."""
         import redis
 
+        if self.cluster:
+            # Without retries, as under Sentinel; MOVED and ASK are followed all the same.
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisClusterException
+            from redis.retry import Retry
+
+            from ..cluster_nodes import cluster_client
+
+            try:
+                return cluster_client(self.url, retry=Retry(NoBackoff(), 0), **options)
+            except RedisClusterException as error:  # no seed node answered
+                raise redis.ConnectionError(str(error)) from None
         if not self.sentinels:
             return redis.Redis.from_url(self.url, **options)
         return redis.Redis(connection_pool=self.pool(**options))

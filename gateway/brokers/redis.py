@@ -14,9 +14,7 @@ resubscribes and fills the gap) while `check` reports the broker unavailable.
 
 import logging
 import random
-from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -26,13 +24,14 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
-from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
-from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
+from ..ids import ZERO, EventId
+from ..message import InvalidMessage, Message
+from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .endpoints import RedisEndpoint
 from .publishing import Publishes
-from .shared_reads import ChannelRead, SharedReads
-from .slots import NoSlot, Slots
+from .shared_reads import SharedReads
+from .slots import Slots
+from .streams import StreamsBroker
 
 log = logging.getLogger(__name__)
 # The system's select, never a patched one that might wait: it only looks at a socket.
@@ -46,15 +45,9 @@ _BACKOFF_CAP = 5.0
 # Connections for commands (history reads, publishes, health checks); the URL's
 # `max_connections` overrides it. The pub/sub connection is apart from these.
 POOL_SIZE = 50
-# How long a command may wait for one: far longer than a healthy Redis keeps a process's
-# connections busy, reconnect storm included; only a Redis that does not answer reaches it.
-_POOL_WAIT = 10.0
-# The JSON of published messages that await their live copy (see _own) is forgotten past this:
-# only copies that never come (their channel was left meanwhile) stay that long.
-_OWN_BYTES = 4 * 1024 * 1024
 
 
-class RedisBroker(Broker):
+class RedisBroker(StreamsBroker):
     name = "redis"
 
     def __init__(self, endpoint: Union[str, RedisEndpoint], prefix: str = "",
@@ -157,9 +150,6 @@ class RedisBroker(Broker):
 
     # -- publishing and history -------------------------------------------------------------
 
-    def publish(self, message: Message) -> PublishResult:
-        return self.publish_many((message,))[0]
-
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
         items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
         mine = self._remember(messages, items)
@@ -180,141 +170,6 @@ class RedisBroker(Broker):
         return [PublishResult(event_id, receivers)
                 for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
 
-    def _remember(self, messages: Sequence[Message],
-                  items: List[Tuple[str, bytes]]) -> List[Tuple[str, bytes]]:
-        """Note the messages whose live copy this process will receive; what it noted."""
-        if self._own_bytes > _OWN_BYTES:  # copies that never came (their channel was left)
-            self._own.clear()
-            self._own_bytes = 0
-        mine = []
-        for message, item in zip(messages, items):
-            if message.channel in self._channels:
-                self._own[item] = message
-                self._own_bytes += len(item[1])
-                mine.append(item)
-        return mine
-
-    def _forget(self, items: List[Tuple[str, bytes]]) -> None:
-        for item in items:
-            if self._own.pop(item, None) is not None:
-                self._own_bytes -= len(item[1])
-
-    def history(self, positions: Dict[str, EventId],
-                limit: Optional[int] = None) -> Dict[str, History]:
-        histories, skipped = self._reads.history(positions, limit)
-        self.skipped += skipped
-        return histories
-
-    def _read(self, positions: Dict[str, EventId], limit: Optional[int]) -> Dict[str, ChannelRead]:
-        """Each channel's entries after its position (at most `limit`), all at one instant."""
-        # One transaction: every channel is read at the same instant, so replayed events of
-        # several channels keep the order they were published in.
-        # From the id after each position, rather than Redis' exclusive "(id", which is an
-        # error after the largest id there is (a client may send it): nothing follows that one.
-        starts = {channel: successor(after) for channel, after in positions.items()}
-        page = limit or self._max_length
-        found = {}
-        with self._slot():
-            try:
-                with self._client.pipeline(transaction=True) as pipe:
-                    for channel, start in starts.items():
-                        key = redis_schema.history_key(self._prefix, channel)
-                        pipe.xinfo_stream(key)
-                        if start is not None:
-                            pipe.xrange(key, min=format_id(start), max="+", count=page)
-                    replies = iter(pipe.execute(raise_on_error=False))
-                for channel, start in starts.items():
-                    info = next(replies)
-                    entries = next(replies) if start is not None else []
-                    for reply in (info, entries):
-                        if isinstance(reply, Exception) and not _no_such_key(reply):
-                            raise BrokerUnavailable(f"could not read history from Redis: {reply}")
-                    bounds = (HistoryBounds(exists=False) if isinstance(info, Exception)
-                              else redis_schema.bounds_from_xinfo(info))
-                    entries = entries if bounds.exists else []
-                    if limit is None and len(entries) == page:
-                        entries, bounds = self._rest(channel, entries, bounds, page)
-                    found[channel] = entries, bounds
-            except RedisError as error:
-                raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
-        return {channel: self._channel_read(channel, entries, bounds, limit)
-                for channel, (entries, bounds) in found.items()}
-
-    def _rest(self, channel: str, entries: List[Any], bounds: HistoryBounds,
-              page: int) -> Tuple[List[Any], HistoryBounds]:
-        """The pages after the first of a history longer than this gateway keeps (another
-        publisher's --history-length may be larger), up to its end when the first was read.
-
-        Entries trimmed meanwhile are reported as lost history (a larger `max_deleted`).
-        """
-        key = redis_schema.history_key(self._prefix, channel)
-        entries = list(entries)
-        batch = entries
-        while len(batch) == page:
-            start = successor(redis_schema.parse_stream_id(entries[-1][0]))
-            if start is None or start > bounds.last:
-                break
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xinfo_stream(key)
-                pipe.xrange(key, min=format_id(start), max=format_id(bounds.last), count=page)
-                info, batch = pipe.execute(raise_on_error=False)
-            if isinstance(batch, Exception) or isinstance(info, Exception):
-                error = batch if isinstance(batch, Exception) else info
-                if not _no_such_key(error):
-                    raise BrokerUnavailable(f"could not read history from Redis: {error}")
-                info, batch = None, []
-            now = redis_schema.bounds_from_xinfo(info)
-            lost = now.max_deleted if now.exists else bounds.last
-            if lost >= start:
-                bounds = replace(bounds, max_deleted=max(bounds.max_deleted, lost))
-            entries.extend(batch)
-        return entries, bounds
-
-    def _channel_read(self, channel: str, entries: List[Any], bounds: HistoryBounds,
-                      limit: Optional[int]) -> ChannelRead:
-        messages, skipped = [], []
-        for raw_id, fields in entries:
-            message = self._decode_entry(channel, raw_id, fields)
-            if message is None:
-                skipped.append(redis_schema.parse_stream_id(raw_id))
-            else:
-                messages.append(message)
-        complete = (limit is None or len(entries) < limit
-                    or redis_schema.parse_stream_id(entries[-1][0]) >= bounds.last)
-        return ChannelRead(messages, skipped, complete, bounds)
-
-    def _bounds(self, key: str) -> HistoryBounds:
-        try:
-            with self._slot():
-                info = self._client.xinfo_stream(key)
-        except ResponseError as error:
-            if _no_such_key(error):
-                return HistoryBounds(exists=False)
-            raise
-        return redis_schema.bounds_from_xinfo(info)
-
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
-        """One of the pool's connections for the block, in turn (see slots.py)."""
-        try:
-            with self._slots.hold(_POOL_WAIT):
-                yield
-        except NoSlot as error:
-            raise BrokerUnavailable(f"no Redis connection became free: {error}") from None
-
-    def _decode_entry(self, channel: str, raw_id, fields) -> Optional[Message]:
-        """A history entry as a message; None, logged, for one that is not valid."""
-        payload = redis_schema.entry_payload(fields)
-        try:
-            if payload is None:
-                raise InvalidMessage("it has no message")
-            return from_broker_payload(channel, payload).with_id(
-                redis_schema.parse_stream_id(raw_id))
-        except InvalidMessage as error:
-            log.warning("history entry %s of channel %r is malformed (%s); skipped",
-                        raw_id, channel, error)
-            return None
-
     # -- subscriptions ------------------------------------------------------------------------
 
     def subscribe(self, channel: str) -> EventId:
@@ -333,12 +188,6 @@ class RedisBroker(Broker):
         self._channels[channel] = max(self._channels.get(channel, ZERO), tail)
         del self._confirmations[channel]
         return self._channels[channel]
-
-    def history_tail(self, channel: str) -> EventId:
-        try:
-            return self._bounds(redis_schema.history_key(self._prefix, channel)).last
-        except RedisError as error:
-            raise BrokerUnavailable(f"could not read history from Redis: {error}") from None
 
     def unsubscribe(self, channel: str) -> None:
         self._channels.pop(channel, None)
@@ -438,82 +287,6 @@ class RedisBroker(Broker):
                     pending.discard(reply[1])
         return early
 
-    def _fill_gaps(self) -> None:
-        """Deliver what was published while the pub/sub connection was down.
-
-        What was delivered live before no longer tells what history holds (the fill skips
-        invalid entries, trimming may have lost some): `resync` hears, for each channel, where
-        history stood when it was read.
-        """
-        histories, skipped = self._reads.history(dict(self._channels), fresh=True)
-        self.skipped += skipped
-        lost = self._record_losses(histories)
-        for channel, history in histories.items():
-            bounds = history.bounds
-            if channel in lost and not history.gap:
-                # What history_gap cannot see: streams behind that event lost what followed.
-                at = lost[channel]
-                bounds = replace(bounds, last=max(bounds.last, at),
-                                 max_deleted=max(bounds.max_deleted, at))
-            if history.gap or channel in lost:
-                log.warning("events of channel %r were lost from history while the pub/sub "
-                            "connection was down (trimmed, or lost by a Redis that took over "
-                            "before it had them); its subscribers are told to reload", channel)
-                self._deliver_safely(HistoryLost(channel, bounds))
-            for message in history.messages:
-                self._deliver_safely(message)
-            position = self._channels.get(channel, ZERO)
-            if bounds is not None and bounds.exists:
-                self._resync_safely(channel, max(position, bounds.last))
-            else:
-                # No history: with nothing delivered yet, every event of it is to come; else
-                # ids from before may come again (a Redis whose clock went back), unknown.
-                self._resync_safely(channel, ZERO if position == ZERO else None)
-
-    def _record_losses(self, histories: Dict[str, History]) -> Dict[str, EventId]:
-        """The channels whose history lacks the last event delivered from them, though it holds
-        older ones and nothing recorded its deletion, and that event's id: Redis lost it, and
-        maybe events after it. A replica promoted after a failover lacks the writes it had not
-        received yet (replication is asynchronous), and new events may have been published
-        to it since. (A history that begins after the event was recreated: history_gap sees
-        that.)
-
-        The loss is recorded in Redis (redis_schema.LOST_SCRIPT), for every gateway and every
-        later resume to see, and so that no later event is given an id at or below it.
-        """
-        suspects = {}
-        for channel, history in histories.items():
-            bounds, position = history.bounds, self._channels.get(channel, ZERO)
-            if bounds is not None and bounds.exists and position != ZERO \
-                    and bounds.max_deleted < position and bounds.first <= position:
-                suspects[channel] = position
-        if not suspects:
-            return {}
-        with self._slot():
-            with self._client.pipeline(transaction=False) as pipe:
-                for channel, position in suspects.items():
-                    pipe.xrange(redis_schema.history_key(self._prefix, channel),
-                                min=format_id(position), max=format_id(position), count=1)
-                replies = pipe.execute(raise_on_error=False)
-            lost = {channel: position for (channel, position), reply
-                    in zip(suspects.items(), replies) if reply == []}
-            if lost:
-                with self._client.pipeline(transaction=False) as pipe:
-                    for channel, position in lost.items():
-                        pipe.eval(redis_schema.LOST_SCRIPT, 1,
-                                  redis_schema.history_key(self._prefix, channel),
-                                  format_id(position))
-                    pipe.execute()
-        return lost
-
-    def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
-        if self._resync is None:
-            return
-        try:
-            self._resync(channel, at)
-        except Exception:
-            log.exception("resynchronising channel %r failed", channel)
-
     def _read_forever(self) -> None:
         connection = self._connection
         while True:
@@ -534,52 +307,6 @@ class RedisBroker(Broker):
                 confirmed.set()
         return kind
 
-    def _on_payload(self, name: bytes, payload: bytes) -> None:
-        """One pub/sub message: whatever goes wrong with it is logged, counted and skipped."""
-        channel = self._channel_of(name)
-        event_id = None
-        try:
-            if name.startswith(self._live_prefix):
-                event_id, payload = redis_schema.split_live(payload)
-                mine = self._own.pop((channel, payload), None) if self._own else None
-                if mine is None:
-                    message = from_broker_payload(channel, payload).with_id(event_id)
-                else:
-                    self._own_bytes -= len(payload)
-                    message = mine.with_id(event_id)
-            else:
-                # A raw message: whatever it says, it has no id and moves no position.
-                message = from_broker_payload(channel, payload)
-        except Exception as error:  # InvalidMessage, a live message without an id, or a bug
-            self.refused += 1
-            if isinstance(error, ValueError):
-                log.warning("skipped a malformed message on channel %r: %s", channel, error)
-            else:
-                log.exception("reading a message on channel %r failed; skipped", channel)
-            if event_id is not None and channel in self._channels \
-                    and event_id > self._channels[channel]:
-                self._resync_safely(channel, event_id)  # history holds it; nobody got it
-            return
-        self._deliver_safely(message)
-
-    def _deliver_safely(self, message: Message) -> None:
-        try:
-            self._deliver(message)
-        except Exception:
-            self.refused += 1
-            log.exception("delivering a message on channel %r failed; skipped", message.channel)
-
-    def _deliver(self, message: Message) -> None:
-        channel = message.channel
-        if channel not in self._channels and channel not in self._confirmations:
-            return  # unsubscribed meanwhile
-        if message.event_id is not None:
-            if message.event_id <= self._channels.get(channel, ZERO):
-                return  # already delivered by a gap fill
-            self._channels[channel] = message.event_id
-        if self._sink is not None:
-            self._sink(message)
-
     def _channel_of(self, name: bytes) -> str:
         prefix = self._live_prefix if name.startswith(self._live_prefix) else self._raw_prefix
         return name[len(prefix):].decode("utf-8", errors="replace")
@@ -593,5 +320,3 @@ class RedisBroker(Broker):
                 pass
 
 
-def _no_such_key(error: Exception) -> bool:
-    return isinstance(error, ResponseError) and "no such key" in str(error).lower()
