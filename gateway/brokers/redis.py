@@ -16,7 +16,7 @@ import logging
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
@@ -29,7 +29,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
-from .publishing import Publishes
+from .publishing import Job, Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
 
@@ -154,14 +154,26 @@ class RedisBroker(Broker):
     def publish(self, message: Message) -> PublishResult:
         return self.publish_many((message,))[0]
 
+    def publish_later(self, message: Message) -> Callable[[], PublishResult]:
+        wait = self._submit((message,))
+        return lambda: wait()[0]
+
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        return self._submit(messages)()
+
+    def _submit(self, messages: Sequence[Message]) -> Callable[[], List[PublishResult]]:
+        """Queue one run of the script for `messages`; what waits for its results."""
         items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
         mine = self._remember(messages, items)
         # Built by message.py, whose rule is stricter than the script's: it need not decode them.
         keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
                                                     self._max_age_ms, checked=True)
+        job = self._publishes.submit(keys, args)
+        return lambda: self._results(job, mine)
+
+    def _results(self, job: Job, mine: List[Tuple[str, bytes]]) -> List[PublishResult]:
         try:
-            reply = self._publishes.run(keys, args)
+            reply = self._publishes.wait(job)
         except ResponseError as error:
             self._forget(mine)
             why = redis_schema.refusal(error)

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Set
 from gevent.socket import wait_read, wait_write
 
 from . import h1
-from .wsgi import respond
+from .wsgi import close_result, respond, send_result
 
 log = logging.getLogger("gateway.http")
 
@@ -75,7 +75,7 @@ class Server:
 
 
 class Connection:
-    __slots__ = ("server", "sock", "address", "buffer", "taken")
+    __slots__ = ("server", "sock", "address", "buffer", "taken", "pending", "corked")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -83,6 +83,8 @@ class Connection:
         self.address = address
         self.buffer = b""  # bytes received and not yet used: the start of the next request
         self.taken = False  # the socket belongs to a TakeOver response now
+        self.pending: list = []  # (response, result) held back, in request order (wsgi.py)
+        self.corked: Optional[list] = None  # what send_all collects while answers are flushed
 
     def serve(self) -> None:
         server = self.server
@@ -101,6 +103,9 @@ class Connection:
         except OSError as error:  # the client left or timed out; nothing to answer
             log.debug("connection from %s ended: %s", self.address[0], error)
         finally:
+            for _, result in self.pending:  # the client left: their work stands, unanswered
+                close_result(result)
+            self.pending = []
             if not self.taken:
                 self.sock.close()
 
@@ -175,9 +180,30 @@ class Connection:
                 if idle:
                     self.server.idle.discard(self)
 
+    def flush(self) -> bool:
+        """Send the held-back answers (the last one is usually the request just run), in
+        order and in one send; False if the connection must close after them."""
+        pending, self.pending = self.pending, []
+        keep = True
+        self.corked = []
+        try:
+            for response, result in pending:
+                if keep:
+                    keep = send_result(response, result)
+                else:
+                    close_result(result)
+        finally:
+            data, self.corked = b"".join(self.corked), None
+        if data:
+            self.send_all(data)
+        return keep
+
     def send_all(self, data: bytes) -> None:
         """Send everything, waiting while the socket is full; socket.timeout if it takes
         nothing for the idle timeout."""
+        if self.corked is not None:
+            self.corked.append(data)
+            return
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -197,6 +223,11 @@ class Connection:
     def fail(self, error: h1.HttpError) -> None:
         """Answer a refused request with its JSON error and close the connection."""
         log.debug("refused a request from %s: %s", self.address[0], error)
+        try:
+            if self.pending and not self.flush():  # the answers before it go first
+                return
+        except OSError:
+            return
         send_now(self.sock, h1.error_response(error, self.server.date()))
         self.linger()
 
