@@ -70,7 +70,7 @@ class ItemError(ApiError):
 class _Answer(Deferred):
     """A single publish's response: the broker has the message, its result comes later."""
 
-    __slots__ = ("_endpoint", "_wait", "_channel", "_start_response", "_headers")
+    __slots__ = ("_endpoint", "_wait", "_channel", "_start_response", "_headers", "_settled")
 
     def __init__(self, endpoint: "PublishEndpoint", wait: Callable[[], PublishResult],
                  channel: str, start_response: Callable, headers: List[Tuple[str, str]]) -> None:
@@ -79,13 +79,22 @@ class _Answer(Deferred):
         self._channel = channel
         self._start_response = start_response
         self._headers = headers
+        self._settled = False
 
     def __iter__(self) -> Iterator[bytes]:
+        self._settled = True
         return iter(self._endpoint.answer(self._wait, self._channel, self._start_response,
                                           self._headers))
 
     def close(self) -> None:
-        pass  # nothing held: the broker publishes the message whether anyone waits or not
+        # Unsent (the client left): the broker publishes it all the same, and the counts
+        # must say how that went.
+        if not self._settled:
+            self._settled = True
+            try:
+                self._endpoint.settle(self._wait)
+            except ApiError:
+                pass
 
 
 class PublishEndpoint:
@@ -219,19 +228,26 @@ class PublishEndpoint:
                headers: List[Tuple[str, str]]) -> List[bytes]:
         """The response to a single publish, once the broker has its result."""
         try:
-            result = self._broker_step(wait)
+            result = self.settle(wait)
         except ApiError as error:
             return _error(start_response, error, headers)
-        except Exception:
-            log.exception("unhandled error on POST %s%s", PREFIX, channel)
-            error = ApiError(500, "internal server error", "the gateway failed; see its log")
-            return _error(start_response, error, headers)
-        self._metrics.published += 1
         body = (b'{"channel":"%s","id":"%s","receivers":%d}\n'
                 % (channel.encode(), format_id(result.event_id).encode(), result.receivers))
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body))), *headers])
         return [body]
+
+    def settle(self, wait: Callable[[], PublishResult]) -> PublishResult:
+        """A single publish's result, counted; ApiError for a refusal or a failure."""
+        try:
+            result = self._broker_step(wait)
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("unhandled error publishing a message")
+            raise ApiError(500, "internal server error", "the gateway failed; see its log") from None
+        self._metrics.published += 1
+        return result
 
     def _publish_batch(self, messages: Sequence[Message]) -> bytes:
         """The broker's step for a batch, and the answer's body."""
