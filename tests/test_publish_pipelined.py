@@ -132,3 +132,18 @@ def test_a_publish_is_made_while_the_long_poll_pipelined_behind_it_waits(
         [(first, _, answer), (second, _, poll)] = read_answers(sock, 2)
     assert first == 200 and answer["channel"] == "first" and answer["id"] == event.last_event_id
     assert second == 200 and [e["data"] for e in poll["events"]] == ["wake"], poll
+
+
+def test_large_pipelined_publishes_are_all_answered_and_published_in_order(
+        start_gateway, redis_db, open_stream):
+    # 12 bodies of 40 KB: more than the bytes of bodies whose answers may be held at once.
+    gateway = start_gateway("--redis-url", redis_db.url)
+    stream = open_stream(f"{gateway.url}/events/large")
+    texts = [f"{i:02d}" * 20_000 for i in range(12)]
+    with connect(gateway.port) as sock:
+        sock.sendall(b"".join(publish_request("large", message(text)) for text in texts))
+        answers = read_answers(sock, len(texts))
+    assert [(status, body["channel"]) for status, _, body in answers] == [(200, "large")] * 12
+    events = stream.wait_events(12)
+    assert [event.data for event in events] == texts
+    assert [event.last_event_id for event in events] == [body["id"] for _, _, body in answers]

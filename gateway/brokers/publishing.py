@@ -51,6 +51,7 @@ class Job:
 
     def finish(self, reply: Any = None, error: Optional[BaseException] = None) -> None:
         self.reply, self.error, self.finished = reply, error, True
+        self.command = b""  # never sent again; an answer held back keeps the job, not this
         if self.done is not None:
             self.done.set()
 

@@ -75,7 +75,8 @@ class Server:
 
 
 class Connection:
-    __slots__ = ("server", "sock", "address", "buffer", "taken", "pending", "corked")
+    __slots__ = ("server", "sock", "address", "buffer", "taken", "pending", "held_bytes",
+                 "corked")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -84,6 +85,7 @@ class Connection:
         self.buffer = b""  # bytes received and not yet used: the start of the next request
         self.taken = False  # the socket belongs to a TakeOver response now
         self.pending: list = []  # (response, result) held back, in request order (wsgi.py)
+        self.held_bytes = 0  # the request bodies behind them
         self.corked: Optional[list] = None  # what send_all collects while answers are flushed
 
     def serve(self) -> None:
@@ -184,6 +186,7 @@ class Connection:
         """Send the held-back answers (the last one is usually the request just run), in
         order and in one send; False if the connection must close after them."""
         pending, self.pending = self.pending, []
+        self.held_bytes = 0
         keep = True
         self.corked = []
         try:

@@ -26,7 +26,10 @@ access_log = logging.getLogger("gateway.access")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INTERNAL = h1.HttpError(500, "internal server error", "the gateway failed; see its log")
 _KEYS_CACHED = 512
-MAX_HELD = 64  # answers held back on one connection while the requests behind them run
+# Answers held back on one connection while the requests behind them run, and the most bytes
+# of request bodies behind them (what their publishes keep until answered).
+MAX_HELD = 64
+MAX_HELD_BYTES = 256 * 1024
 # Header name -> environ key; None for a name that is not passed on.
 _ENVIRON_KEYS: Dict[str, Optional[str]] = {
     "content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -59,6 +62,7 @@ def respond(conn, request: h1.Request) -> bool:
         return conn.flush() and response.fail()
     if isinstance(result, Deferred) and _may_hold(conn, request, body):
         conn.pending.append((response, result))
+        conn.held_bytes += request.content_length or 0
         return True
     if isinstance(result, TakeOver):
         if not conn.flush():
@@ -73,6 +77,7 @@ def _may_hold(conn, request: h1.Request, body: "Body") -> bool:
     """Whether a Deferred answer may wait while the next request runs: that request's head is
     here already (a pipelining client), this one's body was read and the connection stays."""
     return (request.keep_alive and not body.left and len(conn.pending) < MAX_HELD
+            and conn.held_bytes + (request.content_length or 0) <= MAX_HELD_BYTES
             and not conn.server.stopping and h1.head_end(conn.buffer) >= 0)
 
 
