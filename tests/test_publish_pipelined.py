@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import redis
 from test_http_hostile import connect
@@ -147,3 +148,31 @@ def test_large_pipelined_publishes_are_all_answered_and_published_in_order(
     events = stream.wait_events(12)
     assert [event.data for event in events] == texts
     assert [event.last_event_id for event in events] == [body["id"] for _, _, body in answers]
+
+
+def test_a_stream_pipelined_behind_publishes_starts_after_their_answers(
+        start_gateway, broker_args):
+    gateway = start_gateway(*broker_args)
+    with connect(gateway.port) as sock:
+        sock.sendall(publish_request("news", message("one")) + publish_request("news", message("two"))
+                     + b"GET /events/news HTTP/1.1\r\nHost: gw\r\n\r\n")
+        rest = b""
+        for _ in range(2):
+            status, _, body, rest = read_response(sock, rest)
+            assert status == 200 and json.loads(body)["channel"] == "news"
+        while b"\r\n\r\n" not in rest:
+            data = sock.recv(65536)
+            assert data, rest
+            rest += data
+        head = rest.partition(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"text/event-stream" in head, head
+        # The connection is the stream's now: its first chunk ends with an `id:` line (the
+        # subscription is live), and live events follow.
+        rest = rest.partition(b"\r\n\r\n")[2]
+        deadline = time.monotonic() + 10
+        while b"\nid: " not in rest and time.monotonic() < deadline:
+            rest += sock.recv(65536)
+        assert gateway.publish("news", {"data": "three"}).status_code == 200
+        while b"data: three" not in rest and time.monotonic() < deadline:
+            rest += sock.recv(65536)
+        assert b"data: three" in rest, rest
