@@ -46,6 +46,16 @@ def _publish_parser(subparsers) -> None:
     parser.add_argument("--retry", type=int, help="reconnection delay hint in milliseconds")
     parser.add_argument("--json", action="store_true", help="parse DATA as JSON")
     parser.add_argument("--redis-url", help="publish through Redis (env SSE_GATEWAY_REDIS_URL)")
+    parser.add_argument("--redis-sentinel", metavar="HOST:PORT[,...]",
+                        help="publish to the master these sentinels name (--redis-url then "
+                             "gives only its password and database: redis://:PASSWORD@/0; "
+                             "env SSE_GATEWAY_REDIS_SENTINEL)")
+    parser.add_argument("--redis-sentinel-master", metavar="NAME",
+                        help="the master's name at the sentinels "
+                             "(env SSE_GATEWAY_REDIS_SENTINEL_MASTER)")
+    parser.add_argument("--redis-sentinel-password", metavar="PASSWORD",
+                        help="the sentinels' own password "
+                             "(env SSE_GATEWAY_REDIS_SENTINEL_PASSWORD)")
     parser.add_argument("--prefix", help="Redis key prefix (env SSE_GATEWAY_PREFIX)")
     parser.add_argument("--url", default="http://127.0.0.1:8080",
                         help="gateway to publish through when no Redis URL is given "
@@ -168,8 +178,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"unknown log level {config.log_level!r}")
     from . import logs
 
+    secrets = logs.secrets_of(config.publish_tokens, config.redis_url)
     logs.configure(level, config.log_format, config.workers,
-                   logs.secrets_of(config.publish_tokens, config.redis_url))
+                   secrets + (config.redis.secrets if config.redis else []))
     from .listener import ListenError
 
     try:
@@ -209,10 +220,22 @@ def _publish(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             data = [json.loads(value) for value in data]
         except ValueError as error:
             parser.error(f"DATA is not valid JSON: {error}")
-    redis_url = args.redis_url or os.environ.get("SSE_GATEWAY_REDIS_URL")
+    def setting(name: str) -> Optional[str]:
+        return getattr(args, name) or os.environ.get("SSE_GATEWAY_" + name.upper()) or None
+
+    redis_url = setting("redis_url")
     prefix = args.prefix if args.prefix is not None else os.environ.get("SSE_GATEWAY_PREFIX", "")
     token = args.publish_token or os.environ.get("SSE_GATEWAY_PUBLISH_TOKEN", "").split(",")[0]
-    publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    sentinel = {"sentinels": setting("redis_sentinel") or (),
+                "master": setting("redis_sentinel_master"),
+                "sentinel_password": setting("redis_sentinel_password")}
+    try:
+        if any(sentinel.values()):
+            publisher = Publisher(redis_url, prefix=prefix, **sentinel)
+        else:
+            publisher = Publisher(redis_url or args.url, prefix=prefix, token=token or None)
+    except ValueError as error:
+        parser.error(str(error))
     fields = {"event": args.event, "id": args.source_id, "retry": args.retry}
     fields = {name: value for name, value in fields.items() if value is not None}
     try:

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .brokers.endpoints import RedisEndpoint, parse_addresses
 from .forwarded import parse_networks
 
 ENV_PREFIX = "SSE_GATEWAY_"
@@ -16,6 +17,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: Optional[str] = None
+    redis_sentinel: Optional[str] = None  # HOST:PORT[,HOST:PORT...]
+    redis_sentinel_master: Optional[str] = None
+    redis_sentinel_password: Optional[str] = field(default=None, repr=False)  # a secret
     prefix: str = ""
     publish_tokens: Tuple[str, ...] = ()
     heartbeat: float = 15.0
@@ -98,9 +102,15 @@ class Config:
             problems.append("port must be 0-65535")
         if self.workers < 1:
             problems.append("workers must be at least 1")
-        elif self.workers > 1 and not self.redis_url:
-            problems.append("workers above 1 need --redis-url: the embedded broker lives in "
-                            "one process, and the workers must share events and history")
+        try:
+            redis = self.redis
+        except ValueError as error:
+            problems.append(str(error))
+            redis = None
+        if self.workers > 1 and redis is None:
+            problems.append("workers above 1 need --redis-url (or --redis-sentinel): the "
+                            "embedded broker lives in one process, and the workers must "
+                            "share events and history")
         problems += _auth_problems(self)
         if self.log_format not in ("text", "json"):
             problems.append("log-format must be text or json")
@@ -108,6 +118,20 @@ class Config:
             problems.append("presence-interval must be above 0 and at most 60 seconds")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def redis(self) -> Optional[RedisEndpoint]:
+        """Where the Redis broker connects; None for the embedded broker. Raises ValueError
+        for settings that do not go together."""
+        if not (self.redis_url or self.redis_sentinel or self.redis_sentinel_master
+                or self.redis_sentinel_password):
+            return None
+        try:
+            sentinels = parse_addresses(self.redis_sentinel) if self.redis_sentinel else ()
+        except ValueError as error:
+            raise ValueError(f"redis-sentinel: {error}") from None
+        return RedisEndpoint(self.redis_url or "redis://", sentinels,
+                             self.redis_sentinel_master, self.redis_sentinel_password)
 
 
 def _auth_problems(config: Config) -> List[str]:
@@ -166,6 +190,13 @@ OPTIONS: List[Option] = [
     Option("port", "port to listen on", parse=int),
     Option("redis_url", "Redis URL (redis://host:port/db); without it the embedded broker is used",
            metavar="URL"),
+    Option("redis_sentinel", "sentinels to ask where the Redis master is, instead of an address "
+           "in --redis-url (which then gives only its password, database and TLS: "
+           "redis://:PASSWORD@/0); the gateway follows a failover", metavar="HOST:PORT[,...]"),
+    Option("redis_sentinel_master", "the name the sentinels monitor the master under",
+           metavar="NAME"),
+    Option("redis_sentinel_password", "the sentinels' own password (their requirepass), if "
+           "they have one", metavar="PASSWORD"),
     Option("prefix", "prefix of the Redis pub/sub channels and keys"),
     Option("publish_tokens", "bearer token accepted by POST /publish (repeatable; env: "
            "comma-separated); without any, publishing is allowed from loopback only",

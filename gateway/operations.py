@@ -36,13 +36,11 @@ class Operations:
         self._hub = hub
         self._interval = config.presence_interval
         self.metrics = Metrics(hub, broker, multiprocess=config.workers > 1)
-        self.presence = create_presence(hub, config.redis_url, config.prefix,
-                                        config.presence_interval)
-        if config.redis_url:
-            url, prefix = config.redis_url, config.prefix
-
+        redis, prefix = config.redis, config.prefix
+        self.presence = create_presence(hub, redis, prefix, config.presence_interval)
+        if redis is not None:
             def resolve() -> str:
-                return shared_channel(url, prefix)
+                return shared_channel(redis, prefix)
         else:
             own = new_channel()
 

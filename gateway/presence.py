@@ -19,10 +19,9 @@ import secrets
 import socket
 from typing import Dict, List, NamedTuple, Optional
 
-import redis
 from redis.exceptions import RedisError
 
-from .brokers import BrokerUnavailable
+from .brokers import BrokerUnavailable, RedisEndpoint
 from .hub import Hub
 
 log = logging.getLogger(__name__)
@@ -73,10 +72,10 @@ class LocalPresence:
 class RedisPresence(LocalPresence):
     """Presence summed over every gateway process on the same Redis and prefix."""
 
-    def __init__(self, hub: Hub, url: str, prefix: str, interval: float) -> None:
+    def __init__(self, hub: Hub, endpoint: RedisEndpoint, prefix: str, interval: float) -> None:
         super().__init__(hub)
-        self._client = redis.Redis.from_url(url, socket_timeout=_TIMEOUT,
-                                            socket_connect_timeout=_TIMEOUT, max_connections=4)
+        self._client = endpoint.client(socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT,
+                                       max_connections=4)
         self._set = prefix + KEY
         self._prefix = prefix + KEY + ":"
         self._own = self._prefix + self.id
@@ -181,8 +180,8 @@ def _ranked(counts: Dict[str, List[int]], limit: int) -> List[ChannelPresence]:
     return [p for p in ranked if p.subscribers > 0][:limit]
 
 
-def create_presence(hub: Hub, redis_url: Optional[str], prefix: str,
+def create_presence(hub: Hub, redis: Optional[RedisEndpoint], prefix: str,
                     interval: float) -> LocalPresence:
-    if redis_url:
-        return RedisPresence(hub, redis_url, prefix, interval)
+    if redis is not None:
+        return RedisPresence(hub, redis, prefix, interval)
     return LocalPresence(hub)

@@ -6,14 +6,20 @@
         [{"channel": f"user.{n}", "data": "hi"} for n in range(1000)])
 
 A `redis://` (or `rediss://`, `unix://`) URL publishes straight into Redis with the gateway's
-atomic history-and-publish script; an `http(s)://` URL posts to a running gateway.
+atomic history-and-publish script; an `http(s)://` URL posts to a running gateway. Under Redis
+Sentinel, name the sentinels and the master; the URL then gives only the master's password,
+database and TLS, and every publish goes to whichever server the sentinels name master now:
+
+    Publisher("redis://:PASSWORD@/0", sentinels=["10.0.0.1:26379", "10.0.0.2:26379"],
+              master="mymaster").publish("chat", "hi")
 """
 
 import json
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import redis_schema
 from .batch import InvalidItem, item_message
+from .brokers.endpoints import RedisEndpoint, parse_addresses
 from .ids import format_id
 from .message import InvalidMessage, Message, build_message, check_channel
 
@@ -23,6 +29,7 @@ CHUNK_EVENTS = 500
 CHUNK_BYTES = 512 * 1024
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class PublishError(Exception):
@@ -37,25 +44,47 @@ class PublishError(Exception):
 class Publisher:
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8080",
+        url: Optional[str] = None,
         prefix: str = "",
         token: Optional[str] = None,
         history_length: int = 1000,
         history_age: float = 3600.0,
         timeout: float = 5.0,
+        *,
+        sentinels: Union[str, Sequence[Union[str, Tuple[str, int]]]] = (),
+        master: Optional[str] = None,
+        sentinel_password: Optional[str] = None,
     ) -> None:
-        """`prefix`, `history_length` and `history_age` must match the gateway's settings."""
+        """`url`: by default the gateway at http://127.0.0.1:8080 (`redis://` under Sentinel).
+        `prefix`, `history_length` and `history_age` must match the gateway's settings.
+
+        `sentinels` (`"host:port,host:port"`, or a sequence of `"host:port"` or pairs) and
+        `master`: publish to the master the sentinels name, asked again on every new
+        connection, so publishing follows a failover. A publish is never sent twice: one
+        whose reply a failover cut off raises PublishError (it may have been stored or not),
+        and the next one goes to the new master. `url` is then `redis://` or
+        `rediss://` without an address, e.g. `redis://:PASSWORD@/0`.
+        """
+        if sentinels or master or sentinel_password:
+            url = url or "redis://"
+            if isinstance(sentinels, str):
+                sentinels = [sentinels]
+            addresses = tuple(pair for item in sentinels for pair in (
+                parse_addresses(item) if isinstance(item, str) else [(item[0], int(item[1]))]))
+            endpoint = RedisEndpoint(url, addresses, master, sentinel_password)
+        else:
+            url = url or DEFAULT_URL
+            endpoint = RedisEndpoint(url) if url.startswith(_REDIS_SCHEMES) else None
         self.url = url
         self._prefix = prefix
         self._token = token
         self._timeout = timeout
         self._limits = (history_length, int(history_age * 1000))
         self._script = None
-        if url.startswith(_REDIS_SCHEMES):
+        if endpoint is not None:
             import redis
 
-            client = redis.Redis.from_url(url, socket_connect_timeout=timeout,
-                                          socket_timeout=timeout)
+            client = endpoint.client(socket_connect_timeout=timeout, socket_timeout=timeout)
             self._client = client
             self._script = client.register_script(redis_schema.PUBLISH_SCRIPT)
             self._redis_error = redis.RedisError

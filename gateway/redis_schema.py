@@ -144,6 +144,34 @@ end
 return reply
 """
 
+# Records, after a loss that nothing else recorded (a failover to a replica that had not
+# received the last writes), that the history lost the entries up to ARGV[1]: as its largest
+# deleted id, so that a resume from before it is told of the loss, and as its last id, so
+# that no later event is given an id at or below one that subscribers may have seen.
+# KEYS[1] = history key; returns 1, or 0 when there is no such stream.
+LOST_SCRIPT = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local fields = {}
+for i = 1, #info, 2 do
+  fields[info[i]] = info[i + 1]
+end
+local function later(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+local lost = ARGV[1]
+local last, deleted = fields['last-generated-id'], fields['max-deleted-entry-id']
+if later(lost, last) then last = lost end
+if later(lost, deleted) then deleted = lost end
+redis.call('XSETID', KEYS[1], last, 'MAXDELETEDID', deleted)
+return 1
+"""
+
 
 def history_key(prefix: str, channel: str) -> str:
     return f"{prefix}{HISTORY_KEY}{channel}"

@@ -45,7 +45,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     stopping = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
-    broker = create_broker(config.redis_url, config.prefix, config.history_length,
+    broker = create_broker(config.redis, config.prefix, config.history_length,
                            config.history_age)
     hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace)
     operations = Operations(config, hub, broker)
@@ -73,7 +73,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
         "max pending %d, max channels %d, max connections %d, history %d events / %gs; "
         "publishing %s",
         address[0], address[1], broker.name,
-        f" ({_redacted(config.redis_url)})" if config.redis_url else "",
+        f" ({config.redis.describe()})" if config.redis else "",
         config.heartbeat, config.max_message_size, config.max_pending, config.max_channels,
         max_connections, config.history_length, config.history_age,
         f"with {len(config.publish_tokens)} token(s)" if config.publish_tokens
@@ -94,7 +94,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
 
 def _recent_limits(config: Config) -> Optional[RecentLimits]:
     # The embedded broker's history is in memory already, and read without I/O.
-    if not config.redis_url:
+    if config.redis is None:
         return None
     return RecentLimits(config.recent_events, config.recent_bytes, config.history_length,
                         config.history_age)
@@ -137,10 +137,3 @@ def _tune_garbage_collector() -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 50)
 
-
-def _redacted(url: str) -> str:
-    # Keep passwords out of logs.
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest

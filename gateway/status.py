@@ -16,11 +16,10 @@ import time
 from importlib import resources
 from typing import Any, Callable, Dict, Optional
 
-import redis
 from redis.exceptions import RedisError
 
 from .assets import BuiltAsset, load_status_bundle, load_status_css
-from .brokers import Broker, BrokerUnavailable
+from .brokers import Broker, BrokerUnavailable, RedisEndpoint
 from .message import InvalidMessage, build_message
 
 log = logging.getLogger(__name__)
@@ -33,9 +32,9 @@ def new_channel() -> str:
     return "sse-gateway.status." + secrets.token_hex(16)
 
 
-def shared_channel(url: str, prefix: str) -> str:
+def shared_channel(redis: RedisEndpoint, prefix: str) -> str:
     """The status channel of every gateway on this Redis: stored by the first to ask."""
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis.client(socket_timeout=2, socket_connect_timeout=2)
     try:
         client.set(prefix + CHANNEL_KEY, new_channel(), nx=True)
         name = client.get(prefix + CHANNEL_KEY)

@@ -7,6 +7,7 @@ answering while the broker is down.
 import json
 import logging
 import random
+import re
 from typing import Dict, List, Optional, Protocol, Tuple
 from urllib.parse import unquote_plus
 
@@ -25,6 +26,10 @@ UNCACHEABLE = {
 }
 # The least reconnection delay asked for while the broker is down, whatever --retry says.
 OUTAGE_MIN_RETRY = 1000
+# Numbers in a query, as a client's number-to-text writes them (JavaScript's included): ASCII
+# digits, a fraction, an exponent; never Python's extras (`1_0`, spaces, other scripts' digits).
+_WHOLE = re.compile(r"[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?")
 
 
 class Args(Protocol):
@@ -117,10 +122,9 @@ def number_arg(args: Args, name: str, default: float, maximum: float,
     raw = args.get(name)
     if raw is None:
         return default
-    try:
+    value = -1.0
+    if (_WHOLE if integer else _DECIMAL).fullmatch(raw):
         value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = -1
     low = 1 if integer else 0
     if not low <= value <= maximum:
         kind = "whole number" if integer else "number"

@@ -9,6 +9,7 @@ import math
 from urllib.parse import urlencode
 
 import hypothesis_profile  # noqa: F401  (registers and loads the Hypothesis profile)
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -154,6 +155,21 @@ def test_a_number_argument_is_in_its_range_or_refused_with_400(raw, maximum, int
         return
     assert type(value) is (int if integer else float)
     assert not math.isnan(value) and (1 if integer else 0) <= value <= maximum
+
+
+@pytest.mark.parametrize("raw", ["1_0", " 5 ", "5 ", "+5", "-0", "\u0665", "0x10", "5.", ".5",
+                                 "1e", "inf", "nan", "5\x00", "\uff15"])
+def test_a_number_is_ascii_digits_as_clients_write_them_nothing_python_alone_reads(raw):
+    for integer in (False, True):
+        with pytest.raises(ApiError) as refused:
+            number_arg(Query(urlencode({"n": raw})), "n", 7, 1000, integer=integer)
+        assert_client_error(refused.value)
+
+
+@pytest.mark.parametrize("raw, value", [("0", 0.0), ("25", 25.0), ("2.5", 2.5), ("1.6665", 1.6665),
+                                        ("5e-7", 5e-7), ("1E1", 10.0)])
+def test_a_decimal_as_javascript_writes_it_is_accepted(raw, value):
+    assert number_arg(Query(urlencode({"n": raw})), "n", 7, 1000) == value
 
 
 @given(data=st.data(), maximum=st.integers(1, 10**6), integer=st.booleans())

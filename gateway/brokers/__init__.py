@@ -1,17 +1,21 @@
 """Where events come from: the embedded in-process broker or Redis, behind one interface."""
 
+from typing import Optional
+
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
+from .endpoints import RedisEndpoint
 
-__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult", "ResyncSink",
-           "create_broker"]
+__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult",
+           "RedisEndpoint", "ResyncSink", "create_broker"]
 
 
-def create_broker(redis_url, prefix: str, history_length: int, history_age: float) -> Broker:
-    """The Redis broker when a URL is given, else the embedded one."""
-    if redis_url:
+def create_broker(redis: Optional[RedisEndpoint], prefix: str, history_length: int,
+                  history_age: float) -> Broker:
+    """The Redis broker when Redis is given (a URL, or Sentinel), else the embedded one."""
+    if redis is not None:
         from .redis import RedisBroker
 
-        return RedisBroker(redis_url, prefix, history_length, history_age)
+        return RedisBroker(redis, prefix, history_length, history_age)
     from .embedded import EmbeddedBroker
 
     return EmbeddedBroker(history_length, history_age)

@@ -16,7 +16,7 @@ import logging
 import random
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -29,6 +29,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
+from .endpoints import RedisEndpoint
 from .publishing import Job, Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import NoSlot, Slots
@@ -56,28 +57,33 @@ _OWN_BYTES = 4 * 1024 * 1024
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "", history_length: int = 1000,
-                 history_age: float = 3600.0) -> None:
+    def __init__(self, endpoint: Union[str, RedisEndpoint], prefix: str = "",
+                 history_length: int = 1000, history_age: float = 3600.0) -> None:
+        """`endpoint`: a Redis URL, or where Sentinel says the master is (endpoints.py)."""
+        if isinstance(endpoint, str):
+            endpoint = RedisEndpoint(endpoint)
         self._prefix = prefix
         self._raw_prefix = prefix.encode("utf-8")
         self._live_prefix = redis_schema.live_channel(prefix, "").encode("utf-8")
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
-        self._pool = redis.ConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
+        self._pool = endpoint.pool(
+            max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=_COMMAND_TIMEOUT,
         )
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
         # Publishes have a connection of their own, which concurrent ones share (publishing.py).
-        self._publishes = Publishes(redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+        self._publishes = Publishes(endpoint.pool(
+            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
         ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
-        self._listen_pool = redis.ConnectionPool.from_url(
-            url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
+        # Under Sentinel its connection asks the sentinels where the master is each time it
+        # connects (see _connect), so a reconnect after a failover reaches the new master.
+        self._listen_pool = endpoint.pool(
+            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
             socket_keepalive=True, protocol=2,
         )
         # Subscribed channel -> id of the last event delivered from it.
@@ -453,21 +459,64 @@ class RedisBroker(Broker):
         """
         histories, skipped = self._reads.history(dict(self._channels), fresh=True)
         self.skipped += skipped
+        lost = self._record_losses(histories)
         for channel, history in histories.items():
-            if history.gap:
-                log.warning("events of channel %r were trimmed from history while the pub/sub "
-                            "connection was down; its subscribers are told to reload", channel)
-                self._deliver_safely(HistoryLost(channel, history.bounds))
+            bounds = history.bounds
+            if channel in lost and not history.gap:
+                # What history_gap cannot see: streams behind that event lost what followed.
+                at = lost[channel]
+                bounds = replace(bounds, last=max(bounds.last, at),
+                                 max_deleted=max(bounds.max_deleted, at))
+            if history.gap or channel in lost:
+                log.warning("events of channel %r were lost from history while the pub/sub "
+                            "connection was down (trimmed, or lost by a Redis that took over "
+                            "before it had them); its subscribers are told to reload", channel)
+                self._deliver_safely(HistoryLost(channel, bounds))
             for message in history.messages:
                 self._deliver_safely(message)
             position = self._channels.get(channel, ZERO)
-            bounds = history.bounds
             if bounds is not None and bounds.exists:
                 self._resync_safely(channel, max(position, bounds.last))
             else:
                 # No history: with nothing delivered yet, every event of it is to come; else
                 # ids from before may come again (a Redis whose clock went back), unknown.
                 self._resync_safely(channel, ZERO if position == ZERO else None)
+
+    def _record_losses(self, histories: Dict[str, History]) -> Dict[str, EventId]:
+        """The channels whose history lacks the last event delivered from them, though it holds
+        older ones and nothing recorded its deletion, and that event's id: Redis lost it, and
+        maybe events after it. A replica promoted after a failover lacks the writes it had not
+        received yet (replication is asynchronous), and new events may have been published
+        to it since. (A history that begins after the event was recreated: history_gap sees
+        that.)
+
+        The loss is recorded in Redis (redis_schema.LOST_SCRIPT), for every gateway and every
+        later resume to see, and so that no later event is given an id at or below it.
+        """
+        suspects = {}
+        for channel, history in histories.items():
+            bounds, position = history.bounds, self._channels.get(channel, ZERO)
+            if bounds is not None and bounds.exists and position != ZERO \
+                    and bounds.max_deleted < position and bounds.first <= position:
+                suspects[channel] = position
+        if not suspects:
+            return {}
+        with self._slot():
+            with self._client.pipeline(transaction=False) as pipe:
+                for channel, position in suspects.items():
+                    pipe.xrange(redis_schema.history_key(self._prefix, channel),
+                                min=format_id(position), max=format_id(position), count=1)
+                replies = pipe.execute(raise_on_error=False)
+            lost = {channel: position for (channel, position), reply
+                    in zip(suspects.items(), replies) if reply == []}
+            if lost:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for channel, position in lost.items():
+                        pipe.eval(redis_schema.LOST_SCRIPT, 1,
+                                  redis_schema.history_key(self._prefix, channel),
+                                  format_id(position))
+                    pipe.execute()
+        return lost
 
     def _resync_safely(self, channel: str, at: Optional[EventId]) -> None:
         if self._resync is None:
