@@ -9,7 +9,10 @@ Every request goes through the same steps, in this order, each able to refuse it
    checked once the body has named them), a static token, or loopback when none is set;
 3. the body (`_read_one`, `_read_batch`): its type, size and every message in it, checked by
    message.py's rule (batch.py for a batch), so that nothing invalid reaches the broker;
-4. the broker (`_publish`): the message, or the whole batch, in one atomic step.
+4. the broker (`answer`, `_publish_batch`): the message, or the whole batch, in one atomic
+   step. A single publish is answered by a `Deferred` (http/seam.py): the broker has it, and
+   the server may run the requests pipelined behind it before its result is waited for, so
+   that their publishes go to Redis together.
 
 Answers are JSON, errors `{"error", "detail"}` (a batch's bad item adds its `index`), with the
 publish CORS policy's headers and never cacheable.
@@ -19,15 +22,16 @@ import hmac
 import json
 import logging
 from http import HTTPStatus
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from . import batch
 from .auth.authorizer import Authorizer, PublishGrant, Refused
-from .brokers import Broker, BrokerUnavailable
+from .brokers import Broker, BrokerUnavailable, PublishResult
 from .config import Config
 from .cors import CorsPolicy, own_origin, page_may_publish, publish_policy
 from .forwarded import FORWARDING_HEADERS, EnvironHeaders, is_loopback, parse_networks, resolve
+from .http.seam import Deferred
 from .ids import format_id
 from .message import (
     InvalidJson,
@@ -48,6 +52,7 @@ ALLOW = "POST, OPTIONS"
 BATCH_TYPES = ("application/x-ndjson", "application/json")
 _FORWARDING_KEYS = tuple("HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS)
 _PEERS_KEPT = 1024
+_Result = TypeVar("_Result")
 
 
 class ItemError(ApiError):
@@ -60,6 +65,36 @@ class ItemError(ApiError):
     def body(self) -> bytes:
         return json.dumps({"error": self.error, "detail": self.detail, "index": self.index},
                           ensure_ascii=False).encode("utf-8")
+
+
+class _Answer(Deferred):
+    """A single publish's response: the broker has the message, its result comes later."""
+
+    __slots__ = ("_endpoint", "_wait", "_channel", "_start_response", "_headers", "_settled")
+
+    def __init__(self, endpoint: "PublishEndpoint", wait: Callable[[], PublishResult],
+                 channel: str, start_response: Callable, headers: List[Tuple[str, str]]) -> None:
+        self._endpoint = endpoint
+        self._wait = wait
+        self._channel = channel
+        self._start_response = start_response
+        self._headers = headers
+        self._settled = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._settled = True
+        return iter(self._endpoint.answer(self._wait, self._channel, self._start_response,
+                                          self._headers))
+
+    def close(self) -> None:
+        # Unsent (the client left): the broker publishes it all the same, and the counts
+        # must say how that went.
+        if not self._settled:
+            self._settled = True
+            try:
+                self._endpoint.settle(self._wait)
+            except ApiError:
+                pass
 
 
 class PublishEndpoint:
@@ -101,7 +136,10 @@ class PublishEndpoint:
             messages = self._read(environ, channel)
             if grant is not None:
                 grant.check({message.channel for message in messages})
-            body = self._publish(messages, channel)
+            if channel:
+                return _Answer(self, self._broker.publish_later(messages[0]), channel,
+                               start_response, headers)
+            body = self._publish_batch(messages)
         except Refused as refused:
             self._metrics.refused_auth("publish", refused.status)
             return _error(start_response, ApiError(refused.status, refused.error, refused.detail),
@@ -186,23 +224,46 @@ class PublishEndpoint:
             self.refused += 1
             raise
 
-    def _publish(self, messages: Sequence[Message], channel: str) -> bytes:
-        """The broker's step, and the answer's body."""
+    def answer(self, wait: Callable[[], PublishResult], channel: str, start_response: Callable,
+               headers: List[Tuple[str, str]]) -> List[bytes]:
+        """The response to a single publish, once the broker has its result."""
         try:
-            if channel:
-                result = self._broker.publish(messages[0])
-                self._metrics.published += 1
-                return (b'{"channel":"%s","id":"%s","receivers":%d}\n'
-                        % (channel.encode(), format_id(result.event_id).encode(), result.receivers))
-            results = self._broker.publish_many(messages) if messages else []
-            self._metrics.published += len(results)
+            result = self.settle(wait)
+        except ApiError as error:
+            return _error(start_response, error, headers)
+        body = (b'{"channel":"%s","id":"%s","receivers":%d}\n'
+                % (channel.encode(), format_id(result.event_id).encode(), result.receivers))
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body))), *headers])
+        return [body]
+
+    def settle(self, wait: Callable[[], PublishResult]) -> PublishResult:
+        """A single publish's result, counted; ApiError for a refusal or a failure."""
+        try:
+            result = self._broker_step(wait)
+        except ApiError:
+            raise
+        except Exception:
+            log.exception("unhandled error publishing a message")
+            raise ApiError(500, "internal server error", "the gateway failed; see its log") from None
+        self._metrics.published += 1
+        return result
+
+    def _publish_batch(self, messages: Sequence[Message]) -> bytes:
+        """The broker's step for a batch, and the answer's body."""
+        results = self._broker_step(lambda: self._broker.publish_many(messages)) if messages else []
+        self._metrics.published += len(results)
+        ids = ",".join(f'"{format_id(result.event_id)}"' for result in results)
+        return f'{{"count":{len(results)},"ids":[{ids}]}}\n'.encode()
+
+    def _broker_step(self, step: Callable[[], _Result]) -> _Result:
+        try:
+            return step()
         except BrokerUnavailable as error:
             raise ApiError(503, "broker unavailable", f"{error}; nothing was published") from None
         except InvalidMessage as error:  # refused by the Redis script
             self.refused += 1
             raise ApiError(400, "invalid message", str(error)) from None
-        ids = ",".join(f'"{format_id(result.event_id)}"' for result in results)
-        return f'{{"count":{len(results)},"ids":[{ids}]}}\n'.encode()
 
     # -- bodies -------------------------------------------------------------------------------
 

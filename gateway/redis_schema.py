@@ -142,17 +142,16 @@ local oldest_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) 
 local oldest = string.format('%d-0', oldest_ms)
 for _, key in ipairs(order) do
   local trimmed = nil
-  local excess = math.max(redis.call('XLEN', key) - maxlen, 0)
-  -- The entries over the length, and after them the first entry that stays.
-  local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
+  local excess = redis.call('XLEN', key) - maxlen
   if excess > 0 then
-    trimmed = head[excess][1]
+    -- The entries over the length: the last of them is the largest trimmed.
+    trimmed = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)[excess][1]
     redis.call('XTRIM', key, 'MAXLEN', maxlen)
   end
-  -- Only when that entry has expired: a reverse range that starts before every entry walks
-  -- the whole stream.
-  local first = head[excess + 1]
-  if first and tonumber(string.match(first[1], '^%d+')) < oldest_ms then
+  -- Whether the first entry left has expired, read from the front: the reply is empty when
+  -- it has not (the usual case, and no message is copied), and only then is the last expired
+  -- entry looked for (a reverse range that starts before every entry walks the whole stream).
+  if oldest_ms > 0 and redis.call('XRANGE', key, '-', '(' .. oldest, 'COUNT', 1)[1] then
     trimmed = redis.call('XREVRANGE', key, '(' .. oldest, '-', 'COUNT', 1)[1][1]
     redis.call('XTRIM', key, 'MINID', oldest)
   end

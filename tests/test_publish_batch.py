@@ -301,6 +301,25 @@ def test_the_script_trims_a_batch_to_the_history_length_and_records_what_went(re
     assert info["max-deleted-entry-id"] == ids[14]
 
 
+@pytest.mark.parametrize("max_length", [3, 100])
+def test_the_script_trims_expired_entries_after_the_length_and_records_the_last(
+        redis_db, max_length):
+    script = redis_db.client.register_script(PUBLISH_SCRIPT)
+    key = history_key("", "aged")
+    old = [redis_db.client.xadd(key, {"m": '{"data":"old"}'}, id=f"{i}-0") for i in range(1, 6)]
+    keys, args = publish_many_args("", [("aged", '{"data":"new"}')] * 2, max_length, 60_000)
+    new = script(keys=keys, args=args)[0::2]
+    info = redis_db.client.xinfo_stream(key)
+    # By length first (3: the four oldest), then by age (what is left of the old ones).
+    assert info["length"] == 2 and info["first-entry"][0] == new[0]
+    assert info["max-deleted-entry-id"] == old[-1]
+    # Nothing expired now: only the length trims (when 4 are too many), and what it records.
+    script(keys=keys, args=args)
+    info = redis_db.client.xinfo_stream(key)
+    assert info["length"] == min(4, max_length)
+    assert info["max-deleted-entry-id"] == (old[-1] if max_length == 100 else new[0])
+
+
 # -- the Python publisher and the CLI ---------------------------------------------------------
 
 

@@ -70,6 +70,21 @@ class Broker(ABC):
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""
 
+    def publish_later(self, message: Message) -> Callable[[], PublishResult]:
+        """Start publishing `message`; calling what is returned waits for the result, and
+        returns or raises as `publish` does. Publishes started one after another are published
+        in that order, and each is published even if nobody waits. This one publishes now."""
+        try:
+            result = self.publish(message)
+        except Exception as error:
+            failure = error
+
+            def fail() -> PublishResult:
+                raise failure
+
+            return fail
+        return lambda: result
+
     @abstractmethod
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
         """Append every message to history and deliver it, in order and all in one atomic step

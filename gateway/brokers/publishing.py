@@ -5,7 +5,9 @@ publish that finds the connection idle sends its command at once and reads the r
 publishes that arrive while that round trip is under way wait, and then leave together, in one
 write, their replies read back in order (group commit). Redis runs the commands in the order
 they were written, so a channel keeps the order its publishes arrived in. A lone publisher pays
-one write and one read; a hundred concurrent ones share them.
+one write and one read; a hundred concurrent ones share them. A publish may also be submitted
+now and waited for later (`submit`, `wait`): the requests pipelined on one HTTP connection
+queue theirs one after another, and the first answer waited for sends them all in one flight.
 
 The script is loaded on every new connection (a Redis that restarted has forgotten it); should
 it be flushed all the same (SCRIPT FLUSH), the publishes it refused are loaded and sent again.
@@ -35,7 +37,9 @@ def pack(*args: Any) -> bytes:
     return b"".join(parts)
 
 
-class _Job:
+class Job:
+    """One run of the script, queued, in flight or answered."""
+
     __slots__ = ("command", "reply", "error", "done", "finished")
 
     def __init__(self, command: bytes) -> None:
@@ -47,6 +51,7 @@ class _Job:
 
     def finish(self, reply: Any = None, error: Optional[BaseException] = None) -> None:
         self.reply, self.error, self.finished = reply, error, True
+        self.command = b""  # never sent again; an answer held back keeps the job, not this
         if self.done is not None:
             self.done.set()
 
@@ -59,25 +64,49 @@ class Publishes:
         self._script = script
         self._sha = hashlib.sha1(script.encode("utf-8")).hexdigest()
         self._connection = None
-        self._queue: List[_Job] = []
+        self._queue: List[Job] = []
         self._flying = False
+        self._due = False  # a callback will start a flight for jobs nobody waits for
 
     def run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's reply. Raises ResponseError for an error reply (a refusal), another
         RedisError or OSError when Redis cannot be reached: then nothing is known to be stored."""
-        job = _Job(pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        return self.wait(self.submit(keys, args))
+
+    def submit(self, keys: Sequence[str], args: Sequence[Any]) -> Job:
+        """Queue a run of the script, behind those queued before it; `wait` for its reply.
+        It leaves with the next flight: the one a waiter starts, or else one started as soon
+        as this greenlet yields, so it is run even if nobody waits."""
+        job = Job(pack("EVALSHA", self._sha, len(keys), *keys, *args))
         self._queue.append(job)
-        if self._flying:
-            job.done = gevent.event.Event()
-            job.done.wait()
-        else:
-            self._fly()
+        if not self._flying and not self._due:
+            self._due = True
+            gevent.get_hub().loop.run_callback(self._start_due)
+        return job
+
+    def wait(self, job: Job) -> Any:
+        """The reply of a submitted run, as `run` returns it or raises."""
+        if not job.finished:
+            if self._flying:
+                job.done = gevent.event.Event()
+                job.done.wait()
+            else:
+                self._fly()
         if job.error is not None:
             raise job.error
         return job.reply
 
     def close(self) -> None:
         self._drop()
+
+    def _start_due(self) -> None:
+        self._due = False
+        if self._queue and not self._flying:
+            gevent.spawn(self._fly_if_queued)
+
+    def _fly_if_queued(self) -> None:
+        if self._queue and not self._flying:
+            self._fly()
 
     def _fly(self) -> None:
         """Send what is queued, again while more came meanwhile; no job is left unanswered."""
@@ -94,7 +123,7 @@ class Publishes:
         finally:
             self._flying = False
 
-    def _flight(self, jobs: List[_Job]) -> None:
+    def _flight(self, jobs: List[Job]) -> None:
         fresh = self._connection is None
         try:
             self._exchange(jobs)
@@ -114,7 +143,7 @@ class Publishes:
             self._fail(jobs, _INTERRUPTED)
             raise
 
-    def _exchange(self, jobs: List[_Job]) -> None:
+    def _exchange(self, jobs: List[Job]) -> None:
         connection = self._connect()
         connection.send_packed_command([b"".join(job.command for job in jobs)], check_health=False)
         unknown = []
@@ -156,7 +185,7 @@ class Publishes:
                 pass
 
     @staticmethod
-    def _fail(jobs: List[_Job], error: BaseException) -> None:
+    def _fail(jobs: List[Job], error: BaseException) -> None:
         for job in jobs:
             if not job.finished:
                 job.finish(error=error)

@@ -14,7 +14,7 @@ resubscribes and fills the gap) while `check` reports the broker unavailable.
 
 import logging
 import random
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -28,7 +28,7 @@ from ..ids import ZERO, EventId
 from ..message import InvalidMessage, Message
 from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .endpoints import RedisEndpoint
-from .publishing import Publishes
+from .publishing import Job, Publishes
 from .shared_reads import SharedReads
 from .slots import Slots
 from .streams import StreamsBroker
@@ -150,14 +150,26 @@ class RedisBroker(StreamsBroker):
 
     # -- publishing and history -------------------------------------------------------------
 
+    def publish_later(self, message: Message) -> Callable[[], PublishResult]:
+        wait = self._submit((message,))
+        return lambda: wait()[0]
+
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        return self._submit(messages)()
+
+    def _submit(self, messages: Sequence[Message]) -> Callable[[], List[PublishResult]]:
+        """Queue one run of the script for `messages`; what waits for its results."""
         items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
         mine = self._remember(messages, items)
         # Built by message.py, whose rule is stricter than the script's: it need not decode them.
         keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
                                                     self._max_age_ms, checked=True)
+        job = self._publishes.submit(keys, args)
+        return lambda: self._results(job, mine)
+
+    def _results(self, job: Job, mine: List[Tuple[str, bytes]]) -> List[PublishResult]:
         try:
-            reply = self._publishes.run(keys, args)
+            reply = self._publishes.wait(job)
         except ResponseError as error:
             self._forget(mine)
             why = redis_schema.refusal(error)

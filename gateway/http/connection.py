@@ -27,7 +27,7 @@ from gevent.hub import Waiter, get_hub
 from gevent.socket import wait_read, wait_write
 
 from . import h1
-from .wsgi import respond
+from .wsgi import close_result, respond, send_result
 
 log = logging.getLogger("gateway.http")
 
@@ -110,7 +110,8 @@ class Server:
 
 
 class Connection:
-    __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher")
+    __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher", "pending",
+                 "held_bytes", "corked")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -119,6 +120,9 @@ class Connection:
         self.buffer = b""  # bytes received and not yet used: the start of the next request
         self.taken = False  # the socket belongs to a TakeOver response now
         self.watcher = None  # the read watcher of its waits between requests, once it waits
+        self.pending: list = []  # (response, result) held back, in request order (wsgi.py)
+        self.held_bytes = 0  # the request bodies behind them
+        self.corked: Optional[list] = None  # what send_all collects while answers are flushed
 
     def serve(self) -> None:
         server = self.server
@@ -137,6 +141,9 @@ class Connection:
         except OSError as error:  # the client left or timed out; nothing to answer
             log.debug("connection from %s ended: %s", self.address[0], error)
         finally:
+            for _, result in self.pending:  # the client left: their work stands, unanswered
+                close_result(result)
+            self.pending = []
             if self.watcher is not None:
                 self.watcher.close()
             if not self.taken:
@@ -213,9 +220,31 @@ class Connection:
                 if idle:
                     self.server.idle.discard(self)
 
+    def flush(self) -> bool:
+        """Send the held-back answers (the last one is usually the request just run), in
+        order and in one send; False if the connection must close after them."""
+        pending, self.pending = self.pending, []
+        self.held_bytes = 0
+        keep = True
+        self.corked = []
+        try:
+            for response, result in pending:
+                if keep:
+                    keep = send_result(response, result)
+                else:
+                    close_result(result)
+        finally:
+            data, self.corked = b"".join(self.corked), None
+        if data:
+            self.send_all(data)
+        return keep
+
     def send_all(self, data: bytes) -> None:
         """Send everything, waiting while the socket is full; socket.timeout if it takes
         nothing for the idle timeout."""
+        if self.corked is not None:
+            self.corked.append(data)
+            return
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -235,6 +264,11 @@ class Connection:
     def fail(self, error: h1.HttpError) -> None:
         """Answer a refused request with its JSON error and close the connection."""
         log.debug("refused a request from %s: %s", self.address[0], error)
+        try:
+            if self.pending and not self.flush():  # the answers before it go first
+                return
+        except OSError:
+            return
         send_now(self.sock, h1.error_response(error, self.server.date()))
         self.linger()
 

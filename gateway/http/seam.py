@@ -1,9 +1,13 @@
-"""The seam between the server and a response that takes its connection over.
+"""The seams between the server and responses that do not simply go out when returned.
 
 An event stream outlives its request: once its response head is ready, the server hands it the
 connection and forgets it, and the stream writes to the socket from then on (from the hub's
 fan-out, with no greenlet). A WSGI application asks for that by returning a `TakeOver` as its
 body; the server recognises it by this type, never by looking for a method.
+
+A publish waits for Redis once its request is read. Returned as a `Deferred`, its answer may be
+held back while the server reads and runs the requests pipelined behind it on the connection,
+so that their publishes share one round trip; the answers still leave in request order.
 """
 
 import socket
@@ -37,3 +41,23 @@ class TakeOver(ABC):
     def __iter__(self):
         # A WSGI body must be iterable; a server that does not know the seam sends no body.
         return iter(())
+
+
+class Deferred(ABC):
+    """A WSGI response body whose request is read in full and whose answer comes later.
+
+    Iterating it waits for the answer, calls `start_response` (PEP 3333 allows that before the
+    first body bytes) and yields the body, so any server can send it as it is. This server may
+    first run the requests already received behind it on the same connection, then iterate
+    each held-back body in request order; or `close` it unsent when the client has left (the
+    work it started is done all the same).
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def __iter__(self): ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """The answer will not be sent, or was (WSGI's `close`)."""

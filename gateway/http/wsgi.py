@@ -6,7 +6,8 @@ application runs, so a malformed one is a 400 from the HTTP layer rather than an
 the application. The response goes out with the application's Content-Length, a computed one
 for a list body, chunked framing, or (HTTP/1.0 without a length) until the close; its head
 leaves in the same send as its first body bytes. A body that is a `seam.TakeOver` is handed
-the connection instead.
+the connection instead. A `seam.Deferred` body may be held back while the requests already
+received behind it run (HTTP/1.1 pipelining); held answers leave in order, in one send.
 """
 
 import logging
@@ -17,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import h1
 from .redact import redact_target
-from .seam import TakeOver
+from .seam import Deferred, TakeOver
 
 log = logging.getLogger("gateway.http")
 access_log = logging.getLogger("gateway.access")
@@ -25,6 +26,10 @@ access_log = logging.getLogger("gateway.access")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INTERNAL = h1.HttpError(500, "internal server error", "the gateway failed; see its log")
 _KEYS_CACHED = 512
+# Answers held back on one connection while the requests behind them run, and the most bytes
+# of request bodies behind them (what their publishes keep until answered).
+MAX_HELD = 64
+MAX_HELD_BYTES = 256 * 1024
 # Header name -> environ key; None for a name that is not passed on.
 _ENVIRON_KEYS: Dict[str, Optional[str]] = {
     "content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
@@ -54,21 +59,47 @@ def respond(conn, request: h1.Request) -> bool:
         result = server.app(environ(conn, request, body), response.start_response)
     except Exception:
         log.exception("the application failed on %s %s", request.method, request.path[:200])
-        return response.fail()
+        return conn.flush() and response.fail()
+    if isinstance(result, Deferred) and _may_hold(conn, request, body):
+        conn.pending.append((response, result))
+        conn.held_bytes += request.content_length or 0
+        return True
     if isinstance(result, TakeOver):
+        if not conn.flush():
+            result.close()
+            return False
         return response.hand_over(result)
+    conn.pending.append((response, result))
+    return conn.flush()
+
+
+def _may_hold(conn, request: h1.Request, body: "Body") -> bool:
+    """Whether a Deferred answer may wait while the next request runs: that request's head is
+    here already (a pipelining client), this one's body was read and the connection stays."""
+    return (request.keep_alive and not body.left and len(conn.pending) < MAX_HELD
+            and conn.held_bytes + (request.content_length or 0) <= MAX_HELD_BYTES
+            and not conn.server.stopping and h1.head_end(conn.buffer) >= 0)
+
+
+def send_result(response: "_Response", result: Iterable[bytes]) -> bool:
+    """Send an application's result as `response`; True if the connection may carry another
+    request. Raises OSError when the client is gone."""
     try:
         return response.send(result)
     except OSError:
         raise
     except Exception:
-        log.exception("the application's response to %s %s failed", request.method,
-                      request.path[:200])
+        log.exception("the application's response to %s %s failed", response.request.method,
+                      response.request.path[:200])
         return response.fail()
     finally:
-        close = getattr(result, "close", None)  # PEP 3333: call it if the body has one
-        if close is not None:
-            close()
+        close_result(result)
+
+
+def close_result(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)  # PEP 3333: call it if the body has one
+    if close is not None:
+        close()
 
 
 def environ(conn, request: h1.Request, body: "Body") -> dict:
