@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import gevent
 import pytest
 import requests
-from conftest import ROOT, file_descriptors, wait_until
+from conftest import ROOT, command_calls, file_descriptors, publish_all, wait_until
 
 from gateway.brokers.slots import NoSlot, Slots
 from gateway.wire import EventStreamParser
@@ -118,21 +118,6 @@ def stream_opened(body: bytes) -> bool:
 
 def replayed(body: bytes) -> list[tuple[str, str, str]]:
     return [(e.type, e.data, e.last_event_id) for e in EventStreamParser().feed(body)]
-
-
-def publish_all(gateway, channel: str, values: list[str]) -> list[str]:
-    ids = []
-    for value in values:
-        response = gateway.publish(channel, {"data": value})
-        assert response.status_code == 200, response.text
-        ids.append(response.json()["id"])
-    return ids
-
-
-def command_calls(client) -> dict[str, int]:
-    """Redis' count of calls per command (XRANGE, EXEC, XINFO|STREAM...) since it started."""
-    return {name[len("cmdstat_"):]: stats["calls"]
-            for name, stats in client.info("commandstats").items()}
 
 
 def calls_since(client, before: dict[str, int], command: str) -> int:
