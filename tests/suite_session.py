@@ -142,7 +142,7 @@ class FileProgress:
         worker = getattr(getattr(report, "node", None), "gateway", None)
         if worker is not None:
             self._worker[self._file(report.nodeid)] = worker.id
-        if report.when != "teardown":
+        if report.when not in ("teardown", "???"):  # "???": xdist's report of a worker's crash
             return
         path = self._file(report.nodeid)
         self._done[path] = self._done.get(path, 0) + 1
@@ -158,7 +158,7 @@ class FileProgress:
 
     def _line(self, path: str, unfinished: bool = False) -> None:
         letters = "".join(self._letters.get((nodeid, when), "") for nodeid in self._files[path]
-                          for when in ("setup", "call", "teardown"))
+                          for when in ("setup", "call", "teardown", "???"))
         seconds = time.monotonic() - self._started.get(path, time.monotonic())
         percent = self._reported * 100 // max(self._total, 1)
         tail = f"[{percent:3d}%] {self._worker.get(path, '')} {seconds:5.1f} s"
