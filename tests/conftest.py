@@ -5,7 +5,9 @@ Every process a test starts takes `preexec_fn=die_with_parent()`, and the run fa
 outlives the tests (see child_processes.py).
 """
 
+import asyncio
 import collections
+import concurrent.futures
 import os
 import resource
 import shutil
@@ -69,6 +71,14 @@ def file_descriptors(need: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def run_async(coroutine):
+    """`asyncio.run(coroutine)` in a thread of its own: the main thread may have an event loop
+    running already (Playwright's sync API keeps one for the browser tests' session, which runs
+    in the same pytest worker). The coroutine must not start processes (see child_processes)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
