@@ -68,7 +68,7 @@ WORKLOAD_DEFAULTS = {
 }
 # What each workload's smoke run (--smoke) does instead: targets, N, rates, seconds.
 SMOKE = {
-    "fanout": (("sse-gateway",), "100", "20", 10.0),
+    "fanout": (("sse-gateway",), "100", "20", 3.0),
     "publish": (("sse-gateway", "floor"), "10", "500", 2.0),
     "channels": (("sse-gateway", "floor"), "200", "400", 2.0),
 }
@@ -1152,7 +1152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check, short: fanout (the gateway alone, N=100, 10 s), publish or channels "
+        help="CI check, short: fanout (the gateway alone, N=100, 3 s), publish or channels "
         "(the gateway and the floor, a few seconds); exit 1 unless all delivered, in order",
     )
     args = p.parse_args(argv)

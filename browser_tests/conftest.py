@@ -45,6 +45,7 @@ redis_db = process_fixtures.redis_db
 start_gateway = process_fixtures.start_gateway
 broker_args = process_fixtures.broker_args
 no_process_outlives_the_tests = process_fixtures.no_process_outlives_the_tests
+pytest_configure = process_fixtures.pytest_configure
 
 
 # -- gateways ---------------------------------------------------------------------------------

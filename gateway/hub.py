@@ -171,6 +171,8 @@ class Hub:
         self.dropped_stalled = 0
         self.dropped_memory = 0
         self.resets: Dict[str, int] = {}  # gateway-reset events sent at subscribe, by reason
+        self.deliveries = 0  # messages dispatched, once per local subscriber of their channel
+        self.lost_deliveries = 0  # of them, HistoryLost: gateway-reset events (history-lost)
         self.history_from_memory = 0  # history requests answered from recent events
         self.history_from_broker = 0
         # While `dispatch` walks a channel's subscribers, those that leave wait here.
@@ -305,8 +307,11 @@ class Hub:
             recent = entry.recent
             if recent is not None:
                 recent.add(message)
-        elif message.__class__ is HistoryLost and entry.recent is not None:
-            entry.recent.restart(None)
+        elif message.__class__ is HistoryLost:
+            self.lost_deliveries += len(entry.subscribers)
+            if entry.recent is not None:
+                entry.recent.restart(None)
+        self.deliveries += len(entry.subscribers)
         # No copy of the set: a subscriber that leaves meanwhile (its client gone, dropped,
         # a stream rotated) is taken out after the loop. Nothing in the loop yields, so no
         # other greenlet attaches or dispatches while it runs.

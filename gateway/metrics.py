@@ -4,10 +4,10 @@ Nothing is counted per delivery. The hub, the broker and this module keep plain 
 (most of them also in /healthz); `Metrics.sample` brings the Prometheus objects up to date from
 them, counters by what was added since the last sample and gauges by their value now, and a
 scrape samples first, so a process's own figures are exact when scraped. Per message, the
-broker's sink (`Metrics.sink`) counts the message and its deliveries (the channel's local
-subscribers, one addition) and observes its publish-to-dispatch latency, from the time in its
-id. Open streams are counted by walking the hub's subscribers when sampling; long-polls, which
-hold their request, by the request (`polling`).
+broker's sink (`Metrics.sink`) counts the message and observes its publish-to-dispatch latency,
+from the time in its id; `Hub.dispatch`, which has the channel's subscribers in hand, counts
+the deliveries (one addition). Open streams are counted by walking the hub's subscribers when
+sampling; long-polls, which hold their request, by the request (`polling`).
 
 Under `--workers N` prometheus-client runs in its multiprocess mode: every worker writes its
 values to files of its own in PROMETHEUS_MULTIPROC_DIR (which the supervisor makes and removes),
@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .brokers import Broker, MessageSink
 from .hub import Hub, Subscriber
-from .message import HistoryLost, Message
+from .message import Message
 from .transports import EventStream
 
 __all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "Metrics", "TRANSPORTS"]
@@ -63,8 +63,6 @@ class Metrics:
         # Counted here, per message or per request, never per delivery.
         self.published = 0
         self.dispatched = 0
-        self.deliveries = 0
-        self.broker_resets = 0  # gateway-reset events of the broker (history lost meanwhile)
         self.polls: Dict[str, int] = {"long-poll": 0, "jsonp": 0}
         self.auth_refusals: Dict[Tuple[str, str], int] = {}  # (endpoint, status) -> count
         self.publish_refused: Callable[[], int] = lambda: 0
@@ -115,13 +113,13 @@ class Metrics:
                      "process's subscribers (one per event, not per subscriber)"),
              lambda: self.dispatched),
             (counter("sse_gateway_deliveries", "Events handed to subscribers, one per event "
-                     "and subscriber"), lambda: self.deliveries),
+                     "and subscriber"), lambda: hub.deliveries),
             (dropped.labels("slow"), lambda: hub.dropped_slow - hub.dropped_stalled),
             (dropped.labels("stalled"), lambda: hub.dropped_stalled),
             (dropped.labels("memory"), lambda: hub.dropped_memory),
             (resets.labels("unknown-id"), lambda: hub.resets.get("unknown-id", 0)),
             (resets.labels("history-lost"),
-             lambda: hub.resets.get("history-lost", 0) + self.broker_resets),
+             lambda: hub.resets.get("history-lost", 0) + hub.lost_deliveries),
             (refused.labels("publish"), lambda: self.publish_refused()),
             (refused.labels("broker"), lambda: broker.refused),
             (counter("sse_gateway_history_skipped", "Invalid history entries skipped on "
@@ -143,19 +141,14 @@ class Metrics:
 
     def sink(self, dispatch: MessageSink) -> MessageSink:
         """`dispatch`, with each message counted and its latency observed (once per message)."""
-        local = self._hub.local_subscribers
         observe = self._latency.observe
         now = time.time
 
         def counted(message: Message) -> None:
             self.dispatched += 1
-            receivers = local(message.channel)
-            self.deliveries += receivers
             event_id = message.event_id
             if event_id is not None:
                 observe(max(0.0, now() - event_id[0] / 1000))
-            elif isinstance(message, HistoryLost):
-                self.broker_resets += receivers
             dispatch(message)
 
         return counted
@@ -189,11 +182,11 @@ class Metrics:
             "buffered_bytes": hub.buffered_bytes,
             "published": self.published,
             "dispatched": self.dispatched,
-            "deliveries": self.deliveries,
+            "deliveries": hub.deliveries,
             "dropped": {"slow": hub.dropped_slow - hub.dropped_stalled,
                         "stalled": hub.dropped_stalled, "memory": hub.dropped_memory},
             "resets": {"unknown-id": hub.resets.get("unknown-id", 0),
-                       "history-lost": hub.resets.get("history-lost", 0) + self.broker_resets},
+                       "history-lost": hub.resets.get("history-lost", 0) + hub.lost_deliveries},
             "refused": self.publish_refused() + broker.refused,
         }
 

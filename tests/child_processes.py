@@ -112,6 +112,15 @@ def children(pid: int) -> List[int]:
         return []
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of a live process, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def gone(pid: int) -> bool:
     """True when the process has exited (a zombie has: it only awaits its parent's wait)."""
     found = _state_and_parent(pid)

@@ -5,6 +5,9 @@ Every process a test starts takes `preexec_fn=die_with_parent()`, and the run fa
 outlives the tests (see child_processes.py).
 """
 
+import asyncio
+import collections
+import concurrent.futures
 import os
 import resource
 import shutil
@@ -15,11 +18,12 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import pytest
 import redis
 import requests
+import suite_session
 from child_processes import (
     children,
     die_with_parent,
@@ -31,10 +35,28 @@ from sse_client import Stream, subscribed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Under pytest-xdist, worker n of N takes only the ports p with p // 2 % N == n (the kernel
+# hands out mostly even ports to bind(0)): two workers never pick the same port for processes
+# that have yet to bind it. Nor does one worker twice in a row.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_handed_out: "collections.deque[int]" = collections.deque(maxlen=64)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on now, for a process about to be started."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port // 2 % _WORKERS == _WORKER and port not in _handed_out:
+            _handed_out.append(port)
+            return port
+    raise AssertionError("no free port of this worker's share after 1000 tries")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    suite_session.configure(config)
 
 
 @contextmanager
@@ -49,6 +71,14 @@ def file_descriptors(need: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def run_async(coroutine):
+    """`asyncio.run(coroutine)` in a thread of its own: the main thread may have an event loop
+    running already (Playwright's sync API keeps one for the browser tests' session, which runs
+    in the same pytest worker). The coroutine must not start processes (see child_processes)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
@@ -184,6 +214,23 @@ class Gateway:
         # They stop on their own when the supervisor dies (SIGTERM: their clean shutdown).
         wait_until(lambda: all(map(gone, workers)), 15,
                    message=f"the workers {workers} to exit with their supervisor")
+
+
+def publish_all(gateway, channel: str, values: Iterable[str]) -> List[str]:
+    """Publish each value as an event's data on `channel`, each accepted; their ids."""
+    ids = []
+    for value in values:
+        response = gateway.publish(channel, {"data": value})
+        assert response.status_code == 200, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+def command_calls(client: redis.Redis) -> Dict[str, int]:
+    """Redis' count of calls per command since it started (INFO itself, which reads them, left
+    out)."""
+    return {name[len("cmdstat_"):]: stats["calls"]
+            for name, stats in client.info("commandstats").items() if name != "cmdstat_info"}
 
 
 def health(gateway) -> dict:

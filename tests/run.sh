@@ -33,5 +33,9 @@ fi
 
 suites=(tests)
 [ -d browser_tests ] && suites+=(browser_tests)
-# One line per test file with its progress, then a summary of what failed and the slowest tests.
-exec .venv/bin/python -m pytest -p no:cacheprovider -rfEX --durations=10 "${suites[@]}" "$@"
+# Two workers (pytest-xdist), each running whole test files, the costliest first (see
+# tests/suite_session.py); `-n 0` runs the suite in this one process instead. One line per test
+# file as it ends, with its results, the run's progress, its worker and its time; then a
+# summary of what failed and the slowest tests.
+exec .venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile \
+  -o console_output_style=classic -rfEX --durations=10 "${suites[@]}" "$@"

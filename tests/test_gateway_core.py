@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 import requests
-from child_processes import die_with_parent
+from child_processes import die_with_parent, rss_kib
 from conftest import ROOT, RedisServer, free_port, health, wait_until
 from sse_client import Stream, subscribed
 
@@ -49,14 +49,6 @@ def assert_json_error(response: requests.Response, status: int) -> dict:
     assert isinstance(body.get("error"), str) and body["error"]
     assert isinstance(body.get("detail"), str) and body["detail"]
     return body
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 class RawSubscriber:

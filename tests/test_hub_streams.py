@@ -20,8 +20,8 @@ import pytest
 
 from gateway.brokers.embedded import EmbeddedBroker
 from gateway.hub import Hub, Seat
-from gateway.ids import EventId, format_cursor, format_id
-from gateway.message import Message, build_message
+from gateway.ids import EventId, HistoryBounds, format_cursor, format_id
+from gateway.message import HistoryLost, Message, build_message
 from gateway.transports import EventStream, PollQueue, Session, StreamOptions, poll
 from gateway.wire import EventStreamParser, ParsedEvent
 
@@ -350,6 +350,24 @@ def test_subscribers_that_leave_during_dispatch_are_removed_after_it_and_the_oth
     for recorder in takers:
         recorder.close()
     assert (hub.subscriber_count, hub.channel_count, hub.buffered_bytes) == (0, 0, 0)
+
+
+def test_the_hub_counts_each_delivery_and_each_history_lost_reset_as_it_dispatches():
+    hub, broker = in_process_hub()
+    chat = [Recorder(hub, ["chat"]) for _ in range(3)]
+    leaver = Recorder(hub, ["chat"], on_deliver="leave")
+    quiet = Recorder(hub, ["quiet"])
+    for recorder in (*chat, leaver, quiet):
+        Session(hub, recorder).open(None)
+    publish(broker, "chat", "one")  # all four: the leaver is in the set while the hub walks it
+    publish(broker, "quiet", "two")
+    publish(broker, "nobody", "three")  # a channel with no local subscriber
+    assert (hub.deliveries, hub.lost_deliveries) == (4 + 1, 0)
+
+    hub.dispatch(HistoryLost("chat", HistoryBounds(exists=False)))
+    assert (hub.deliveries, hub.lost_deliveries) == (4 + 1 + 3, 3)
+    assert all(len(recorder.received) == 2 for recorder in chat)
+    assert len(leaver.received) == len(quiet.received) == 1
 
 
 def test_the_last_subscriber_leaving_during_dispatch_unsubscribes_the_channel_after_it():

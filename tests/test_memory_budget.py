@@ -16,6 +16,7 @@ import time
 import gevent.socket
 import pytest
 import requests
+from child_processes import rss_kib
 from conftest import health, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
@@ -31,14 +32,6 @@ STALLED_BUFFER = 4096  # a never-reading client's receive buffer
 
 def held_by(stream: EventStream) -> int:
     return len(stream.out) + sum(len(frame) for frame in stream.queue)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 # -- the accounting, in process -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 import requests
-from conftest import wait_until
+from conftest import publish_all, wait_until
 from sse_client import Stream, subscribed
 
 PADDING = b":" + b" " * 2048 + b"\n"
@@ -55,15 +55,6 @@ def redis_down(redis_db, gateways):
 @pytest.fixture
 def redis_gateway(start_gateway, redis_db):
     return start_gateway("--redis-url", redis_db.url, "--retry", str(RETRY), "--heartbeat", "1")
-
-
-def publish(gateway, channel: str, *datas: str) -> list[str]:
-    ids = []
-    for data in datas:
-        response = gateway.publish(channel, {"data": data})
-        assert response.status_code == 200, response.text
-        ids.append(response.json()["id"])
-    return ids
 
 
 def assert_uncacheable(headers) -> None:
@@ -126,11 +117,11 @@ def test_stream_during_redis_outage_is_200_with_a_retry_hint_and_resume_gets_wha
     channel = "outage-stream"
     with Stream(stream_url(gateway, channel, padded, None)) as first:
         first.wait_for(subscribed, 10)
-        seen = publish(gateway, channel, "seen-1", "seen-2")
+        seen = publish_all(gateway, channel, ["seen-1", "seen-2"])
         first.wait_events(2)
         cursor = first.parser.last_event_id
     assert cursor == seen[-1]
-    missed = publish(gateway, channel, "missed-1", "missed-2")  # while the client is away
+    missed = publish_all(gateway, channel, ["missed-1", "missed-2"])  # while the client is away
 
     with redis_down(redis_db, [gateway]):
         # The browser comes back with its last id (a header, or the query for a polyfill).
@@ -152,7 +143,7 @@ def test_stream_during_redis_outage_is_200_with_a_retry_hint_and_resume_gets_wha
         assert refused.status_code == 503
         assert refused.json()["error"] == "broker unavailable"
 
-    after = publish(gateway, channel, "after")
+    after = publish_all(gateway, channel, ["after"])
     with resumed_stream(gateway, channel, padded, cursor, 3) as resumed:
         resumed.wait_for(lambda s: s.parser.comments >= 3, 10)  # time for a duplicate to come
         assert [e.data for e in resumed.events] == ["missed-1", "missed-2", "after"]
@@ -185,11 +176,11 @@ def test_poll_during_redis_outage_is_held_briefly_and_keeps_the_cursor_then_resu
     gateway = redis_gateway
     channel = "outage-poll"
     first, _ = poll(gateway, channel, callback, timeout=0)
-    publish(gateway, channel, "seen")
+    publish_all(gateway, channel, ["seen"])
     got, _ = poll(gateway, channel, callback, lastEventId=first["lastEventId"])
     cursor = got["lastEventId"]
     assert [e["data"] for e in got["events"]] == ["seen"]
-    missed = publish(gateway, channel, "missed-1", "missed-2")
+    missed = publish_all(gateway, channel, ["missed-1", "missed-2"])
 
     with redis_down(redis_db, [gateway]):
         # The first poll of a connection asks for an answer at once: it gets one.
@@ -211,7 +202,7 @@ def test_poll_during_redis_outage_is_held_briefly_and_keeps_the_cursor_then_resu
         fresh, _ = poll(gateway, "fresh", callback, timeout=0)
         assert fresh["events"] == [] and fresh["lastEventId"] == ""
 
-    after = publish(gateway, channel, "after")
+    after = publish_all(gateway, channel, ["after"])
     resumed, _ = poll(gateway, channel, callback, lastEventId=cursor)
     assert [e["data"] for e in resumed["events"]] == ["missed-1", "missed-2", "after"]
     assert [e["id"] for e in resumed["events"]] == missed + after
@@ -235,7 +226,7 @@ def test_the_pub_sub_connection_reconnects_more_times_than_the_pool_has_connecti
                                          redis_db.client.client_list(_type="pubsub")} - b, 15,
                        message=f"the pub/sub connection to come back after cut {cut}")
             wait_until(lambda: health_status(gateway) == 200, 15, message="a healthy gateway")
-            [event_id] = publish(gateway, "often", f"after cut {cut}")
+            [event_id] = publish_all(gateway, "often", [f"after cut {cut}"])
             stream.wait_for(lambda s, i=event_id: s.parser.last_event_id == i, 10)
         assert [e.data for e in stream.events] == [f"after cut {n}" for n in range(4)]
     finally:

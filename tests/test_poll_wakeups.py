@@ -15,7 +15,7 @@ import json
 
 import pytest
 import requests
-from conftest import file_descriptors, wait_until
+from conftest import file_descriptors, run_async, wait_until
 
 HELD = 3000  # polls held when the event is published
 HOLD = 25  # seconds each may be held (the most by default): far longer than waking them takes
@@ -118,7 +118,7 @@ def test_every_held_poll_answers_with_the_event_published_while_the_process_is_s
             await asyncio.gather(*busy, return_exceptions=True)
             publisher.close()
 
-    event_id, results = asyncio.run(run())
+    event_id, results = run_async(run())
 
     statuses = [status for status, _ in results]
     assert statuses == [200] * HELD

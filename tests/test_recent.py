@@ -16,29 +16,14 @@ import time
 
 import gevent
 import requests
-from conftest import health, wait_until
-from sse_client import Stream, subscribed
+from conftest import command_calls, health, publish_all, wait_until
+from sse_client import Stream
 
 from gateway.brokers.embedded import EmbeddedBroker
 from gateway.hub import Hub
 from gateway.transports import PollQueue
 
 RESET = "gateway-reset"
-
-
-def command_calls(client) -> dict[str, int]:
-    """Redis' count of calls per command since it started (INFO itself left out)."""
-    return {name[len("cmdstat_"):]: stats["calls"]
-            for name, stats in client.info("commandstats").items() if name != "cmdstat_info"}
-
-
-def publish(gateway, channel: str, values) -> list[str]:
-    ids = []
-    for value in values:
-        response = gateway.publish(channel, {"data": value})
-        assert response.status_code == 200, response.text
-        ids.append(response.json()["id"])
-    return ids
 
 
 def resumed(url: str, cursor: str, count: int) -> list[tuple[str, str]]:
@@ -51,115 +36,90 @@ def resumed(url: str, cursor: str, count: int) -> list[tuple[str, str]]:
         stream.close()
 
 
-def live_stream(url: str) -> Stream:
-    stream = Stream(url)
-    assert stream.status == 200, stream.body
-    stream.wait_for(subscribed)
-    return stream
+def published_live(open_stream, gateway, channel: str, values) -> list[str]:
+    """`values` published on `channel` while a stream listens, which got them all; their ids."""
+    stream = open_stream(f"{gateway.url}/events/{channel}")
+    ids = publish_all(gateway, channel, values)
+    stream.wait_events(len(values))
+    return ids
 
 
 # -- served from memory, or from Redis ----------------------------------------------------------
 
 
-def test_a_resume_inside_the_recent_events_costs_redis_no_command(start_gateway, redis_db):
+def test_a_resume_inside_the_recent_events_costs_redis_no_command(
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url)
-    stream = live_stream(gateway.url + "/events/chat")
-    try:
-        ids = publish(gateway, "chat", [f"m{n}" for n in range(5)])
-        stream.wait_events(5)
-        before = command_calls(redis_db.client)
-        assert resumed(gateway.url + "/events/chat", ids[1], 3) == [
-            ("message", "m2"), ("message", "m3"), ("message", "m4")]
-        polled = requests.get(gateway.url + "/poll/chat", timeout=10,
-                              params={"lastEventId": ids[3]}).json()
-        assert [e["data"] for e in polled["events"]] == ["m4"]
-        assert command_calls(redis_db.client) == before
-    finally:
-        stream.close()
+    ids = published_live(open_stream, gateway, "chat", [f"m{n}" for n in range(5)])
+    before = command_calls(redis_db.client)
+    assert resumed(gateway.url + "/events/chat", ids[1], 3) == [
+        ("message", "m2"), ("message", "m3"), ("message", "m4")]
+    polled = requests.get(gateway.url + "/poll/chat", timeout=10,
+                          params={"lastEventId": ids[3]}).json()
+    assert [e["data"] for e in polled["events"]] == ["m4"]
+    assert command_calls(redis_db.client) == before
     counters = health(gateway)
     assert (counters["history_from_memory"], counters["history_from_broker"]) == (2, 0)
 
 
-def test_a_resume_from_before_the_recent_events_reads_redis_once(start_gateway, redis_db):
+def test_a_resume_from_before_the_recent_events_reads_redis_once(
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url, "--recent-events", "2")
-    stream = live_stream(gateway.url + "/events/chat")
-    try:
-        ids = publish(gateway, "chat", [f"m{n}" for n in range(5)])
-        stream.wait_events(5)
-        before = command_calls(redis_db.client)
-        # m2 left the two recent events: from m1 on, Redis answers.
-        assert resumed(gateway.url + "/events/chat", ids[1], 3) == [
-            ("message", "m2"), ("message", "m3"), ("message", "m4")]
-        after = command_calls(redis_db.client)
-        assert after["xrange"] - before.get("xrange", 0) == 1
-        # From m2 on, the two recent events (m3, m4) answer.
-        assert resumed(gateway.url + "/events/chat", ids[2], 2) == [
-            ("message", "m3"), ("message", "m4")]
-        assert command_calls(redis_db.client) == after
-    finally:
-        stream.close()
+    ids = published_live(open_stream, gateway, "chat", [f"m{n}" for n in range(5)])
+    before = command_calls(redis_db.client)
+    # m2 left the two recent events: from m1 on, Redis answers.
+    assert resumed(gateway.url + "/events/chat", ids[1], 3) == [
+        ("message", "m2"), ("message", "m3"), ("message", "m4")]
+    after = command_calls(redis_db.client)
+    assert after["xrange"] - before.get("xrange", 0) == 1
+    # From m2 on, the two recent events (m3, m4) answer.
+    assert resumed(gateway.url + "/events/chat", ids[2], 2) == [
+        ("message", "m3"), ("message", "m4")]
+    assert command_calls(redis_db.client) == after
     counters = health(gateway)
     assert (counters["history_from_memory"], counters["history_from_broker"]) == (1, 1)
 
 
 def test_events_from_before_the_channel_was_subscribed_are_read_from_redis(
-        start_gateway, redis_db):
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url)
-    ids = publish(gateway, "chat", ["before", "also before"])
-    stream = live_stream(gateway.url + "/events/chat")
-    try:
-        publish(gateway, "chat", ["after"])
-        stream.wait_events(1)
-        assert resumed(gateway.url + "/events/chat", ids[0], 2) == [
-            ("message", "also before"), ("message", "after")]
-        assert health(gateway)["history_from_broker"] == 1
-        assert resumed(gateway.url + "/events/chat", ids[1], 1) == [("message", "after")]
-        assert health(gateway)["history_from_memory"] == 1
-    finally:
-        stream.close()
+    ids = publish_all(gateway, "chat", ["before", "also before"])
+    published_live(open_stream, gateway, "chat", ["after"])
+    assert resumed(gateway.url + "/events/chat", ids[0], 2) == [
+        ("message", "also before"), ("message", "after")]
+    assert health(gateway)["history_from_broker"] == 1
+    assert resumed(gateway.url + "/events/chat", ids[1], 1) == [("message", "after")]
+    assert health(gateway)["history_from_memory"] == 1
 
 
-def test_recent_events_stay_within_their_count_and_bytes(start_gateway, redis_db):
+def test_recent_events_stay_within_their_count_and_bytes(start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url, "--recent-events", "30",
                             "--recent-bytes", "3000")
-    stream = live_stream(gateway.url + "/events/big")
-    try:
-        ids = publish(gateway, "big", [f"{n:03d}" + "x" * 96 for n in range(100)])
-        stream.wait_events(100)
-        held = health(gateway)["recent_bytes"]
-        # Each frame is some 130 bytes: fewer than 30 of them fit in 3000 bytes.
-        assert 2000 < held <= 3000, held
-        assert [data[:3] for _, data in resumed(gateway.url + "/events/big", ids[85], 14)] == [
-            f"{n:03d}" for n in range(86, 100)]
-        assert health(gateway)["history_from_memory"] == 1
-        assert len(resumed(gateway.url + "/events/big", ids[60], 39)) == 39
-        assert health(gateway)["history_from_broker"] == 1
-    finally:
-        stream.close()
+    ids = published_live(open_stream, gateway, "big",
+                         [f"{n:03d}" + "x" * 96 for n in range(100)])
+    held = health(gateway)["recent_bytes"]
+    # Each frame is some 130 bytes: fewer than 30 of them fit in 3000 bytes.
+    assert 2000 < held <= 3000, held
+    assert [data[:3] for _, data in resumed(gateway.url + "/events/big", ids[85], 14)] == [
+        f"{n:03d}" for n in range(86, 100)]
+    assert health(gateway)["history_from_memory"] == 1
+    assert len(resumed(gateway.url + "/events/big", ids[60], 39)) == 39
+    assert health(gateway)["history_from_broker"] == 1
+
     gateway_few = start_gateway("--redis-url", redis_db.url, "--recent-events", "3")
-    stream = live_stream(gateway_few.url + "/events/few")
-    try:
-        ids = publish(gateway_few, "few", [f"f{n}" for n in range(6)])
-        stream.wait_events(6)
-        resumed(gateway_few.url + "/events/few", ids[2], 3)
-        resumed(gateway_few.url + "/events/few", ids[1], 4)
-        counters = health(gateway_few)
-        assert (counters["history_from_memory"], counters["history_from_broker"]) == (1, 1)
-    finally:
-        stream.close()
+    ids = published_live(open_stream, gateway_few, "few", [f"f{n}" for n in range(6)])
+    resumed(gateway_few.url + "/events/few", ids[2], 3)
+    resumed(gateway_few.url + "/events/few", ids[1], 4)
+    counters = health(gateway_few)
+    assert (counters["history_from_memory"], counters["history_from_broker"]) == (1, 1)
 
 
-def test_the_embedded_broker_keeps_no_second_copy_of_its_history(start_gateway):
+def test_the_embedded_broker_keeps_no_second_copy_of_its_history(start_gateway, open_stream):
     gateway = start_gateway()
-    stream = live_stream(gateway.url + "/events/chat")
-    try:
-        ids = publish(gateway, "chat", ["a", "b"])
-        stream.wait_events(2)
-        assert resumed(gateway.url + "/events/chat", ids[0], 1) == [("message", "b")]
-        counters = health(gateway)
-        assert (counters["recent_bytes"], counters["history_from_memory"]) == (0, 0)
-    finally:
-        stream.close()
+    ids = published_live(open_stream, gateway, "chat", ["a", "b"])
+    assert resumed(gateway.url + "/events/chat", ids[0], 1) == [("message", "b")]
+    counters = health(gateway)
+    assert (counters["recent_bytes"], counters["history_from_memory"]) == (0, 0)
 
 
 # -- the same answer as Redis' history, at the edges ---------------------------------------------
@@ -275,7 +235,7 @@ def test_a_long_poller_polling_in_a_loop_causes_no_subscribe_churn_and_reads_mem
     try:
         wait_until(lambda: health(gateway)["subscribers"] == 1, message="the first poll")
         for n in range(20):
-            publish(gateway, "loop", [f"e{n}"])
+            publish_all(gateway, "loop", [f"e{n}"])
             time.sleep(0.02)  # some land between two polls, some on a held one
         wait_until(lambda: len(got) >= 20 or failures, 20, message="every event polled")
     finally:
@@ -296,10 +256,10 @@ def numsub(client, channel: str) -> int:
 
 
 def test_a_channel_with_no_subscriber_is_unsubscribed_after_the_grace_period(
-        start_gateway, redis_db):
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url,
                             env={"SSE_GATEWAY_UNSUBSCRIBE_GRACE": "4"})
-    stream = live_stream(gateway.url + "/events/graced")
+    stream = open_stream(gateway.url + "/events/graced")
     assert numsub(redis_db.client, "graced") == 1
     stream.close()
     wait_until(lambda: health(gateway)["subscribers"] == 0, message="the stream to leave")
@@ -314,18 +274,18 @@ def test_a_channel_with_no_subscriber_is_unsubscribed_after_the_grace_period(
 
 
 def test_with_no_grace_a_channel_is_unsubscribed_as_its_last_subscriber_leaves(
-        start_gateway, redis_db):
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url, "--unsubscribe-grace", "0")
-    stream = live_stream(gateway.url + "/events/gone")
-    stream.close()
+    open_stream(gateway.url + "/events/gone").close()
     wait_until(lambda: numsub(redis_db.client, "gone") == 0, 5, 0.01,
                message="the channel to be unsubscribed at once")
     assert health(gateway)["idle_channels"] == 0
 
 
-def test_a_gateway_with_channels_in_their_grace_period_stops_at_once(start_gateway, redis_db):
+def test_a_gateway_with_channels_in_their_grace_period_stops_at_once(
+        start_gateway, redis_db, open_stream):
     gateway = start_gateway("--redis-url", redis_db.url, "--unsubscribe-grace", "600")
-    live_stream(gateway.url + "/events/lingering").close()
+    open_stream(gateway.url + "/events/lingering").close()
     wait_until(lambda: health(gateway)["idle_channels"] == 1, message="the stream to leave")
     started = time.monotonic()
     assert gateway.stop(signal.SIGTERM, timeout=20) == 0

@@ -21,7 +21,14 @@ from urllib.parse import urlencode
 import gevent
 import pytest
 import requests
-from conftest import ROOT, file_descriptors, wait_until
+from conftest import (
+    ROOT,
+    command_calls,
+    file_descriptors,
+    publish_all,
+    run_async,
+    wait_until,
+)
 
 from gateway.brokers.slots import NoSlot, Slots
 from gateway.wire import EventStreamParser
@@ -108,7 +115,7 @@ def crowd(port: int, requests_: list[tuple[str, dict[str, str]]], enough: Callab
         assert not pending, f"{len(pending)} of {len(tasks)} requests unanswered after {timeout} s"
         return [task.result() for task in tasks]
 
-    return asyncio.run(run())
+    return run_async(run())
 
 
 def stream_opened(body: bytes) -> bool:
@@ -118,21 +125,6 @@ def stream_opened(body: bytes) -> bool:
 
 def replayed(body: bytes) -> list[tuple[str, str, str]]:
     return [(e.type, e.data, e.last_event_id) for e in EventStreamParser().feed(body)]
-
-
-def publish_all(gateway, channel: str, values: list[str]) -> list[str]:
-    ids = []
-    for value in values:
-        response = gateway.publish(channel, {"data": value})
-        assert response.status_code == 200, response.text
-        ids.append(response.json()["id"])
-    return ids
-
-
-def command_calls(client) -> dict[str, int]:
-    """Redis' count of calls per command (XRANGE, EXEC, XINFO|STREAM...) since it started."""
-    return {name[len("cmdstat_"):]: stats["calls"]
-            for name, stats in client.info("commandstats").items()}
 
 
 def calls_since(client, before: dict[str, int], command: str) -> int:
@@ -201,7 +193,7 @@ def test_storm_while_the_channel_moves_on_gives_each_client_every_event_once(
         assert not pending, f"{len(pending)} clients never got the last event"
         return [task.result() for task in tasks]
 
-    results = asyncio.run(storm_while_publishing())
+    results = run_async(storm_while_publishing())
 
     clients = waves * per_wave
     assert tally(results) == {200: clients}
@@ -307,7 +299,7 @@ def test_crowd_of_held_long_polls_all_answer_with_the_next_event(start_gateway, 
         assert not pending, f"{len(pending)} polls never answered"
         return [event_id, [task.result() for task in tasks]]
 
-    event_id, results = asyncio.run(polls_then_publish())
+    event_id, results = run_async(polls_then_publish())
 
     assert tally(results) == {200: POLLERS}
     for _, body in results:
