@@ -37,5 +37,22 @@ suites=(tests)
 # tests/suite_session.py); `-n 0` runs the suite in this one process instead. One line per test
 # file as it ends, with its results, the run's progress, its worker and its time; then a
 # summary of what failed and the slowest tests.
-exec .venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile \
-  -o console_output_style=classic -rfEX --durations=10 "${suites[@]}" "$@"
+pytest=(.venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile
+        -o console_output_style=classic -rfEX)
+if [ $# -gt 0 ]; then
+  exec "${pytest[@]}" --durations=10 "${suites[@]}" "$@"
+fi
+"${pytest[@]}" --durations=10 "${suites[@]}"
+
+# The HTTP layer and the event loop's wake-ups again on the lowest gevent pyproject.toml allows
+# (its newest patch release), imported ahead of the installed one by the tests and the gateways
+# they start.
+lowest=$(grep -o '"gevent>=[0-9.]*' pyproject.toml | cut -d= -f2)
+echo "the HTTP layer on gevent ~=${lowest}.0, the lowest release allowed"
+.venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/gevent-lowest \
+  "gevent~=${lowest}.0" >>.venv/install.log 2>&1 || { tail -20 .venv/install.log; exit 1; }
+export PYTHONPATH=.venv/gevent-lowest
+.venv/bin/python -c 'import gevent; print("gevent", gevent.__version__, "from", gevent.__file__)'
+exec "${pytest[@]}" tests/test_http_h1.py tests/test_http_hostile.py tests/test_http_server.py \
+  tests/test_http_keepalive.py tests/test_stream_connections.py tests/test_hub_streams.py \
+  tests/test_wakeups.py tests/test_poll_wakeups.py tests/test_publish_pipelined.py
