@@ -156,8 +156,12 @@ class PollEndpoint:
                                      subscribe.outage_retry(config.retry))
             else:
                 # The session is attached, and `collect` detaches it whatever happens.
-                answer = collect(session, backlog, grant.hold(request.hold), request.batch,
-                                 config.retry)
+                hold = grant.hold(request.hold)
+                answer = collect(session, backlog, hold, request.batch, config.retry)
+                # A hold cut at the expiry that ran out ended at the expiry, even when the
+                # loop's timer fired a little before the wall clock reached it.
+                if hold < request.hold and not answer.events:
+                    return (200, *_encoded(answer, grant, request.callback, expired=True))
         return (200, *_encoded(answer, grant, request.callback))
 
     def _count_refusal(self, status: int) -> None:
@@ -170,9 +174,9 @@ class PollEndpoint:
         return resolve(environ.get("REMOTE_ADDR") or "", headers, self._proxies).address
 
 
-def _encoded(answer: Answer, grant: Grant,
-             callback: Optional[str]) -> Tuple[endpoint.Headers, bytes]:
-    if grant.expired():  # the expiry event goes last, in the body as a dict
+def _encoded(answer: Answer, grant: Grant, callback: Optional[str],
+             expired: bool = False) -> Tuple[endpoint.Headers, bytes]:
+    if expired or grant.expired():  # the expiry event goes last, in the body as a dict
         body = answers.end_poll(answer.to_dict(), grant)
         if callback is None:
             return JSON, encode_json(body)
