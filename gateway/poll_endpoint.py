@@ -69,6 +69,12 @@ def read_request(environ: dict, config: Config) -> PollRequest:
     return PollRequest(channels, callback, hold, batch, cursor, args)
 
 
+def _jsonp_callback(environ: dict) -> Optional[str]:
+    """The request's JSONP callback name, if it names a valid one."""
+    callback = subscribe.Query(environ.get("QUERY_STRING", "")).get("callback")
+    return callback if callback is not None and CALLBACK.fullmatch(callback) else None
+
+
 def check_jsonp_referer(referer: Optional[str], origins: Sequence[str]) -> None:
     """A script tag ignores CORS and carries cookies: with an allowlist, JSONP must not let
     other sites read what only the listed origins may. Script requests name their page in
@@ -116,6 +122,15 @@ class PollEndpoint:
             status, kind, body = self._answer(environ, request)
         except ApiError as error:
             self._count_refusal(error.status)
+            callback = _jsonp_callback(environ)
+            if callback is not None and 400 <= error.status < 500:
+                # A script tag sees no status, only that it failed: it would retry forever.
+                # The error, passed to the callback, ends the connection for good instead.
+                body = encode_jsonp(callback, {"error": error.error, "detail": error.detail,
+                                               "status": error.status})
+                start_response("200 OK", [*JSONP, ("Content-Length", str(len(body))),
+                                          *headers])
+                return [body]
             return endpoint.error(start_response, error, headers, ALLOW)
         except Exception:
             log.exception("unhandled error on %s %s", method, environ.get("PATH_INFO"))

@@ -677,7 +677,23 @@ def test_jsonp_with_a_cors_allowlist_answers_only_pages_of_listed_origins(start_
     assert allowed.status_code == 200
     assert allowed.text.startswith("/**/cb(")
     for headers in ({"Referer": "https://evil.example/a.example"}, {}):
+        # A script tag sees no status: the refusal is passed to the callback, which ends the
+        # polyfill's connection for good (a bare 403 would have it retry forever). No events.
         refused = jsonp(headers)
-        assert refused.status_code == 403
-        assert refused.json()["error"] == "forbidden"
-        assert "cb(" not in refused.text
+        assert refused.status_code == 200
+        assert refused.headers["Content-Type"].startswith("application/javascript")
+        assert refused.text.startswith("/**/cb(") and refused.text.endswith(");")
+        body = json.loads(refused.text[len("/**/cb("):-2])
+        assert body["error"] == "forbidden" and body["status"] == 403
+        assert "events" not in body and "Referer" in body["detail"]
+
+
+def test_a_jsonp_poll_the_gateway_refuses_passes_the_error_to_its_callback(start_gateway):
+    gateway = start_gateway()
+    refused = get(gateway, "/poll/c0", timeout="1_0", callback="cb")
+    assert refused.status_code == 200
+    body = json.loads(refused.text[len("/**/cb("):-2])
+    assert body == {"error": "invalid timeout", "status": 400, "detail": body["detail"]}
+    # Without a valid callback there is none to call: the JSON error and its status.
+    assert_json_error(get(gateway, "/poll/c0", timeout="1_0", callback="c-b"), 400)
+    assert_json_error(get(gateway, "/poll/c0", timeout="1_0"), 400)
