@@ -30,7 +30,6 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.monkey
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -46,17 +45,19 @@ from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import Slots
-from .streams import StreamsBroker
+from .streams import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    COMMAND_TIMEOUT,
+    CONFIRM_TIMEOUT,
+    CONNECT_TIMEOUT,
+    POOL_SIZE,
+    StreamsBroker,
+    nothing_unread,
+)
 
 log = logging.getLogger(__name__)
-_select = gevent.monkey.get_original("select", "select")
 
-_CONNECT_TIMEOUT = 3.0
-_COMMAND_TIMEOUT = 5.0
-_CONFIRM_TIMEOUT = 5.0
-_BACKOFF_FIRST = 0.1
-_BACKOFF_CAP = 5.0
-POOL_SIZE = 50
 # The client name of the pub/sub connections (CLIENT LIST shows one per process and shard).
 PUBSUB_NAME = "sse-gateway-pubsub"
 
@@ -110,20 +111,20 @@ class ClusterBroker(StreamsBroker):
 
     def _connect_cluster(self) -> None:
         """Read the slot map from a seed node, again until one answers."""
-        delay = _BACKOFF_FIRST
+        delay = BACKOFF_FIRST
         while self._cluster_client is None:
             try:
                 # No retries of its own: a script sent again after a lost connection may run
                 # twice. MOVED and ASK are followed all the same.
                 self._cluster_client = cluster_client(
-                    self._urls, socket_connect_timeout=_CONNECT_TIMEOUT,
-                    socket_timeout=_COMMAND_TIMEOUT, max_connections=POOL_SIZE,
+                    self._urls, socket_connect_timeout=CONNECT_TIMEOUT,
+                    socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
                     retry=Retry(NoBackoff(), 0))
             except (RedisError, RedisClusterException) as error:
                 self._failure = f"no seed node of the Redis Cluster answered: {error}"
                 log.warning("%s; trying again in %.2f s", self._failure, delay)
                 gevent.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, _BACKOFF_CAP)
+                delay = min(delay * 2, BACKOFF_CAP)
         self._failure = None
         log.info("Redis Cluster slot map read: %d master(s)", len(self._client.get_primaries()))
         self._ready.set()
@@ -220,8 +221,8 @@ class ClusterBroker(StreamsBroker):
         publishes = self._publishes.get(address)
         if publishes is None:
             pool = redis.ConnectionPool(**self._node_settings(address),
-                                        socket_connect_timeout=_CONNECT_TIMEOUT,
-                                        socket_timeout=_COMMAND_TIMEOUT)
+                                        socket_connect_timeout=CONNECT_TIMEOUT,
+                                        socket_timeout=COMMAND_TIMEOUT)
             publishes = self._publishes[address] = Publishes(pool, redis_schema.PUBLISH_SCRIPT)
         return publishes
 
@@ -253,7 +254,7 @@ class ClusterBroker(StreamsBroker):
         confirmed = self._confirmations[channel] = gevent.event.Event()
         try:
             self._place(channel, self._shard_for(channel))
-            if not confirmed.wait(_CONFIRM_TIMEOUT):
+            if not confirmed.wait(CONFIRM_TIMEOUT):
                 raise BrokerUnavailable(f"the Redis Cluster did not confirm the subscription to "
                                         f"{channel!r}")
             tail = self.history_tail(channel)
@@ -381,15 +382,7 @@ class _Shard:
         self._drop()
 
     def delivering(self) -> bool:
-        if not self.ready or self.handling:
-            return False
-        sock = getattr(self.connection, "_sock", None)
-        if sock is None:
-            return False
-        try:
-            return not _select([sock], [], [], 0)[0]
-        except (OSError, ValueError):
-            return False
+        return self.ready and not self.handling and nothing_unread(self.connection)
 
     # -- what the broker asks ---------------------------------------------------------------
 
@@ -446,7 +439,7 @@ class _Shard:
 
     def _listen_forever(self) -> None:
         broker = self.broker
-        delay = _BACKOFF_FIRST
+        delay = BACKOFF_FIRST
         while not self.retired and not broker._stopping:
             try:
                 early, confirmed = self._connect()
@@ -463,7 +456,7 @@ class _Shard:
                 self._connected_before = True
                 self.failure = None
                 self.ready = True
-                delay = _BACKOFF_FIRST
+                delay = BACKOFF_FIRST
                 self._read_forever()
             except Exception as error:  # Redis, or a bug: the shard starts again all the same
                 if not isinstance(error, (RedisError, OSError, BrokerUnavailable)):
@@ -478,7 +471,7 @@ class _Shard:
                 log.warning("%s; looking up its slots' owners and reconnecting in %.2f s",
                             self.failure, wait)
                 gevent.sleep(wait)
-                delay = min(delay * 2, _BACKOFF_CAP)
+                delay = min(delay * 2, BACKOFF_CAP)
                 # A master that died has a replica in its place by now, or soon: its channels
                 # go to the shard of whichever master owns their slots.
                 broker._relocate(list(self.channels), self)
@@ -492,7 +485,7 @@ class _Shard:
         """Connect and subscribe this shard's channels; returns the messages that came before
         every answer (they wait for the gap fill) and the channels confirmed."""
         settings = {**self.broker._node_settings(self.address),
-                    "socket_connect_timeout": _CONNECT_TIMEOUT, "socket_timeout": None,
+                    "socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": None,
                     "socket_keepalive": True, "protocol": 2,
                     "client_name": f"{PUBSUB_NAME}-{os.getpid()}"}
         connection_class = settings.pop("connection_class", redis.Connection)

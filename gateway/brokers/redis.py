@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.monkey
 import redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -31,20 +30,18 @@ from .endpoints import RedisEndpoint
 from .publishing import Job, Publishes
 from .shared_reads import SharedReads
 from .slots import Slots
-from .streams import StreamsBroker
+from .streams import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    COMMAND_TIMEOUT,
+    CONFIRM_TIMEOUT,
+    CONNECT_TIMEOUT,
+    POOL_SIZE,
+    StreamsBroker,
+    nothing_unread,
+)
 
 log = logging.getLogger(__name__)
-# The system's select, never a patched one that might wait: it only looks at a socket.
-_select = gevent.monkey.get_original("select", "select")
-
-_CONNECT_TIMEOUT = 3.0
-_COMMAND_TIMEOUT = 5.0
-_CONFIRM_TIMEOUT = 5.0
-_BACKOFF_FIRST = 0.1
-_BACKOFF_CAP = 5.0
-# Connections for commands (history reads, publishes, health checks); the URL's
-# `max_connections` overrides it. The pub/sub connection is apart from these.
-POOL_SIZE = 50
 
 
 class RedisBroker(StreamsBroker):
@@ -61,22 +58,22 @@ class RedisBroker(StreamsBroker):
         self._max_length = history_length
         self._max_age_ms = int(history_age * 1000)
         self._pool = endpoint.pool(
-            max_connections=POOL_SIZE, socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_COMMAND_TIMEOUT,
+            max_connections=POOL_SIZE, socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
         )
         self._client = redis.Redis(connection_pool=self._pool)
         # Commands take turns for the pool's connections, rather than fail when all are busy.
         self._slots = Slots(self._pool.max_connections)
         # Publishes have a connection of their own, which concurrent ones share (publishing.py).
         self._publishes = Publishes(endpoint.pool(
-            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_COMMAND_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
         ), redis_schema.PUBLISH_SCRIPT)
         # RESP2: pub/sub replies are plain arrays that read_response returns (RESP3 would
         # route them to push handlers), and no socket timeout: the listener waits indefinitely.
         # Under Sentinel its connection asks the sentinels where the master is each time it
         # connects (see _connect), so a reconnect after a failover reaches the new master.
         self._listen_pool = endpoint.pool(
-            socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=None,
+            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None,
             socket_keepalive=True, protocol=2,
         )
         # Subscribed channel -> id of the last event delivered from it.
@@ -93,7 +90,7 @@ class RedisBroker(StreamsBroker):
         self._resync: Optional[ResyncSink] = None
         self._listener: Optional[gevent.Greenlet] = None
         self._restart: Optional[gevent.Greenlet] = None
-        self._restart_delay = _BACKOFF_FIRST
+        self._restart_delay = BACKOFF_FIRST
         self._stopping = False
         self._failure: Optional[str] = None  # why the listener is being restarted
         self._connected_before = False
@@ -127,15 +124,8 @@ class RedisBroker(StreamsBroker):
         # Up, and nothing received waits to be handled: then the sink has had every message
         # that Redis had sent this process (so, for one that published through it, all its
         # own), and the listener is waiting on an empty socket, its reader's buffer empty.
-        if not self._ready.is_set() or self._handling:
-            return False
-        sock = getattr(self._connection, "_sock", None)  # redis-py's, None when not connected
-        if sock is None:
-            return False
-        try:
-            return not _select([sock], [], [], 0)[0]
-        except (OSError, ValueError):  # closed meanwhile
-            return False
+        return (self._ready.is_set() and not self._handling
+                and nothing_unread(self._connection))
 
     def check(self) -> None:
         try:
@@ -189,7 +179,7 @@ class RedisBroker(StreamsBroker):
         confirmed = self._confirmations[channel] = gevent.event.Event()
         try:
             self._send("SUBSCRIBE", channel)
-            if not confirmed.wait(_CONFIRM_TIMEOUT):
+            if not confirmed.wait(CONFIRM_TIMEOUT):
                 raise BrokerUnavailable(f"Redis did not confirm the subscription to {channel!r}")
             # Read the tail only now: every later event reaches us live.
             tail = self.history_tail(channel)
@@ -240,13 +230,13 @@ class RedisBroker(StreamsBroker):
         self._failure = f"the Redis pub/sub listener ended ({reason}) and is being restarted"
         self._ready.clear()
         self._drop_connection()
-        delay, self._restart_delay = self._restart_delay, min(self._restart_delay * 2, _BACKOFF_CAP)
+        delay, self._restart_delay = self._restart_delay, min(self._restart_delay * 2, BACKOFF_CAP)
         log.error("the Redis pub/sub listener ended (%s); restarting it in %.2f s, open streams "
                   "stay open", reason, delay)
         self._restart = gevent.spawn_later(delay, self._start_listener)
 
     def _listen_forever(self) -> None:
-        delay = _BACKOFF_FIRST
+        delay = BACKOFF_FIRST
         while True:
             try:
                 early = self._connect()
@@ -259,7 +249,7 @@ class RedisBroker(StreamsBroker):
                         "pub/sub connection to Redis established; %d channel(s) subscribed",
                         len(self._channels))
                 self._connected_before = True
-                delay = self._restart_delay = _BACKOFF_FIRST
+                delay = self._restart_delay = BACKOFF_FIRST
                 self._failure = None
                 self._ready.set()
                 self._read_forever()
@@ -271,7 +261,7 @@ class RedisBroker(StreamsBroker):
                 log.warning("lost the Redis pub/sub connection (%s); reconnecting in %.2f s, "
                             "open streams stay open", error, wait)
                 gevent.sleep(wait)
-                delay = min(delay * 2, _BACKOFF_CAP)
+                delay = min(delay * 2, BACKOFF_CAP)
 
     def _connect(self) -> List[Any]:
         """Connect and resubscribe; returns the messages that came before every confirmation.

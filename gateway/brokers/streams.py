@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import gevent.monkey
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
@@ -27,6 +28,31 @@ from .shared_reads import ChannelRead
 from .slots import NoSlot
 
 log = logging.getLogger("gateway.brokers.redis")
+
+# Both Redis brokers' connections: timeouts (seconds), the listener's reconnect backoff, and the
+# connections for commands (history reads, health checks; a URL's `max_connections` overrides
+# it), apart from the pub/sub and publish connections.
+CONNECT_TIMEOUT = 3.0
+COMMAND_TIMEOUT = 5.0
+CONFIRM_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
+POOL_SIZE = 50
+
+# The system's select, never a patched one that might wait: it only looks at a socket.
+_select = gevent.monkey.get_original("select", "select")
+
+
+def nothing_unread(connection: Any) -> bool:
+    """Whether a pub/sub connection is connected with no bytes waiting on its socket (its
+    reader's own buffer being empty is the caller's to know: it is, while the listener waits)."""
+    sock = getattr(connection, "_sock", None)  # redis-py's, None when not connected
+    if sock is None:
+        return False
+    try:
+        return not _select([sock], [], [], 0)[0]
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 # How long a command may wait for one: far longer than a healthy Redis keeps a process's
 # connections busy, reconnect storm included; only a Redis that does not answer reaches it.
