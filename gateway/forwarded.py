@@ -75,6 +75,11 @@ class EnvironHeaders:
         return value
 
 
+def environ_client(environ: Mapping[str, str], networks: Sequence[Network]) -> Client:
+    """`resolve` for a WSGI request: its peer and its headers."""
+    return resolve(environ.get("REMOTE_ADDR") or "", EnvironHeaders(environ), networks)
+
+
 def is_loopback(client: Client) -> bool:
     address = _address(client.address)
     return client.trusted and address is not None and address.is_loopback

@@ -21,7 +21,7 @@ from .auth.authorizer import PUBLIC, Authorizer, AuthUnavailable, Grant, Refused
 from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
-from .forwarded import FORWARDING_HEADERS, Network, resolve
+from .forwarded import Network, environ_client
 from .hub import Hub
 from .metrics import Metrics
 from .subscribe import UNCACHEABLE, ApiError
@@ -184,9 +184,7 @@ class PollEndpoint:
             self._metrics.refused_auth(METRICS_ENDPOINT, status)
 
     def _client(self, environ: dict) -> str:
-        headers = {name: environ[key] for name in FORWARDING_HEADERS
-                   if (key := "HTTP_" + name.upper().replace("-", "_")) in environ}
-        return resolve(environ.get("REMOTE_ADDR") or "", headers, self._proxies).address
+        return environ_client(environ, self._proxies).address
 
 
 def _encoded(answer: Answer, grant: Grant, callback: Optional[str],

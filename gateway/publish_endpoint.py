@@ -30,7 +30,7 @@ from .auth.authorizer import Authorizer, PublishGrant, Refused
 from .brokers import Broker, BrokerUnavailable, PublishResult
 from .config import Config
 from .cors import CorsPolicy, own_origin, page_may_publish, publish_policy
-from .forwarded import FORWARDING_HEADERS, EnvironHeaders, is_loopback, parse_networks, resolve
+from .forwarded import FORWARDING_HEADERS, environ_client, is_loopback, parse_networks, resolve
 from .http.seam import Deferred
 from .ids import format_id
 from .message import (
@@ -205,7 +205,7 @@ class PublishEndpoint:
     def _from_loopback(self, environ: dict) -> bool:
         peer = environ.get("REMOTE_ADDR") or ""
         if any(environ.get(key) for key in _FORWARDING_KEYS):
-            return is_loopback(resolve(peer, EnvironHeaders(environ), self._proxies))
+            return is_loopback(environ_client(environ, self._proxies))
         # No forwarding headers: the peer alone decides, and peers are few (local publishers).
         local = self._local_peers.get(peer)
         if local is None:

@@ -16,7 +16,7 @@ cover every private channel, or none at all, leaves the decision to the applicat
 import time
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from ..forwarded import EnvironHeaders, Network, parse_networks, resolve
+from ..forwarded import Network, environ_client, parse_networks
 from .callback import AuthCallback, CallbackUnavailable
 from .policy import PrivateChannels, uncovered
 from .tokens import NotAJwt, TokenError, TokenVerifier
@@ -159,7 +159,7 @@ class Authorizer:
         return token, _QUERY
 
     def _address(self, environ: Mapping[str, str]) -> str:
-        return resolve(environ.get("REMOTE_ADDR", ""), EnvironHeaders(environ), self._proxies).address
+        return environ_client(environ, self._proxies).address
 
 
 class PublishGrant:
