@@ -40,7 +40,7 @@ from redis.retry import Retry
 from .. import redis_schema
 from ..cluster_nodes import cluster_client, connection_settings
 from ..ids import ZERO, EventId
-from ..message import InvalidMessage, Message
+from ..message import Message
 from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .publishing import Publishes
 from .shared_reads import ChannelRead, SharedReads
@@ -54,6 +54,7 @@ from .streams import (
     POOL_SIZE,
     StreamsBroker,
     nothing_unread,
+    publish_refused,
 )
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,7 @@ class ClusterBroker(StreamsBroker):
                         raise greenlet.exception
         except ResponseError as error:
             self._forget(mine)
-            why = redis_schema.refusal(error)
-            if why is not None:
-                raise InvalidMessage(why) from None
-            raise BrokerUnavailable(f"the Redis Cluster refused the publish: {error}") from None
+            raise publish_refused(error, "the Redis Cluster") from None
         except (RedisError, RedisClusterException, OSError) as error:
             self._forget(mine)
             self._refresh_later()

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
 from ..ids import ZERO, EventId
-from ..message import InvalidMessage, Message
+from ..message import Message
 from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .endpoints import RedisEndpoint
 from .publishing import Job, Publishes
@@ -39,6 +39,7 @@ from .streams import (
     POOL_SIZE,
     StreamsBroker,
     nothing_unread,
+    publish_refused,
 )
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,7 @@ class RedisBroker(StreamsBroker):
             reply = self._publishes.wait(job)
         except ResponseError as error:
             self._forget(mine)
-            why = redis_schema.refusal(error)
-            if why is not None:
-                raise InvalidMessage(why) from None
-            raise BrokerUnavailable(f"Redis refused the publish: {error}") from None
+            raise publish_refused(error, "Redis") from None
         except (RedisError, OSError) as error:
             self._forget(mine)
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None

@@ -43,6 +43,15 @@ POOL_SIZE = 50
 _select = gevent.monkey.get_original("select", "select")
 
 
+def publish_refused(error: ResponseError, who: str) -> Exception:
+    """What a publish that `who` (the Redis it ran on) refused raises: InvalidMessage for the
+    publish script's own refusal of a message, else BrokerUnavailable."""
+    why = redis_schema.refusal(error)
+    if why is not None:
+        return InvalidMessage(why)
+    return BrokerUnavailable(f"{who} refused the publish: {error}")
+
+
 def nothing_unread(connection: Any) -> bool:
     """Whether a pub/sub connection is connected with no bytes waiting on its socket (its
     reader's own buffer being empty is the caller's to know: it is, while the listener waits)."""
