@@ -42,7 +42,8 @@ NGINX_DIR = Path(ROOT) / "nginx"
 DOCS = Path(ROOT) / "docs" / "nginx.md"
 # Snippets without placeholders: the tests use the shipped files unchanged.
 SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf",
-            "unavailable.conf")
+            "unavailable.conf", "log.conf")
+SHIPPED_ACCESS_LOG = "access_log /var/log/nginx/access.log sse_gateway;"
 EVENTS_READ_TIMEOUT = "proxy_read_timeout 60s;"
 GZIP_TYPES = "gzip_types text/css text/plain application/json application/javascript text/javascript;"
 SHORT_READ_TIMEOUT = 3  # seconds, for the tests of idle streams
@@ -106,6 +107,7 @@ class Nginx:
         self.prefix.chmod(0o755)
         self.conf = self.prefix / "conf" / "nginx.conf"
         self.error_log = self.prefix / "logs" / "error.log"
+        self.access_log = self.prefix / "logs" / "access.log"
         self.proc: subprocess.Popen | None = None
         self._render(list(gateway_ports), snippet_edits or {}, http_edits, extra_servers)
 
@@ -114,6 +116,10 @@ class Nginx:
         include_dir.mkdir(parents=True)
         (self.prefix / "logs").mkdir()
         (self.prefix / "tmp").mkdir()
+        # The shipped access log, in the shipped format, moved into the prefix.
+        snippet_edits = {"log.conf": (SHIPPED_ACCESS_LOG,
+                                      f"access_log {self.access_log} sse_gateway;"),
+                         **snippet_edits}
         for name in SNIPPETS:
             shipped = NGINX_DIR / name
             if name in snippet_edits:
@@ -136,8 +142,7 @@ class Nginx:
         tmp = self.prefix / "tmp"
         environment = "\n".join([
             "http {",
-            "    # Test environment: logs and temporary files inside this nginx's own prefix.",
-            f"    access_log {self.prefix / 'logs' / 'access.log'};",
+            "    # Test environment: temporary files inside this nginx's own prefix.",
             *(f"    {kind}_temp_path {tmp / kind};"
               for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
         ])
@@ -914,3 +919,22 @@ def test_tls_http2_server_from_the_docs_streams_events_unbuffered(gateways, ngin
     finally:
         client.terminate()
         client.wait(10)
+
+
+# What nginx's access log keeps.
+
+def test_access_log_keeps_no_query_string_nor_referer_so_no_token(proxy):
+    secret = "eyJhbGciOiJIUzI1NiJ9.secret-in-the-query.c2lnbmF0dXJl"
+    page = "https://site.example/inbox?session_token=secret-in-the-referer"
+    requests.get(f"{proxy.public_url}/poll/log-check?timeout=0&token={secret}",
+                 headers={"Referer": page}, timeout=10)
+    with open_stream(f"{proxy.public_url}/events/log-check?access_token={secret}",
+                     {"Referer": page}) as stream:
+        stream.wait_for(lambda s: s.body, 5)
+    # nginx writes a request's line when it ends: the stream's once its client has gone.
+    wait_until(lambda: proxy.access_log.read_text().count("log-check") >= 2, 10,
+               message="both requests to be in the access log")
+    logged = proxy.access_log.read_text()
+    assert '"GET /poll/log-check HTTP/1.1" 200' in logged
+    assert '"GET /events/log-check HTTP/1.1"' in logged
+    assert "secret-in-the" not in logged and "token" not in logged
