@@ -31,8 +31,11 @@ def cluster_port() -> int:
 
 
 class RedisCluster:
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, full_coverage: bool = True) -> None:
+        """`full_coverage`: whether the nodes refuse every command while a slot has no master
+        (Redis's default), else they serve the slots that have one."""
         self.size = masters * (1 + replicas)
+        self.full_coverage = full_coverage
         self.masters = masters
         self.replicas = replicas
         self.ports = [cluster_port() for _ in range(self.size)]
@@ -52,7 +55,9 @@ class RedisCluster:
             self.procs[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", f"{self.dir}/nodes-{port}.conf",
-                 "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+                 "--cluster-node-timeout", "1000",
+                 "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
+                 "--save", "", "--appendonly", "no",
                  "--dir", self.dir, "--protected-mode", "no"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         for port in self.ports:

@@ -14,6 +14,8 @@ import requests
 from conftest import ROOT, health, wait_until
 from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
+from test_http_hostile import connect
+from test_publish_pipelined import message, publish_request, read_answers
 
 from gateway import Publisher
 from gateway.publisher import PublishError
@@ -153,6 +155,109 @@ def test_events_spread_over_every_shard_arrive_once_in_order_over_few_connection
         assert sum(connections.values()) == 3, connections
         assert all(n <= 1 for n in connections.values()), connections
         assert all(connections[port] == 1 for port in redis_cluster.master_ports())
+
+
+def reads_processed(masters: Dict[int, redis.Redis]) -> Dict[int, int]:
+    """Master port -> the reads of its clients' sockets it has made so far (connected already,
+    so that asking adds one read: the question)."""
+    return {port: node.info("stats")["total_reads_processed"] for port, node in masters.items()}
+
+
+def pipelined(gateway, plan: List[str]):
+    """Publish `plan`'s channels in turn, the data naming the channel and the index, as
+    requests pipelined on one connection; their answers, in order."""
+    burst = b"".join(publish_request(c, message(f"{c} {i}")) for i, c in enumerate(plan))
+    with connect(gateway.port) as sock:
+        sock.sendall(burst)
+        return read_answers(sock, len(plan))
+
+
+def test_pipelined_publishes_share_a_round_trip_per_master_and_keep_each_channels_order(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 2, stem="pipe")
+    gateway = cluster_gateway(start_gateway, redis_cluster)
+    stream = open_stream(events_url(gateway, channels))
+    plan = [channels[i % len(channels)] for i in range(90)]
+    masters = {port: redis_cluster.node(port) for port in redis_cluster.master_ports()}
+    before = reads_processed(masters)
+    answers = pipelined(gateway, plan)
+    after = reads_processed(masters)
+    assert [(status, body["channel"]) for status, _, body in answers] == [(200, c) for c in plan]
+    stream.wait_events(len(plan), 15)
+    expected = {c: [f"{c} {i}" for i, p in enumerate(plan) if p == c] for c in channels}
+    assert received(stream) == expected
+    # Each answer's id is its event's: the stream's cursor holds it for the event's channel.
+    ids = {f"{body['channel']} {i}": body["id"] for i, (_, _, body) in enumerate(answers)}
+    assert all(f"{event.data.split()[0]}={ids[event.data]}" in event.last_event_id.split(",")
+               for event in stream.events)
+    # 30 publishes per master: one at a time, each is a read of its own for the master; here
+    # those that arrived together leave together, each master's in one write (a replica's
+    # acknowledgements and these INFO commands are reads too).
+    for port in masters:
+        assert after[port] - before[port] < 10, (port, after[port] - before[port])
+        masters[port].close()
+
+
+def test_pipelined_publishes_to_a_slot_that_moved_are_sent_to_its_new_master_in_order(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 1, stem="moving")
+    moving, others = channels[0], channels[1:]
+    slot = slot_of(moving)
+    source = redis_cluster.master_of(slot)
+    target = next(p for p in redis_cluster.master_ports() if p != source)
+    gateway = cluster_gateway(start_gateway, redis_cluster)
+    # Nobody here reads the moving channel, so nothing tells the gateway that its slot moves:
+    # its publishes go where the slot map says, the source, which answers MOVED.
+    stream = open_stream(events_url(gateway, others))
+    redis_cluster.migrate_slot(slot, target)
+    try:
+        plan = [moving, moving, others[0], moving, others[1]] * 8
+        answers = pipelined(gateway, plan)
+        assert [(status, body.get("channel")) for status, _, body in answers] == [
+            (200, c) for c in plan], gateway.log()[-3000:]
+        stream.wait_events(len(plan) - plan.count(moving), 15)
+        assert received(stream) == {
+            c: [f"{c} {i}" for i, p in enumerate(plan) if p == c] for c in others}
+        # Stored where the slot is now, in their order, under the ids they were answered with.
+        stored = redis_cluster.node(target).xrange(f"sse-gateway:history:{{{moving}}}")
+        assert [json.loads(fields[b"m"])["data"] for _, fields in stored] == [
+            f"{moving} {i}" for i, p in enumerate(plan) if p == moving]
+        assert [entry_id.decode() for entry_id, _ in stored] == [
+            body["id"] for _, _, body in answers if body["channel"] == moving]
+    finally:
+        redis_cluster.migrate_slot(slot, source)
+
+
+def test_a_dead_master_fails_only_the_pipelined_publishes_of_its_slots(
+        start_gateway, open_stream):
+    # No replicas, and the other masters keep serving their slots without it.
+    cluster = RedisCluster(replicas=0, full_coverage=False)
+    try:
+        cluster.start()
+        channels = channels_on_every_shard(cluster, 1, stem="dead")
+        victim = cluster.master_of(slot_of(channels[0]))
+        gateway = cluster_gateway(start_gateway, cluster)
+        stream = open_stream(events_url(gateway, channels))
+        assert all(s == 200 for s, _, _ in pipelined(gateway, channels))  # connections made
+        stream.wait_events(len(channels), 10)
+        cluster.kill(victim)
+        plan = channels * 10
+        answers = pipelined(gateway, plan)
+        for (status, _, body), channel in zip(answers, plan):
+            if channel == channels[0]:
+                assert status == 503 and body["error"] == "broker unavailable", body
+                assert "nothing was published" in body["detail"]
+            else:
+                assert (status, body["channel"]) == (200, channel), body
+        alive = [c for c in channels if c != channels[0]]
+        stream.wait_for(lambda s: all(len(received(s).get(c, [])) == 11 for c in alive), 15)
+        got = received(stream)
+        for channel in alive:
+            assert got[channel] == [f"{channel} {i}" for i in range(len(channels))
+                                    if channels[i] == channel] + [
+                f"{channel} {i}" for i, p in enumerate(plan) if p == channel]
+    finally:
+        cluster.stop()
 
 
 def test_raw_publish_reaches_subscribers_on_every_shard(redis_cluster, start_gateway, open_stream):
