@@ -417,3 +417,69 @@ def test_cluster_names_carry_the_channel_as_hash_tag_and_single_redis_names_are_
     assert args == ["sse-gateway/live/{a}", "{}", "sse-gateway/live/{b}", "{}", 10, 1000,
                     "checked"]
     assert slot_of("chat") == key_slot(keys[0].replace("{a}", "{chat}").encode())
+
+
+CLUSTER_PASSWORD = "cl-SECRET-5b3e"
+
+
+def test_a_cluster_with_a_password_serves_publishes_and_resumes_and_never_shows_it(
+        start_gateway, open_stream):
+    cluster = RedisCluster(password=CLUSTER_PASSWORD)  # replicas sync with --masterauth
+    try:
+        cluster.start()
+        channels = channels_on_every_shard(cluster, 1, stem="locked")
+        gateway = cluster_gateway(start_gateway, cluster, "--log-level", "debug")
+        stream = open_stream(events_url(gateway, channels))
+        publisher = Publisher(cluster.url, cluster=True)
+        for channel in channels:
+            assert gateway.publish(channel, {"data": f"{channel} 0"}).status_code == 200
+            assert publisher.publish(channel, f"{channel} 1")["receivers"] == 1
+        batch = [{"channel": c, "data": f"{c} 2"} for c in channels]
+        assert len(requests.post(f"{gateway.url}/publish/", json=batch, timeout=10)
+                   .json()["ids"]) == len(channels)
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "publish", channels[0], f"{channels[0]} 3",
+             "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "SSE_GATEWAY_REDIS_URL": cluster.url})
+        assert done.returncode == 0, done.stderr
+        stream.wait_events(3 * len(channels) + 1, 10)
+        expected = {c: [f"{c} {n}" for n in range(3)] for c in channels}
+        expected[channels[0]].append(f"{channels[0]} 3")
+        assert received(stream) == expected
+        # Resumed on a gateway that keeps no events in memory: read from the cluster's history.
+        reader = cluster_gateway(start_gateway, cluster, "--recent-events", "0")
+        first = stream.events[len(channels) - 1]
+        resumed = open_stream(events_url(reader, channels), {"Last-Event-ID": first.last_event_id})
+        rest = stream.events[len(channels):]
+        resumed.wait_events(len(rest), 10)
+        assert by_channel(resumed.events) == by_channel(rest)
+        assert health(reader)["history_from_broker"] >= 1
+        shown = [requests.get(g.url + path, timeout=5).text
+                 for g in (gateway, reader) for path in ("/healthz", "/status", "/metrics")]
+        for text in shown + [gateway.log(), reader.log()]:
+            assert CLUSTER_PASSWORD not in text
+        assert "SECRET" not in gateway.log()
+
+        # A wrong password, or none: the gateway does not start, and says why.
+        for url, why in ((cluster.url_with("wrong-SECRET-77"), "refused them: "),
+                         (cluster.url_with(None), "ask for a password (requirepass), and none")):
+            served = subprocess.run(
+                [sys.executable, "-m", "gateway", "serve", "--port", "0", "--redis-url", url,
+                 "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert served.returncode == 1, served.stderr
+            last = served.stderr.strip().splitlines()[-1]
+            assert last.startswith("sse-gateway serve: the Redis Cluster refused the "
+                                   "credentials of --redis-url ("), served.stderr
+            assert why in last and "redis://:PASSWORD@host:port" in last
+            assert "SECRET" not in served.stderr
+            # So do the publishers.
+            with pytest.raises(PublishError, match="refused the credentials of the URL"):
+                Publisher(url, cluster=True, timeout=2)
+            published = subprocess.run(
+                [sys.executable, "-m", "gateway", "publish", channels[0], "x", "--redis-url", url,
+                 "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert published.returncode == 1
+            assert "refused the credentials of the URL" in published.stderr, published.stderr
+            assert "SECRET" not in published.stderr
+    finally:
+        cluster.stop()

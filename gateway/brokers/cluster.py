@@ -41,10 +41,10 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 from redis.retry import Retry
 
 from .. import redis_schema
-from ..cluster_nodes import cluster_client, connection_settings
+from ..cluster_nodes import cluster_client, connection_settings, credentials_refused
 from ..ids import ZERO, EventId
 from ..message import Message
-from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
+from .base import BrokerRefused, BrokerUnavailable, MessageSink, PublishResult, ResyncSink
 from .publishing import Job, Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import Slots
@@ -105,6 +105,7 @@ class ClusterBroker(StreamsBroker):
         self._publishes: Dict[Address, Publishes] = {}
         self._map_lock = gevent.lock.Semaphore()
         self._ready = gevent.event.Event()
+        self._refused = gevent.event.Event()  # the seed nodes refused the URL's credentials
         self._starter: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._failure: Optional[str] = "the cluster's slot map is not read yet"
@@ -135,8 +136,16 @@ class ClusterBroker(StreamsBroker):
                     socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
                     retry=Retry(NoBackoff(), 0))
             except (RedisError, RedisClusterException) as error:
-                self._failure = f"no seed node of the Redis Cluster answered: {error}"
-                log.warning("%s; trying again in %.2f s", self._failure, delay)
+                refusal = credentials_refused(self._urls, CONNECT_TIMEOUT)
+                if refusal is not None:
+                    self._failure = (f"the Redis Cluster refused the credentials of --redis-url "
+                                     f"({refusal}): give the nodes' password as "
+                                     f"redis://:PASSWORD@host:port")
+                    log.error("%s; trying again in %.2f s", self._failure, delay)
+                    self._refused.set()
+                else:
+                    self._failure = f"no seed node of the Redis Cluster answered: {error}"
+                    log.warning("%s; trying again in %.2f s", self._failure, delay)
                 gevent.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, BACKOFF_CAP)
         self._failure = None
@@ -155,7 +164,10 @@ class ClusterBroker(StreamsBroker):
             self._cluster_client.close()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
+        gevent.wait([self._ready, self._refused], timeout, count=1)
+        if not self._ready.is_set() and self._refused.is_set():
+            raise BrokerRefused(self._failure)
+        return self._ready.is_set()
 
     @property
     def connected(self) -> bool:
