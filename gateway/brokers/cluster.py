@@ -71,6 +71,7 @@ Address = Tuple[str, int]
 class _Run(NamedTuple):
     """One slot's run of the publish script, queued on its master's publish connection."""
 
+    slot: int
     indices: List[int]  # of the messages it publishes, in their order
     keys: List[str]
     args: List[Any]
@@ -103,6 +104,10 @@ class ClusterBroker(StreamsBroker):
         self._shards: Dict[Address, _Shard] = {}
         self._owner: Dict[str, _Shard] = {}  # subscribed channel -> the shard it is on
         self._publishes: Dict[Address, Publishes] = {}
+        # Slot -> its master's publishes, as the slot map said when first asked (redis-py's
+        # look-up costs more than the rest of a publish's routing): forgotten when the map is
+        # read again, and a slot's when a publish there is answered MOVED.
+        self._slot_publishes: Dict[int, Publishes] = {}
         self._map_lock = gevent.lock.Semaphore()
         self._ready = gevent.event.Event()
         self._refused = gevent.event.Event()  # the seed nodes refused the URL's credentials
@@ -205,19 +210,22 @@ class ClusterBroker(StreamsBroker):
         results. The shards' runs are in flight at once, each shard's with its queue."""
         items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
         mine = self._remember(messages, items)
+        slots_of: Dict[str, int] = {}  # a batch names few channels, each many times
         by_slot: Dict[int, List[int]] = {}
         for index, (channel, _) in enumerate(items):
-            by_slot.setdefault(self._slot_of(channel), []).append(index)
+            slot = slots_of.get(channel)
+            if slot is None:
+                slot = slots_of[channel] = self._slot_of(channel)
+            by_slot.setdefault(slot, []).append(index)
         runs: List[_Run] = []
         try:
-            slots = self._client.nodes_manager
             for slot, indices in by_slot.items():
                 keys, args = redis_schema.publish_many_args(
                     self._prefix, [items[i] for i in indices], self._max_length,
                     self._max_age_ms, checked=True, cluster=True)
-                node = slots.get_node_from_slot(slot)
-                publishes = self._publishes_at((node.host, node.port))
-                runs.append(_Run(indices, keys, args, publishes, publishes.submit(keys, args)))
+                publishes = self._slot_publishes.get(slot) or self._publishes_of(slot)
+                runs.append(_Run(slot, indices, keys, args, publishes,
+                                 publishes.submit(keys, args)))
         except (BrokerUnavailable, RedisError, RedisClusterException) as error:
             failure = self._failed(error, mine)
             # What was queued already is published all the same.
@@ -245,10 +253,12 @@ class ClusterBroker(StreamsBroker):
     def _reply(self, run: "_Run") -> Any:
         try:
             return run.publishes.wait(run.job)
-        except AskError:
+        except AskError as error:
             # Not run: the slot moved (MOVED) or is moving (ASK). The cluster client follows
             # both, ASKING the importing node for a key that already went there, and learns a
             # MOVED slot's owner (the next publishes go there).
+            if isinstance(error, MovedError):
+                self._slot_publishes.pop(run.slot, None)
             with self._slot():
                 return self._client.eval(redis_schema.PUBLISH_SCRIPT, len(run.keys), *run.keys,
                                          *run.args)
@@ -263,6 +273,11 @@ class ClusterBroker(StreamsBroker):
         self._refresh_later()
         return BrokerUnavailable(f"the Redis Cluster refused or did not answer the publish: "
                                  f"{error}")
+
+    def _publishes_of(self, slot: int) -> Publishes:
+        node = self._client.nodes_manager.get_node_from_slot(slot)
+        publishes = self._slot_publishes[slot] = self._publishes_at((node.host, node.port))
+        return publishes
 
     def _publishes_at(self, address: Address) -> Publishes:
         publishes = self._publishes.get(address)
@@ -388,6 +403,7 @@ class ClusterBroker(StreamsBroker):
                 client.nodes_manager.initialize()
             except (RedisError, RedisClusterException) as error:
                 log.warning("could not read the Redis Cluster's slot map: %s", error)
+            self._slot_publishes.clear()
 
     def _refresh_later(self) -> None:
         if not self._map_lock.locked():
