@@ -163,6 +163,12 @@ def reads_processed(masters: Dict[int, redis.Redis]) -> Dict[int, int]:
     return {port: node.info("stats")["total_reads_processed"] for port, node in masters.items()}
 
 
+def moved_answers(cluster: RedisCluster, port: int) -> int:
+    """How many MOVED redirections the node on `port` has answered."""
+    errors = cluster.node(port).info("errorstats")
+    return errors.get("errorstat_MOVED", {}).get("count", 0)
+
+
 def pipelined(gateway, plan: List[str]):
     """Publish `plan`'s channels in turn, the data naming the channel and the index, as
     requests pipelined on one connection; their answers, in order."""
@@ -224,6 +230,11 @@ def test_pipelined_publishes_to_a_slot_that_moved_are_sent_to_its_new_master_in_
             f"{moving} {i}" for i, p in enumerate(plan) if p == moving]
         assert [entry_id.decode() for entry_id, _ in stored] == [
             body["id"] for _, _, body in answers if body["channel"] == moving]
+        # The gateway has learnt where the slot is: the next ones go there at once.
+        moved = moved_answers(redis_cluster, source)
+        assert moved > 0
+        assert [status for status, _, _ in pipelined(gateway, [moving] * 10)] == [200] * 10
+        assert moved_answers(redis_cluster, source) == moved
     finally:
         redis_cluster.migrate_slot(slot, source)
 
