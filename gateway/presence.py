@@ -10,6 +10,12 @@ share drops out of every answer at most three intervals after its last write. On
 cleanly removes its hash at once. Ids whose hash has expired are removed from the set by
 whoever reads it.
 
+On a Redis Cluster the same keys carry a hash tag, `<prefix>{sse-gateway:presence}` and
+`<prefix>{sse-gateway:presence}:<process id>`, so that they are all in one slot: a beat stays
+one transaction, and a reader finds every process's share on one master, in one round trip.
+That master does all of the fleet's presence work, which is one small transaction per process
+and interval, and what `GET /channels` reads.
+
 With the embedded broker the gateway is one process, and its hub answers alone.
 """
 
@@ -27,6 +33,7 @@ from .hub import Hub
 log = logging.getLogger(__name__)
 
 KEY = "sse-gateway:presence"
+CLUSTER_KEY = "{sse-gateway:presence}"  # one hash slot for them all
 # A field in every process's hash, so that a process with no subscribers is still seen alive.
 # No channel name contains "/".
 ALIVE = "/"
@@ -70,14 +77,15 @@ class LocalPresence:
 
 
 class RedisPresence(LocalPresence):
-    """Presence summed over every gateway process on the same Redis and prefix."""
+    """Presence summed over every gateway process on the same Redis (or Redis Cluster) and
+    prefix."""
 
     def __init__(self, hub: Hub, endpoint: RedisEndpoint, prefix: str, interval: float) -> None:
         super().__init__(hub)
         self._client = endpoint.client(socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT,
                                        max_connections=4)
-        self._set = prefix + KEY
-        self._prefix = prefix + KEY + ":"
+        self._set = prefix + (CLUSTER_KEY if endpoint.cluster else KEY)
+        self._prefix = self._set + ":"
         self._own = self._prefix + self.id
         self._ttl_ms = int(interval * EXPIRY_INTERVALS * 1000)
         self._written: Optional[Dict[str, int]] = None  # what the last beat wrote

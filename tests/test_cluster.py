@@ -15,6 +15,7 @@ from conftest import ROOT, health, wait_until
 from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
 from test_http_hostile import connect
+from test_operations import presence
 from test_publish_pipelined import message, publish_request, read_answers
 
 from gateway import Publisher
@@ -428,6 +429,32 @@ def test_cluster_names_carry_the_channel_as_hash_tag_and_single_redis_names_are_
     assert args == ["sse-gateway/live/{a}", "{}", "sse-gateway/live/{b}", "{}", 10, 1000,
                     "checked"]
     assert slot_of("chat") == key_slot(keys[0].replace("{a}", "{chat}").encode())
+
+
+def test_presence_is_summed_over_every_gateway_on_the_cluster(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 1, stem="here")
+    first, second = [cluster_gateway(start_gateway, redis_cluster, "--presence-interval", "0.5")
+                     for _ in range(2)]
+    for gateway, names in ((first, channels), (first, channels[:1]), (second, channels)):
+        open_stream(events_url(gateway, names))
+    both = {c: {"channel": c, "subscribers": 3 if c == channels[0] else 2, "processes": 2}
+            for c in channels}
+    for gateway in (first, second):
+        wait_until(lambda g=gateway: all(presence(g, c) == both[c] for c in channels), 10,
+                   message="presence to count both gateways")
+    listed = requests.get(f"{second.url}/channels", timeout=5).json()
+    assert listed["processes"] == 2
+    assert {entry["channel"]: entry for entry in listed["channels"]} == both
+    # On one slot, whatever the prefix: every gateway's presence is on one master.
+    slots = {key_slot(key) for port in redis_cluster.master_ports()
+             for key in redis_cluster.node(port).keys("*presence*")}
+    assert len(slots) == 1, slots
+    assert second.stop() == 0
+    alone = {c: {"channel": c, "subscribers": 2 if c == channels[0] else 1, "processes": 1}
+             for c in channels}
+    wait_until(lambda: all(presence(first, c) == alone[c] for c in channels), 10,
+               message="the stopped gateway to leave presence")
 
 
 CLUSTER_PASSWORD = "cl-SECRET-5b3e"
