@@ -11,7 +11,8 @@ from typing import Dict, List
 import pytest
 import redis
 import requests
-from conftest import ROOT, health, wait_until
+from child_processes import die_with_parent
+from conftest import ROOT, free_port, health, wait_until
 from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
 from test_http_hostile import connect
@@ -455,6 +456,36 @@ def test_presence_is_summed_over_every_gateway_on_the_cluster(
              for c in channels}
     wait_until(lambda: all(presence(first, c) == alone[c] for c in channels), 10,
                message="the stopped gateway to leave presence")
+
+
+def test_a_gateway_started_before_its_cluster_serves_once_the_cluster_is_up(tmp_path):
+    cluster = RedisCluster(replicas=0)
+    port = free_port()
+    with open(tmp_path / "gateway.log", "wb") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--redis-url",
+             cluster.url, "--redis-cluster", "--presence-interval", "0.5"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+    url = f"http://127.0.0.1:{port}"
+
+    def status() -> int:
+        assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+        try:
+            return requests.get(url + "/healthz", timeout=2).status_code
+        except requests.RequestException:
+            return 0
+
+    try:
+        # Up without its cluster (nothing answers on the seeds' ports): unavailable, not gone.
+        assert wait_until(lambda: status() == 503, 15, message="the gateway to answer 503")
+        cluster.start()
+        wait_until(lambda: status() == 200, 30, message="the gateway to reach the cluster")
+        answer = wait_until(lambda: requests.get(url + "/channels", timeout=5), 10)
+        assert answer.status_code == 200 and answer.json()["processes"] == 1, answer.text
+    finally:
+        gateway.kill()
+        gateway.wait(10)
+        cluster.stop()
 
 
 CLUSTER_PASSWORD = "cl-SECRET-5b3e"

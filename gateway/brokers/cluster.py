@@ -232,7 +232,7 @@ class ClusterBroker(StreamsBroker):
             return lambda: self._results(runs, len(items), mine, failure)
         return lambda: self._results(runs, len(items), mine)
 
-    def _results(self, runs: List["_Run"], count: int, mine: List[Tuple[str, bytes]],
+    def _results(self, runs: List[_Run], count: int, mine: List[Tuple[str, bytes]],
                  failure: Optional[Exception] = None) -> List[PublishResult]:
         """Every run's results in the messages' order; raises the first failure once every
         run is answered (the slots that were published stay published)."""
@@ -240,7 +240,7 @@ class ClusterBroker(StreamsBroker):
         for run in runs:
             try:
                 reply = self._reply(run)
-            except (RedisError, RedisClusterException, OSError) as error:
+            except (BrokerUnavailable, RedisError, RedisClusterException, OSError) as error:
                 failure = failure or self._failed(error, mine)
                 continue
             for index, (event_id, receivers) in zip(run.indices,
@@ -250,7 +250,7 @@ class ClusterBroker(StreamsBroker):
             raise failure
         return results
 
-    def _reply(self, run: "_Run") -> Any:
+    def _reply(self, run: _Run) -> Any:
         try:
             return run.publishes.wait(run.job)
         except AskError as error:
