@@ -184,6 +184,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     secrets = logs.secrets_of(config.publish_tokens, config.redis_url)
     logs.configure(level, config.log_format, config.workers,
                    secrets + (config.redis.secrets if config.redis else []))
+    from .brokers import BrokerRefused
     from .listener import ListenError
 
     try:
@@ -192,7 +193,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
             return supervise(config, _run_worker)
         _run(config, reuse_port=False)
-    except ListenError as error:
+    except (ListenError, BrokerRefused) as error:
         print(f"sse-gateway serve: {error}", file=sys.stderr)
         return 1
     return 0

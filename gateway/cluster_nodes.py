@@ -1,7 +1,11 @@
 """A Redis Cluster's seed nodes, as --redis-url names them (comma-separated URLs), and a
-redis-py RedisCluster client on them; no gevent here, so publishers use it too."""
+redis-py RedisCluster client on them; no gevent here, so publishers use it too.
 
-from typing import Any, Dict, List
+Every node is connected with the settings of the first URL (its password, TLS...): the nodes of
+a cluster share their `requirepass`, and the nodes a seed names carry no settings of their own.
+"""
+
+from typing import Any, Dict, List, Optional
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -21,13 +25,43 @@ def connection_settings(urls: str) -> Dict[str, Any]:
     return settings
 
 
-def cluster_client(urls: str, **options: Any) -> RedisCluster:
-    """A RedisCluster client on the seed nodes of `urls`; raises RedisError or
-    RedisClusterException when none answers."""
+def _client_settings(urls: str) -> Dict[str, Any]:
+    """connection_settings as a client takes them."""
     settings = connection_settings(urls)
     connection_class = settings.pop("connection_class", redis.Connection)
     if connection_class is not redis.Connection:
         settings["ssl"] = True  # rediss://
-    nodes = [ClusterNode(parsed.get("host", "127.0.0.1"), int(parsed.get("port", 6379)))
-             for parsed in map(parse_url, seeds(urls))]
-    return RedisCluster(startup_nodes=nodes, **settings, **options)
+    return settings
+
+
+def _addresses(urls: str) -> List[ClusterNode]:
+    return [ClusterNode(parsed.get("host", "127.0.0.1"), int(parsed.get("port", 6379)))
+            for parsed in map(parse_url, seeds(urls))]
+
+
+def cluster_client(urls: str, **options: Any) -> RedisCluster:
+    """A RedisCluster client on the seed nodes of `urls`; raises RedisError or
+    RedisClusterException when none answers."""
+    return RedisCluster(startup_nodes=_addresses(urls), **_client_settings(urls), **options)
+
+
+def credentials_refused(urls: str, timeout: float) -> Optional[str]:
+    """Why the first seed node that answers refuses the credentials of `urls` (a wrong
+    password, or none given to a node that asks for one), None if it takes them or none
+    answers. RedisCluster reports either as a node it could not reach: ask one directly."""
+    settings = _client_settings(urls)
+    for node in _addresses(urls):
+        client = redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
+                             socket_connect_timeout=timeout, **settings)
+        try:
+            client.ping()
+        except redis.AuthenticationError as error:
+            if settings.get("password") is None:
+                return "the nodes ask for a password (requirepass), and none is given"
+            return f"the node {node.name} refused them: {error}"
+        except redis.RedisError:
+            continue
+        finally:
+            client.close()
+        return None
+    return None

@@ -37,9 +37,7 @@ class Operations:
         self._interval = config.presence_interval
         self.metrics = Metrics(hub, broker, multiprocess=config.workers > 1)
         redis, prefix = config.redis, config.prefix
-        # On a Redis Cluster, GET /channels counts this process's subscribers only.
-        self.presence = create_presence(hub, None if redis is not None and redis.cluster
-                                        else redis, prefix, config.presence_interval)
+        self.presence = create_presence(hub, redis, prefix, config.presence_interval)
         if redis is not None:
             def resolve() -> str:
                 return shared_channel(redis, prefix)

@@ -10,6 +10,12 @@ share drops out of every answer at most three intervals after its last write. On
 cleanly removes its hash at once. Ids whose hash has expired are removed from the set by
 whoever reads it.
 
+On a Redis Cluster the same keys carry a hash tag, `<prefix>{sse-gateway:presence}` and
+`<prefix>{sse-gateway:presence}:<process id>`, so that they are all in one slot: a beat stays
+one transaction, and a reader finds every process's share on one master, in one round trip.
+That master does all of the fleet's presence work, which is one small transaction per process
+and interval, and what `GET /channels` reads.
+
 With the embedded broker the gateway is one process, and its hub answers alone.
 """
 
@@ -17,7 +23,7 @@ import logging
 import os
 import secrets
 import socket
-from typing import Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from redis.exceptions import RedisError
 
@@ -27,6 +33,7 @@ from .hub import Hub
 log = logging.getLogger(__name__)
 
 KEY = "sse-gateway:presence"
+CLUSTER_KEY = "{sse-gateway:presence}"  # one hash slot for them all
 # A field in every process's hash, so that a process with no subscribers is still seen alive.
 # No channel name contains "/".
 ALIVE = "/"
@@ -70,18 +77,28 @@ class LocalPresence:
 
 
 class RedisPresence(LocalPresence):
-    """Presence summed over every gateway process on the same Redis and prefix."""
+    """Presence summed over every gateway process on the same Redis (or Redis Cluster) and
+    prefix."""
 
     def __init__(self, hub: Hub, endpoint: RedisEndpoint, prefix: str, interval: float) -> None:
         super().__init__(hub)
-        self._client = endpoint.client(socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT,
-                                       max_connections=4)
-        self._set = prefix + KEY
-        self._prefix = prefix + KEY + ":"
+        self._endpoint = endpoint
+        self._redis: Optional[Any] = None
+        self._set = prefix + (CLUSTER_KEY if endpoint.cluster else KEY)
+        self._prefix = self._set + ":"
         self._own = self._prefix + self.id
         self._ttl_ms = int(interval * EXPIRY_INTERVALS * 1000)
         self._written: Optional[Dict[str, int]] = None  # what the last beat wrote
         self._failing = False
+
+    @property
+    def _client(self) -> Any:
+        """The client, made on first use: a cluster's connects (and raises RedisError when no
+        node answers), which must not keep the gateway from starting."""
+        if self._redis is None:
+            self._redis = self._endpoint.client(socket_timeout=_TIMEOUT,
+                                                socket_connect_timeout=_TIMEOUT, max_connections=4)
+        return self._redis
 
     def beat(self) -> None:
         """Write this process's share, and keep it alive for three more intervals."""
@@ -107,14 +124,16 @@ class RedisPresence(LocalPresence):
         self._written = counts
 
     def stop(self) -> None:
+        if self._redis is None:
+            return  # never written
         try:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._own)
                 pipe.srem(self._set, self.id)
                 pipe.execute()
         except RedisError:
             pass  # it expires on its own
-        self._client.close()
+        self._redis.close()
 
     def channel(self, name: str) -> ChannelPresence:
         shares = [count for others in self._others(name) for count in others.values()]

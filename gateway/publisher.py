@@ -92,6 +92,12 @@ class Publisher:
             try:
                 client = endpoint.client(socket_connect_timeout=timeout, socket_timeout=timeout)
             except redis.RedisError as error:  # a cluster's nodes are asked at once
+                from .cluster_nodes import credentials_refused
+
+                refusal = credentials_refused(url, timeout)
+                if refusal is not None:
+                    raise PublishError(f"the Redis Cluster refused the credentials of the URL "
+                                       f"({refusal})") from None
                 raise PublishError(f"no node of the Redis Cluster answered: {error}") from None
             self._client = client
             self._script = client.register_script(redis_schema.PUBLISH_SCRIPT)

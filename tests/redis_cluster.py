@@ -31,8 +31,14 @@ def cluster_port() -> int:
 
 
 class RedisCluster:
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, full_coverage: bool = True,
+                 password: Optional[str] = None) -> None:
+        """`full_coverage`: whether the nodes refuse every command while a slot has no master
+        (Redis's default), else they serve the slots that have one. `password`: every node
+        asks its clients for it (requirepass), and replicas give it to their masters."""
         self.size = masters * (1 + replicas)
+        self.full_coverage = full_coverage
+        self.password = password
         self.masters = masters
         self.replicas = replicas
         self.ports = [cluster_port() for _ in range(self.size)]
@@ -42,7 +48,12 @@ class RedisCluster:
     @property
     def url(self) -> str:
         """Two seed nodes, as --redis-url takes them."""
-        return ",".join(f"redis://127.0.0.1:{port}" for port in self.ports[:2])
+        return self.url_with(self.password)
+
+    def url_with(self, password: Optional[str]) -> str:
+        """The seed nodes' URL with `password` in it (none if None)."""
+        auth = f":{password}@" if password is not None else ""
+        return ",".join(f"redis://{auth}127.0.0.1:{port}" for port in self.ports[:2])
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -52,13 +63,18 @@ class RedisCluster:
             self.procs[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", f"{self.dir}/nodes-{port}.conf",
-                 "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
-                 "--dir", self.dir, "--protected-mode", "no"],
+                 "--cluster-node-timeout", "1000",
+                 "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
+                 "--save", "", "--appendonly", "no",
+                 "--dir", self.dir, "--protected-mode", "no",
+                 *(["--requirepass", self.password, "--masterauth", self.password]
+                   if self.password is not None else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         for port in self.ports:
             wait_until(lambda p=port: self._pings(p), 10, message=f"redis-server :{port} to start")
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+            ["redis-cli", *(["-a", self.password, "--no-auth-warning"] if self.password else []),
+             "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
             preexec_fn=die_with_parent())
@@ -73,7 +89,8 @@ class RedisCluster:
             return False
 
     def node(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=2)
+        return redis.Redis(port=port, password=self.password, socket_timeout=5,
+                           socket_connect_timeout=2)
 
     def alive(self) -> List[int]:
         return [port for port, proc in self.procs.items() if proc.poll() is None]

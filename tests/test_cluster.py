@@ -11,9 +11,13 @@ from typing import Dict, List
 import pytest
 import redis
 import requests
-from conftest import ROOT, health, wait_until
+from child_processes import die_with_parent
+from conftest import ROOT, free_port, health, wait_until
 from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
+from test_http_hostile import connect
+from test_operations import presence
+from test_publish_pipelined import message, publish_request, read_answers
 
 from gateway import Publisher
 from gateway.publisher import PublishError
@@ -153,6 +157,120 @@ def test_events_spread_over_every_shard_arrive_once_in_order_over_few_connection
         assert sum(connections.values()) == 3, connections
         assert all(n <= 1 for n in connections.values()), connections
         assert all(connections[port] == 1 for port in redis_cluster.master_ports())
+
+
+def reads_processed(masters: Dict[int, redis.Redis]) -> Dict[int, int]:
+    """Master port -> the reads of its clients' sockets it has made so far (connected already,
+    so that asking adds one read: the question)."""
+    return {port: node.info("stats")["total_reads_processed"] for port, node in masters.items()}
+
+
+def moved_answers(cluster: RedisCluster, port: int) -> int:
+    """How many MOVED redirections the node on `port` has answered."""
+    errors = cluster.node(port).info("errorstats")
+    return errors.get("errorstat_MOVED", {}).get("count", 0)
+
+
+def pipelined(gateway, plan: List[str]):
+    """Publish `plan`'s channels in turn, the data naming the channel and the index, as
+    requests pipelined on one connection; their answers, in order."""
+    burst = b"".join(publish_request(c, message(f"{c} {i}")) for i, c in enumerate(plan))
+    with connect(gateway.port) as sock:
+        sock.sendall(burst)
+        return read_answers(sock, len(plan))
+
+
+def test_pipelined_publishes_share_a_round_trip_per_master_and_keep_each_channels_order(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 2, stem="pipe")
+    gateway = cluster_gateway(start_gateway, redis_cluster)
+    stream = open_stream(events_url(gateway, channels))
+    plan = [channels[i % len(channels)] for i in range(90)]
+    masters = {port: redis_cluster.node(port) for port in redis_cluster.master_ports()}
+    before = reads_processed(masters)
+    answers = pipelined(gateway, plan)
+    after = reads_processed(masters)
+    assert [(status, body["channel"]) for status, _, body in answers] == [(200, c) for c in plan]
+    stream.wait_events(len(plan), 15)
+    expected = {c: [f"{c} {i}" for i, p in enumerate(plan) if p == c] for c in channels}
+    assert received(stream) == expected
+    # Each answer's id is its event's: the stream's cursor holds it for the event's channel.
+    ids = {f"{body['channel']} {i}": body["id"] for i, (_, _, body) in enumerate(answers)}
+    assert all(f"{event.data.split()[0]}={ids[event.data]}" in event.last_event_id.split(",")
+               for event in stream.events)
+    # 30 publishes per master: one at a time, each is a read of its own for the master (36
+    # were seen so); here those that arrived together leave together, a few writes per master
+    # (8 seen; a replica's acknowledgements and these INFO commands are reads too).
+    for port in masters:
+        assert after[port] - before[port] < 15, (port, after[port] - before[port])
+        masters[port].close()
+
+
+def test_pipelined_publishes_to_a_slot_that_moved_are_sent_to_its_new_master_in_order(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 1, stem="moving")
+    moving, others = channels[0], channels[1:]
+    slot = slot_of(moving)
+    source = redis_cluster.master_of(slot)
+    target = next(p for p in redis_cluster.master_ports() if p != source)
+    gateway = cluster_gateway(start_gateway, redis_cluster)
+    # Nobody here reads the moving channel, so nothing tells the gateway that its slot moves:
+    # its publishes go where the slot map says, the source, which answers MOVED.
+    stream = open_stream(events_url(gateway, others))
+    redis_cluster.migrate_slot(slot, target)
+    try:
+        plan = [moving, moving, others[0], moving, others[1]] * 8
+        answers = pipelined(gateway, plan)
+        assert [(status, body.get("channel")) for status, _, body in answers] == [
+            (200, c) for c in plan], gateway.log()[-3000:]
+        stream.wait_events(len(plan) - plan.count(moving), 15)
+        assert received(stream) == {
+            c: [f"{c} {i}" for i, p in enumerate(plan) if p == c] for c in others}
+        # Stored where the slot is now, in their order, under the ids they were answered with.
+        stored = redis_cluster.node(target).xrange(f"sse-gateway:history:{{{moving}}}")
+        assert [json.loads(fields[b"m"])["data"] for _, fields in stored] == [
+            f"{moving} {i}" for i, p in enumerate(plan) if p == moving]
+        assert [entry_id.decode() for entry_id, _ in stored] == [
+            body["id"] for _, _, body in answers if body["channel"] == moving]
+        # The gateway has learnt where the slot is: the next ones go there at once.
+        moved = moved_answers(redis_cluster, source)
+        assert moved > 0
+        assert [status for status, _, _ in pipelined(gateway, [moving] * 10)] == [200] * 10
+        assert moved_answers(redis_cluster, source) == moved
+    finally:
+        redis_cluster.migrate_slot(slot, source)
+
+
+def test_a_dead_master_fails_only_the_pipelined_publishes_of_its_slots(
+        start_gateway, open_stream):
+    # No replicas, and the other masters keep serving their slots without it.
+    cluster = RedisCluster(replicas=0, full_coverage=False)
+    try:
+        cluster.start()
+        channels = channels_on_every_shard(cluster, 1, stem="dead")
+        victim = cluster.master_of(slot_of(channels[0]))
+        gateway = cluster_gateway(start_gateway, cluster)
+        stream = open_stream(events_url(gateway, channels))
+        assert all(s == 200 for s, _, _ in pipelined(gateway, channels))  # connections made
+        stream.wait_events(len(channels), 10)
+        cluster.kill(victim)
+        plan = channels * 10
+        answers = pipelined(gateway, plan)
+        for (status, _, body), channel in zip(answers, plan):
+            if channel == channels[0]:
+                assert status == 503 and body["error"] == "broker unavailable", body
+                assert "nothing was published" in body["detail"]
+            else:
+                assert (status, body["channel"]) == (200, channel), body
+        alive = [c for c in channels if c != channels[0]]
+        stream.wait_for(lambda s: all(len(received(s).get(c, [])) == 11 for c in alive), 15)
+        got = received(stream)
+        for channel in alive:
+            assert got[channel] == [f"{channel} {i}" for i in range(len(channels))
+                                    if channels[i] == channel] + [
+                f"{channel} {i}" for i, p in enumerate(plan) if p == channel]
+    finally:
+        cluster.stop()
 
 
 def test_raw_publish_reaches_subscribers_on_every_shard(redis_cluster, start_gateway, open_stream):
@@ -312,3 +430,125 @@ def test_cluster_names_carry_the_channel_as_hash_tag_and_single_redis_names_are_
     assert args == ["sse-gateway/live/{a}", "{}", "sse-gateway/live/{b}", "{}", 10, 1000,
                     "checked"]
     assert slot_of("chat") == key_slot(keys[0].replace("{a}", "{chat}").encode())
+
+
+def test_presence_is_summed_over_every_gateway_on_the_cluster(
+        redis_cluster, start_gateway, open_stream):
+    channels = channels_on_every_shard(redis_cluster, 1, stem="here")
+    first, second = [cluster_gateway(start_gateway, redis_cluster, "--presence-interval", "0.5")
+                     for _ in range(2)]
+    for gateway, names in ((first, channels), (first, channels[:1]), (second, channels)):
+        open_stream(events_url(gateway, names))
+    both = {c: {"channel": c, "subscribers": 3 if c == channels[0] else 2, "processes": 2}
+            for c in channels}
+    for gateway in (first, second):
+        wait_until(lambda g=gateway: all(presence(g, c) == both[c] for c in channels), 10,
+                   message="presence to count both gateways")
+    listed = requests.get(f"{second.url}/channels", timeout=5).json()
+    assert listed["processes"] == 2
+    assert {entry["channel"]: entry for entry in listed["channels"]} == both
+    # On one slot, whatever the prefix: every gateway's presence is on one master.
+    slots = {key_slot(key) for port in redis_cluster.master_ports()
+             for key in redis_cluster.node(port).keys("*presence*")}
+    assert len(slots) == 1, slots
+    assert second.stop() == 0
+    alone = {c: {"channel": c, "subscribers": 2 if c == channels[0] else 1, "processes": 1}
+             for c in channels}
+    wait_until(lambda: all(presence(first, c) == alone[c] for c in channels), 10,
+               message="the stopped gateway to leave presence")
+
+
+def test_a_gateway_started_before_its_cluster_serves_once_the_cluster_is_up(tmp_path):
+    cluster = RedisCluster(replicas=0)
+    port = free_port()
+    with open(tmp_path / "gateway.log", "wb") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--redis-url",
+             cluster.url, "--redis-cluster", "--presence-interval", "0.5"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+    url = f"http://127.0.0.1:{port}"
+
+    def status() -> int:
+        assert gateway.poll() is None, (tmp_path / "gateway.log").read_text()
+        try:
+            return requests.get(url + "/healthz", timeout=2).status_code
+        except requests.RequestException:
+            return 0
+
+    try:
+        # Up without its cluster (nothing answers on the seeds' ports): unavailable, not gone.
+        assert wait_until(lambda: status() == 503, 15, message="the gateway to answer 503")
+        cluster.start()
+        wait_until(lambda: status() == 200, 30, message="the gateway to reach the cluster")
+        answer = wait_until(lambda: requests.get(url + "/channels", timeout=5), 10)
+        assert answer.status_code == 200 and answer.json()["processes"] == 1, answer.text
+    finally:
+        gateway.kill()
+        gateway.wait(10)
+        cluster.stop()
+
+
+CLUSTER_PASSWORD = "cl-SECRET-5b3e"
+
+
+def test_a_cluster_with_a_password_serves_publishes_and_resumes_and_never_shows_it(
+        start_gateway, open_stream):
+    cluster = RedisCluster(password=CLUSTER_PASSWORD)  # replicas sync with --masterauth
+    try:
+        cluster.start()
+        channels = channels_on_every_shard(cluster, 1, stem="locked")
+        gateway = cluster_gateway(start_gateway, cluster, "--log-level", "debug")
+        stream = open_stream(events_url(gateway, channels))
+        publisher = Publisher(cluster.url, cluster=True)
+        for channel in channels:
+            assert gateway.publish(channel, {"data": f"{channel} 0"}).status_code == 200
+            assert publisher.publish(channel, f"{channel} 1")["receivers"] == 1
+        batch = [{"channel": c, "data": f"{c} 2"} for c in channels]
+        assert len(requests.post(f"{gateway.url}/publish/", json=batch, timeout=10)
+                   .json()["ids"]) == len(channels)
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "publish", channels[0], f"{channels[0]} 3",
+             "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "SSE_GATEWAY_REDIS_URL": cluster.url})
+        assert done.returncode == 0, done.stderr
+        stream.wait_events(3 * len(channels) + 1, 10)
+        expected = {c: [f"{c} {n}" for n in range(3)] for c in channels}
+        expected[channels[0]].append(f"{channels[0]} 3")
+        assert received(stream) == expected
+        # Resumed on a gateway that keeps no events in memory: read from the cluster's history.
+        reader = cluster_gateway(start_gateway, cluster, "--recent-events", "0")
+        first = stream.events[len(channels) - 1]
+        resumed = open_stream(events_url(reader, channels), {"Last-Event-ID": first.last_event_id})
+        rest = stream.events[len(channels):]
+        resumed.wait_events(len(rest), 10)
+        assert by_channel(resumed.events) == by_channel(rest)
+        assert health(reader)["history_from_broker"] >= 1
+        shown = [requests.get(g.url + path, timeout=5).text
+                 for g in (gateway, reader) for path in ("/healthz", "/status", "/metrics")]
+        for text in shown + [gateway.log(), reader.log()]:
+            assert CLUSTER_PASSWORD not in text
+        assert "SECRET" not in gateway.log()
+
+        # A wrong password, or none: the gateway does not start, and says why.
+        for url, why in ((cluster.url_with("wrong-SECRET-77"), "refused them: "),
+                         (cluster.url_with(None), "ask for a password (requirepass), and none")):
+            served = subprocess.run(
+                [sys.executable, "-m", "gateway", "serve", "--port", "0", "--redis-url", url,
+                 "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert served.returncode == 1, served.stderr
+            last = served.stderr.strip().splitlines()[-1]
+            assert last.startswith("sse-gateway serve: the Redis Cluster refused the "
+                                   "credentials of --redis-url ("), served.stderr
+            assert why in last and "redis://:PASSWORD@host:port" in last
+            assert "SECRET" not in served.stderr
+            # So do the publishers.
+            with pytest.raises(PublishError, match="refused the credentials of the URL"):
+                Publisher(url, cluster=True, timeout=2)
+            published = subprocess.run(
+                [sys.executable, "-m", "gateway", "publish", channels[0], "x", "--redis-url", url,
+                 "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert published.returncode == 1
+            assert "refused the credentials of the URL" in published.stderr, published.stderr
+            assert "SECRET" not in published.stderr
+    finally:
+        cluster.stop()

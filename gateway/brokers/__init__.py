@@ -2,11 +2,19 @@
 
 from typing import Optional
 
-from .base import Broker, BrokerUnavailable, History, MessageSink, PublishResult, ResyncSink
+from .base import (
+    Broker,
+    BrokerRefused,
+    BrokerUnavailable,
+    History,
+    MessageSink,
+    PublishResult,
+    ResyncSink,
+)
 from .endpoints import RedisEndpoint
 
-__all__ = ["Broker", "BrokerUnavailable", "History", "MessageSink", "PublishResult",
-           "RedisEndpoint", "ResyncSink", "create_broker"]
+__all__ = ["Broker", "BrokerRefused", "BrokerUnavailable", "History", "MessageSink",
+           "PublishResult", "RedisEndpoint", "ResyncSink", "create_broker"]
 
 
 def create_broker(redis: Optional[RedisEndpoint], prefix: str, history_length: int,

@@ -18,6 +18,10 @@ class BrokerUnavailable(Exception):
     """The broker cannot be reached now; the text says what failed."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """The broker refuses the gateway's settings (its credentials): retrying will not help."""
+
+
 @dataclass(frozen=True)
 class PublishResult:
     event_id: EventId
@@ -58,7 +62,8 @@ class Broker(ABC):
     def stop(self) -> None: ...
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait (at most `timeout` seconds) until subscribers can be served; whether they can."""
+        """Wait (at most `timeout` seconds) until subscribers can be served; whether they can.
+        Raises BrokerRefused when the broker will never serve them with these settings."""
         return True
 
     def delivering(self) -> bool:

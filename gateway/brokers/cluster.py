@@ -16,16 +16,19 @@ and, once confirmed, its gap is filled from history exactly as RedisBroker does 
 reconnect (streams.py): the events it missed are delivered in order, the live duplicates are
 dropped by id, and HistoryLost goes out only when history itself lacks them.
 
-Publishes and history reads go through redis-py's RedisCluster, which routes by key and
-follows MOVED and ASK; a publish runs the script once per slot of its events (concurrently
-for several slots, each over the owner's publish connection, see publishing.py), so a batch
-is atomic per slot.
+A publish runs the script once per slot of its events, so a batch is atomic per slot: each
+run is queued on the publish connection of the master that owns the slot (publishing.py), where
+the runs of concurrent and pipelined publishes leave together, one write and one round trip per
+master at a time, the masters' in flight at once. A channel is one slot, on one master, in one
+queue: its publishes keep their order. A run answered MOVED or ASK was not run; it is sent again
+through redis-py's RedisCluster, which follows both (as history reads do) and learns the new
+owner, when its result is taken. A master that does not answer fails only the runs queued on it.
 """
 
 import logging
 import os
 import random
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import gevent
 import gevent.event
@@ -38,11 +41,11 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 from redis.retry import Retry
 
 from .. import redis_schema
-from ..cluster_nodes import cluster_client, connection_settings
+from ..cluster_nodes import cluster_client, connection_settings, credentials_refused
 from ..ids import ZERO, EventId
 from ..message import Message
-from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
-from .publishing import Publishes
+from .base import BrokerRefused, BrokerUnavailable, MessageSink, PublishResult, ResyncSink
+from .publishing import Job, Publishes
 from .shared_reads import ChannelRead, SharedReads
 from .slots import Slots
 from .streams import (
@@ -63,6 +66,17 @@ log = logging.getLogger(__name__)
 PUBSUB_NAME = "sse-gateway-pubsub"
 
 Address = Tuple[str, int]
+
+
+class _Run(NamedTuple):
+    """One slot's run of the publish script, queued on its master's publish connection."""
+
+    slot: int
+    indices: List[int]  # of the messages it publishes, in their order
+    keys: List[str]
+    args: List[Any]
+    publishes: Publishes
+    job: Job
 
 
 class ClusterBroker(StreamsBroker):
@@ -90,8 +104,13 @@ class ClusterBroker(StreamsBroker):
         self._shards: Dict[Address, _Shard] = {}
         self._owner: Dict[str, _Shard] = {}  # subscribed channel -> the shard it is on
         self._publishes: Dict[Address, Publishes] = {}
+        # Slot -> its master's publishes, as the slot map said when first asked (redis-py's
+        # look-up costs more than the rest of a publish's routing): forgotten when the map is
+        # read again, and a slot's when a publish there is answered MOVED.
+        self._slot_publishes: Dict[int, Publishes] = {}
         self._map_lock = gevent.lock.Semaphore()
         self._ready = gevent.event.Event()
+        self._refused = gevent.event.Event()  # the seed nodes refused the URL's credentials
         self._starter: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._failure: Optional[str] = "the cluster's slot map is not read yet"
@@ -122,8 +141,16 @@ class ClusterBroker(StreamsBroker):
                     socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
                     retry=Retry(NoBackoff(), 0))
             except (RedisError, RedisClusterException) as error:
-                self._failure = f"no seed node of the Redis Cluster answered: {error}"
-                log.warning("%s; trying again in %.2f s", self._failure, delay)
+                refusal = credentials_refused(self._urls, CONNECT_TIMEOUT)
+                if refusal is not None:
+                    self._failure = (f"the Redis Cluster refused the credentials of --redis-url "
+                                     f"({refusal}): give the nodes' password as "
+                                     f"redis://:PASSWORD@host:port")
+                    log.error("%s; trying again in %.2f s", self._failure, delay)
+                    self._refused.set()
+                else:
+                    self._failure = f"no seed node of the Redis Cluster answered: {error}"
+                    log.warning("%s; trying again in %.2f s", self._failure, delay)
                 gevent.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, BACKOFF_CAP)
         self._failure = None
@@ -142,7 +169,10 @@ class ClusterBroker(StreamsBroker):
             self._cluster_client.close()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
+        gevent.wait([self._ready, self._refused], timeout, count=1)
+        if not self._ready.is_set() and self._refused.is_set():
+            raise BrokerRefused(self._failure)
+        return self._ready.is_set()
 
     @property
     def connected(self) -> bool:
@@ -167,53 +197,87 @@ class ClusterBroker(StreamsBroker):
 
     # -- publishing and history -------------------------------------------------------------
 
+    def publish_later(self, message: Message) -> Callable[[], PublishResult]:
+        wait = self._submit((message,))
+        return lambda: wait()[0]
+
     def publish_many(self, messages: Sequence[Message]) -> List[PublishResult]:
+        return self._submit(messages)()
+
+    def _submit(self, messages: Sequence[Message]) -> Callable[[], List[PublishResult]]:
+        """Queue one run of the script per slot of `messages`, each on the publish connection
+        of the slot's master (behind the runs queued there before it); what waits for the
+        results. The shards' runs are in flight at once, each shard's with its queue."""
         items = [(message.channel, message.to_json().encode("utf-8")) for message in messages]
         mine = self._remember(messages, items)
+        slots_of: Dict[str, int] = {}  # a batch names few channels, each many times
         by_slot: Dict[int, List[int]] = {}
         for index, (channel, _) in enumerate(items):
-            by_slot.setdefault(self._slot_of(channel), []).append(index)
-        results: List[Any] = [None] * len(items)
+            slot = slots_of.get(channel)
+            if slot is None:
+                slot = slots_of[channel] = self._slot_of(channel)
+            by_slot.setdefault(slot, []).append(index)
+        runs: List[_Run] = []
         try:
-            if len(by_slot) == 1:
-                for slot, indices in by_slot.items():
-                    self._publish_slot(slot, indices, items, results)
-            else:
-                greenlets = [gevent.spawn(self._publish_slot, slot, indices, items, results)
-                             for slot, indices in by_slot.items()]
-                gevent.joinall(greenlets)
-                for greenlet in greenlets:
-                    if greenlet.exception is not None:
-                        raise greenlet.exception
-        except ResponseError as error:
-            self._forget(mine)
-            raise publish_refused(error, "the Redis Cluster") from None
-        except (RedisError, RedisClusterException, OSError) as error:
-            self._forget(mine)
-            self._refresh_later()
-            raise BrokerUnavailable("the Redis Cluster refused or did not answer the publish: "
-                                    f"{error}") from None
+            for slot, indices in by_slot.items():
+                keys, args = redis_schema.publish_many_args(
+                    self._prefix, [items[i] for i in indices], self._max_length,
+                    self._max_age_ms, checked=True, cluster=True)
+                publishes = self._slot_publishes.get(slot) or self._publishes_of(slot)
+                runs.append(_Run(slot, indices, keys, args, publishes,
+                                 publishes.submit(keys, args)))
+        except (BrokerUnavailable, RedisError, RedisClusterException) as error:
+            failure = self._failed(error, mine)
+            # What was queued already is published all the same.
+            return lambda: self._results(runs, len(items), mine, failure)
+        return lambda: self._results(runs, len(items), mine)
+
+    def _results(self, runs: List[_Run], count: int, mine: List[Tuple[str, bytes]],
+                 failure: Optional[Exception] = None) -> List[PublishResult]:
+        """Every run's results in the messages' order; raises the first failure once every
+        run is answered (the slots that were published stay published)."""
+        results: List[Any] = [None] * count
+        for run in runs:
+            try:
+                reply = self._reply(run)
+            except (BrokerUnavailable, RedisError, RedisClusterException, OSError) as error:
+                failure = failure or self._failed(error, mine)
+                continue
+            for index, (event_id, receivers) in zip(run.indices,
+                                                    redis_schema.parse_publish_many_reply(reply)):
+                results[index] = PublishResult(event_id, receivers)
+        if failure is not None:
+            raise failure
         return results
 
-    def _publish_slot(self, slot: int, indices: List[int], items: List[Tuple[str, bytes]],
-                      results: List[Any]) -> None:
-        """One script call: the events of one slot, in their order."""
-        keys, args = redis_schema.publish_many_args(
-            self._prefix, [items[i] for i in indices], self._max_length, self._max_age_ms,
-            checked=True, cluster=True)
-        node = self._client.nodes_manager.get_node_from_slot(slot)
+    def _reply(self, run: _Run) -> Any:
         try:
-            reply = self._publishes_at((node.host, node.port)).run(keys, args)
+            return run.publishes.wait(run.job)
         except AskError as error:
             # Not run: the slot moved (MOVED) or is moving (ASK). The cluster client follows
-            # both, ASKING the importing node for a key that already went there.
+            # both, ASKING the importing node for a key that already went there, and learns a
+            # MOVED slot's owner (the next publishes go there).
             if isinstance(error, MovedError):
-                self._client.nodes_manager.update_moved_exception(error)
+                self._slot_publishes.pop(run.slot, None)
             with self._slot():
-                reply = self._client.eval(redis_schema.PUBLISH_SCRIPT, len(keys), *keys, *args)
-        for index, (event_id, receivers) in zip(indices,
-                                                redis_schema.parse_publish_many_reply(reply)):
-            results[index] = PublishResult(event_id, receivers)
+                return self._client.eval(redis_schema.PUBLISH_SCRIPT, len(run.keys), *run.keys,
+                                         *run.args)
+
+    def _failed(self, error: Exception, mine: List[Tuple[str, bytes]]) -> Exception:
+        """What a publish that failed with `error` raises."""
+        self._forget(mine)
+        if isinstance(error, BrokerUnavailable):
+            return error
+        if isinstance(error, ResponseError):
+            return publish_refused(error, "the Redis Cluster")
+        self._refresh_later()
+        return BrokerUnavailable(f"the Redis Cluster refused or did not answer the publish: "
+                                 f"{error}")
+
+    def _publishes_of(self, slot: int) -> Publishes:
+        node = self._client.nodes_manager.get_node_from_slot(slot)
+        publishes = self._slot_publishes[slot] = self._publishes_at((node.host, node.port))
+        return publishes
 
     def _publishes_at(self, address: Address) -> Publishes:
         publishes = self._publishes.get(address)
@@ -303,10 +367,9 @@ class ClusterBroker(StreamsBroker):
         self._owner[channel] = shard
         shard.take(channel)
 
-    def _moved(self, channels: List[str], address: Address, error: MovedError) -> None:
+    def _moved(self, channels: List[str], address: Address) -> None:
         """The node asked answered MOVED for these channels' slot: subscribe them where it says."""
-        if self._cluster_client is not None:
-            self._cluster_client.nodes_manager.update_moved_exception(error)
+        self._refresh_later()
         if channels:
             gevent.spawn(self._move, channels, address)
 
@@ -340,6 +403,7 @@ class ClusterBroker(StreamsBroker):
                 client.nodes_manager.initialize()
             except (RedisError, RedisClusterException) as error:
                 log.warning("could not read the Redis Cluster's slot map: %s", error)
+            self._slot_publishes.clear()
 
     def _refresh_later(self) -> None:
         if not self._map_lock.locked():
@@ -503,7 +567,7 @@ class _Shard:
             except MovedError as error:
                 moved = [c for c in channels if self.broker._slot_of(c) == error.slot_id]
                 pending.difference_update(self._names(c)[1] for c in moved)
-                self.broker._moved(moved, (error.host, int(error.port)), error)
+                self.broker._moved(moved, (error.host, int(error.port)))
                 continue
             kind = reply[0]
             if kind in (b"message", b"smessage"):
@@ -576,7 +640,7 @@ class _Shard:
 
     def _on_moved(self, error: MovedError) -> None:
         moved = [c for c in self.channels if self.broker._slot_of(c) == error.slot_id]
-        self.broker._moved(moved, (error.host, int(error.port)), error)
+        self.broker._moved(moved, (error.host, int(error.port)))
 
     def _drop(self) -> None:
         connection, self.connection = self.connection, None
