@@ -62,6 +62,8 @@ class Client:
     cursor: str = ""
     connections: int = 0  # streams that answered 200
     failures: List[str] = field(default_factory=list)  # why each attempt ended, for the report
+    # Each 200 stream, for the report: (url, the Last-Event-ID sent, index of its first event).
+    streams: List[Tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def subscribed(self) -> bool:
@@ -95,6 +97,7 @@ class Client:
                 self.failures.append(f"status {stream.status}")
                 return False
             self.connections += 1
+            self.streams.append((url, self.cursor, len(self.received)))
             seen, last_byte, taken = 0, time.monotonic(), 0
             try:
                 while not self.stop.is_set():
@@ -199,6 +202,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
     args = ("--redis-url", server.url, "--heartbeat", "1", "--history-length", str(HISTORY),
             "--rotate-seconds", "1.5", "--shutdown-timeout", "2")
     gateways = [start_gateway(*args), start_gateway(*args)]
+    every_gateway = list(gateways)  # the killed one too, for the report
     native = [f"{g.url}/events/{CHANNEL}" for g in gateways]
     padded = [f"{url}?transport=stream" for url in native]
     stop = threading.Event()
@@ -210,6 +214,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
     pinned_to_first = [c for c in clients if c.urls == native[:1]]
     threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
     publisher = CountingPublisher(server.url)
+    phases: List[Tuple[str, int]] = []  # each fault and the next event number, for the report
     try:
         for thread in threads:
             thread.start()
@@ -227,18 +232,22 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         # A gateway killed, and started again on its port: its clients resume there, the
         # rotating ones on the other gateway meanwhile.
         connections = [c.connections for c in pinned_to_first]
+        phases.append(("gateway SIGKILL", publisher.attempted))
         gateways[0].proc.kill()
         gateways[0].proc.wait(10)
         publisher.wait_acked_after(publisher.last_acked() + 10)  # published while it is down
         gateways[0] = start_gateway(*args, port=gateways[0].port)
+        every_gateway.append(gateways[0])
         caught_up("a gateway's SIGKILL")
         assert all(c.connections > n for c, n in zip(pinned_to_first, connections))
 
         # Redis drops both gateways' pub/sub connections: they reconnect and read the gap.
+        phases.append(("CLIENT KILL", publisher.attempted))
         assert server.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 2
         caught_up("CLIENT KILL TYPE pubsub")
 
         # Redis crashes and comes back from its append-only file: nothing acknowledged is lost.
+        phases.append(("Redis crash", publisher.attempted))
         crash(server)
         down_at = publisher.attempted
         wait_until(lambda: publisher.attempted >= down_at + 5, 10,
@@ -251,6 +260,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         before = publisher.last_acked()
         wait_until(lambda: all(c.last_seq() >= before for c in clients), CATCH_UP,
                    message="every client to have every event before the loss")
+        phases.append(("Redis crash, empty restart", publisher.attempted))
         crash(server)
         server.start()  # the defaults: no append-only file, so nothing is loaded
         boundary = publisher.attempted
@@ -263,8 +273,34 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
             thread.join(10)
 
     acked = dict(publisher.acked)
-    for index, client in enumerate(clients):
-        check_client(index, client, acked, boundary, publisher.attempted)
+    try:
+        for index, client in enumerate(clients):
+            check_client(index, client, acked, boundary, publisher.attempted)
+    except AssertionError as error:
+        logs = "\n".join(f"--- gateway {g.url} (pid {g.proc.pid}), log tail:\n{g.log()[-6000:]}"
+                         for g in every_gateway)
+        raise AssertionError(f"{error}\nfaults at: {phases}\n{logs}") from None
+
+
+def story(client: Client, acked: Dict[int, str]) -> str:
+    """What each of the client's streams was asked for and gave, for the report: the
+    Last-Event-ID it sent (with the event of that id) and what it received, in runs."""
+    by_id = {event_id: seq for seq, event_id in acked.items()}
+    lines = []
+    ends = [start for _, _, start in client.streams[1:]] + [len(client.received)]
+    for (url, cursor, start), end in zip(client.streams, ends):
+        runs: List[str] = []
+        for item in client.received[start:end]:
+            if item.seq is None:
+                runs.append(f"reset({item.reason})")
+            elif runs and runs[-1].split("-")[-1].isdigit() \
+                    and int(runs[-1].split("-")[-1]) == item.seq - 1:
+                runs[-1] = f"{runs[-1].split('-')[0]}-{item.seq}"
+            else:
+                runs.append(str(item.seq))
+        asked = f"{cursor} (event {by_id.get(cursor, '?')})" if cursor else "-"
+        lines.append(f"  {url} Last-Event-ID {asked}: {', '.join(runs) or 'nothing'}")
+    return "\n".join(lines)
 
 
 def check_client(index: int, client: Client, acked: Dict[int, str], boundary: int,
@@ -275,11 +311,12 @@ def check_client(index: int, client: Client, acked: Dict[int, str], boundary: in
     resets = [n for n, item in enumerate(client.received) if item.seq is None]
     where = f"client {index} ({client.urls}; {client.connections} connections; last " \
             f"failures {client.failures[-3:]})"
-    assert all(a < b for a, b in zip(seqs, seqs[1:])), \
-        f"{where}: events out of order or repeated: {seqs}"
-    assert set(seqs) <= set(range(attempted)), f"{where}: events never published"
     missing = sorted(set(acked) - set(seqs))
-    assert not missing, f"{where}: acknowledged events never received: {missing}"
+    assert not missing, f"{where}: acknowledged events never received: {missing}; its " \
+        f"streams:\n{story(client, acked)}"
+    assert all(a < b for a, b in zip(seqs, seqs[1:])), \
+        f"{where}: events out of order or repeated; its streams:\n{story(client, acked)}"
+    assert set(seqs) <= set(range(attempted)), f"{where}: events never published"
     wrong = [(item.seq, item.event_id) for item in client.received
              if item.seq in acked and item.event_id != acked[item.seq]]
     assert not wrong, f"{where}: events under another id than Redis gave them: {wrong}"
