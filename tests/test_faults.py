@@ -373,6 +373,50 @@ def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, 
         admin.execute_command("ACL", "DELUSER", "gateway")
 
 
+def test_a_cursor_past_a_shared_read_is_not_taken_for_lost_history(start_gateway, redis_db):
+    """A gateway whose pub/sub connection is down answers resumes from Redis, sharing a read
+    for a second. A client that got an event published after that read (from another
+    gateway) resumes here: the read cannot tell whether its cursor is past the end of
+    history, so it is read again. Taken from the read, the cursor looked past the end: the
+    client was told history was lost, set back to the last event this gateway had, and sent
+    that event again when the connection came back."""
+    admin = redis_db.client
+    admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*", "+@all")
+    try:
+        gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
+                                f"{redis_db.port}/0", "--heartbeat", "1")
+        url = f"{gateway.url}/events/{CHANNEL}"
+        publisher = Publisher(redis_db.url)
+
+        def healthy() -> bool:
+            return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
+
+        with Stream(url) as older:
+            older.wait_for(subscribed)
+            first = publisher.publish(CHANNEL, "one")["id"]
+            older.wait_events(1)
+            admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            wait_until(lambda: not healthy(), 10, message="the gateway to lose pub/sub")
+            # Read from Redis while history ends at "one"; shared for a second from now.
+            with Stream(url, headers={"Last-Event-ID": first}) as reader:
+                reader.wait_for(subscribed)
+            second = publisher.publish(CHANNEL, "two")["id"]
+            with Stream(url, headers={"Last-Event-ID": second}) as resumed:
+                resumed.wait_for(subscribed)
+                opened = [(e.type, e.data) for e in resumed.events], resumed.parser.last_event_id
+                admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
+                wait_until(healthy, 15, message="the gateway's pub/sub to come back")
+                publisher.publish(CHANNEL, "three")
+                for stream in (older, resumed):
+                    stream.wait_for(lambda s: s.events and s.events[-1].data == "three")
+                assert opened == ([], second)  # no reset; its position is where it was
+                assert [(e.type, e.data) for e in resumed.events] == [("message", "three")]
+            assert [e.data for e in older.events] == ["one", "two", "three"]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "gateway")
+
+
 @pytest.mark.parametrize("position, bounds, lost", [
     ((5, 0), HistoryBounds(exists=True, first=(20, 0), last=(30, 0)), True),  # recreated
     ((25, 0), HistoryBounds(exists=True, first=(20, 0), last=(30, 0)), False),  # resumed from it
