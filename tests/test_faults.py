@@ -266,6 +266,11 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         boundary = publisher.attempted
         publisher.resume()
         caught_up("a Redis restart without persistence")
+        # Every client gets the events acknowledged since, before it stops reading.
+        publisher.close()
+        last = publisher.last_acked()
+        wait_until(lambda: all(c.last_seq() >= last for c in clients), CATCH_UP,
+                   message=f"every client to have the last event acknowledged, {last}")
     finally:
         publisher.close()
         stop.set()
