@@ -31,7 +31,7 @@ from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher, PublishError
 from gateway.ids import HistoryBounds
-from gateway.message import HistoryLost
+from gateway.message import HistoryLost, Message
 from gateway.redis_schema import history_key
 
 CLIENTS = 20
@@ -420,6 +420,30 @@ def test_a_cursor_past_a_shared_read_is_not_taken_for_lost_history(start_gateway
             assert [e.data for e in older.events] == ["one", "two", "three"]
     finally:
         admin.execute_command("ACL", "DELUSER", "gateway")
+
+
+def test_a_shared_read_does_not_answer_a_cursor_past_what_it_saw():
+    """In process, with a scripted reader: the read a request shares ended before the
+    request's cursor (an event published since); it reads again, and finds no gap."""
+    from gateway.brokers.shared_reads import ChannelRead, SharedReads
+
+    history = [Message("c", "one", event_id=(1, 0))]
+    reads = []
+
+    def read(positions, limit):
+        reads.append(dict(positions))
+        snapshot = [m for m in history if m.event_id > positions["c"]]
+        bounds = HistoryBounds(True, history[0].event_id, history[-1].event_id)
+        return {"c": ChannelRead(snapshot, [], True, bounds)}
+
+    # This process delivered nothing after "one" yet (its pub/sub connection is down).
+    shared = SharedReads(read, {"c": (1, 0)}.get)
+    first, _ = shared.history({"c": (1, 0)})
+    assert (first["c"].messages, first["c"].gap) == ([], False)
+    history.append(Message("c", "two", event_id=(2, 0)))  # another gateway delivered it
+    answer, _ = shared.history({"c": (2, 0)})
+    assert (answer["c"].messages, answer["c"].gap) == ([], False)
+    assert reads == [{"c": (1, 0)}, {"c": (2, 0)}]
 
 
 @pytest.mark.parametrize("position, bounds, lost", [
