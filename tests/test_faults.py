@@ -31,7 +31,7 @@ from sse_client import Stream, StreamClosed, subscribed
 
 from gateway import Publisher, PublishError
 from gateway.ids import HistoryBounds
-from gateway.message import HistoryLost
+from gateway.message import HistoryLost, Message
 from gateway.redis_schema import history_key
 
 CLIENTS = 20
@@ -62,6 +62,8 @@ class Client:
     cursor: str = ""
     connections: int = 0  # streams that answered 200
     failures: List[str] = field(default_factory=list)  # why each attempt ended, for the report
+    # Each 200 stream, for the report: (url, the Last-Event-ID sent, index of its first event).
+    streams: List[Tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def subscribed(self) -> bool:
@@ -95,6 +97,7 @@ class Client:
                 self.failures.append(f"status {stream.status}")
                 return False
             self.connections += 1
+            self.streams.append((url, self.cursor, len(self.received)))
             seen, last_byte, taken = 0, time.monotonic(), 0
             try:
                 while not self.stop.is_set():
@@ -199,6 +202,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
     args = ("--redis-url", server.url, "--heartbeat", "1", "--history-length", str(HISTORY),
             "--rotate-seconds", "1.5", "--shutdown-timeout", "2")
     gateways = [start_gateway(*args), start_gateway(*args)]
+    every_gateway = list(gateways)  # the killed one too, for the report
     native = [f"{g.url}/events/{CHANNEL}" for g in gateways]
     padded = [f"{url}?transport=stream" for url in native]
     stop = threading.Event()
@@ -210,6 +214,7 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
     pinned_to_first = [c for c in clients if c.urls == native[:1]]
     threads = [threading.Thread(target=client.run, daemon=True) for client in clients]
     publisher = CountingPublisher(server.url)
+    phases: List[Tuple[str, int]] = []  # each fault and the next event number, for the report
     try:
         for thread in threads:
             thread.start()
@@ -227,18 +232,22 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         # A gateway killed, and started again on its port: its clients resume there, the
         # rotating ones on the other gateway meanwhile.
         connections = [c.connections for c in pinned_to_first]
+        phases.append(("gateway SIGKILL", publisher.attempted))
         gateways[0].proc.kill()
         gateways[0].proc.wait(10)
         publisher.wait_acked_after(publisher.last_acked() + 10)  # published while it is down
         gateways[0] = start_gateway(*args, port=gateways[0].port)
+        every_gateway.append(gateways[0])
         caught_up("a gateway's SIGKILL")
         assert all(c.connections > n for c, n in zip(pinned_to_first, connections))
 
         # Redis drops both gateways' pub/sub connections: they reconnect and read the gap.
+        phases.append(("CLIENT KILL", publisher.attempted))
         assert server.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 2
         caught_up("CLIENT KILL TYPE pubsub")
 
         # Redis crashes and comes back from its append-only file: nothing acknowledged is lost.
+        phases.append(("Redis crash", publisher.attempted))
         crash(server)
         down_at = publisher.attempted
         wait_until(lambda: publisher.attempted >= down_at + 5, 10,
@@ -251,11 +260,19 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
         before = publisher.last_acked()
         wait_until(lambda: all(c.last_seq() >= before for c in clients), CATCH_UP,
                    message="every client to have every event before the loss")
+        phases.append(("Redis crash, empty restart", publisher.attempted))
         crash(server)
         server.start()  # the defaults: no append-only file, so nothing is loaded
         boundary = publisher.attempted
         publisher.resume()
         caught_up("a Redis restart without persistence")
+        # Every client gets the events acknowledged since, before it stops reading.
+        publisher.close()
+        last = publisher.last_acked()
+        try:
+            wait_until(lambda: all(c.last_seq() >= last for c in clients), CATCH_UP)
+        except AssertionError:
+            pass  # the checks below say which events each client lacks, and how it got here
     finally:
         publisher.close()
         stop.set()
@@ -263,8 +280,34 @@ def test_every_acknowledged_event_reaches_every_client_once_in_order_through_fau
             thread.join(10)
 
     acked = dict(publisher.acked)
-    for index, client in enumerate(clients):
-        check_client(index, client, acked, boundary, publisher.attempted)
+    try:
+        for index, client in enumerate(clients):
+            check_client(index, client, acked, boundary, publisher.attempted)
+    except AssertionError as error:
+        logs = "\n".join(f"--- gateway {g.url} (pid {g.proc.pid}), log tail:\n{g.log()[-6000:]}"
+                         for g in every_gateway)
+        raise AssertionError(f"{error}\nfaults at: {phases}\n{logs}") from None
+
+
+def story(client: Client, acked: Dict[int, str]) -> str:
+    """What each of the client's streams was asked for and gave, for the report: the
+    Last-Event-ID it sent (with the event of that id) and what it received, in runs."""
+    by_id = {event_id: seq for seq, event_id in acked.items()}
+    lines = []
+    ends = [start for _, _, start in client.streams[1:]] + [len(client.received)]
+    for (url, cursor, start), end in zip(client.streams, ends):
+        runs: List[str] = []
+        for item in client.received[start:end]:
+            if item.seq is None:
+                runs.append(f"reset({item.reason})")
+            elif runs and runs[-1].split("-")[-1].isdigit() \
+                    and int(runs[-1].split("-")[-1]) == item.seq - 1:
+                runs[-1] = f"{runs[-1].split('-')[0]}-{item.seq}"
+            else:
+                runs.append(str(item.seq))
+        asked = f"{cursor} (event {by_id.get(cursor, '?')})" if cursor else "-"
+        lines.append(f"  {url} Last-Event-ID {asked}: {', '.join(runs) or 'nothing'}")
+    return "\n".join(lines)
 
 
 def check_client(index: int, client: Client, acked: Dict[int, str], boundary: int,
@@ -275,11 +318,12 @@ def check_client(index: int, client: Client, acked: Dict[int, str], boundary: in
     resets = [n for n, item in enumerate(client.received) if item.seq is None]
     where = f"client {index} ({client.urls}; {client.connections} connections; last " \
             f"failures {client.failures[-3:]})"
-    assert all(a < b for a, b in zip(seqs, seqs[1:])), \
-        f"{where}: events out of order or repeated: {seqs}"
-    assert set(seqs) <= set(range(attempted)), f"{where}: events never published"
     missing = sorted(set(acked) - set(seqs))
-    assert not missing, f"{where}: acknowledged events never received: {missing}"
+    assert not missing, f"{where}: acknowledged events never received: {missing}; its " \
+        f"streams:\n{story(client, acked)}"
+    assert all(a < b for a, b in zip(seqs, seqs[1:])), \
+        f"{where}: events out of order or repeated; its streams:\n{story(client, acked)}"
+    assert set(seqs) <= set(range(attempted)), f"{where}: events never published"
     wrong = [(item.seq, item.event_id) for item in client.received
              if item.seq in acked and item.event_id != acked[item.seq]]
     assert not wrong, f"{where}: events under another id than Redis gave them: {wrong}"
@@ -334,6 +378,74 @@ def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, 
                 ("message", "new 1"), ("message", "new 2"), ("message", "after")]
     finally:
         admin.execute_command("ACL", "DELUSER", "gateway")
+
+
+def test_a_cursor_past_a_shared_read_is_not_taken_for_lost_history(start_gateway, redis_db):
+    """A gateway whose pub/sub connection is down answers resumes from Redis, sharing a read
+    for a second. A client that got an event published after that read (from another
+    gateway) resumes here: the read cannot tell whether its cursor is past the end of
+    history, so it is read again. Taken from the read, the cursor looked past the end: the
+    client was told history was lost, set back to the last event this gateway had, and sent
+    that event again when the connection came back."""
+    admin = redis_db.client
+    admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*", "+@all")
+    try:
+        gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
+                                f"{redis_db.port}/0", "--heartbeat", "1")
+        url = f"{gateway.url}/events/{CHANNEL}"
+        publisher = Publisher(redis_db.url)
+
+        def healthy() -> bool:
+            return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
+
+        with Stream(url) as older:
+            older.wait_for(subscribed)
+            first = publisher.publish(CHANNEL, "one")["id"]
+            older.wait_events(1)
+            admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
+            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+            wait_until(lambda: not healthy(), 10, message="the gateway to lose pub/sub")
+            # Read from Redis while history ends at "one"; shared for a second from now.
+            with Stream(url, headers={"Last-Event-ID": first}) as reader:
+                reader.wait_for(subscribed)
+            second = publisher.publish(CHANNEL, "two")["id"]
+            with Stream(url, headers={"Last-Event-ID": second}) as resumed:
+                resumed.wait_for(subscribed)
+                opened = [(e.type, e.data) for e in resumed.events], resumed.parser.last_event_id
+                admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
+                wait_until(healthy, 15, message="the gateway's pub/sub to come back")
+                publisher.publish(CHANNEL, "three")
+                for stream in (older, resumed):
+                    stream.wait_for(lambda s: s.events and s.events[-1].data == "three")
+                assert opened == ([], second)  # no reset; its position is where it was
+                assert [(e.type, e.data) for e in resumed.events] == [("message", "three")]
+            assert [e.data for e in older.events] == ["one", "two", "three"]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "gateway")
+
+
+def test_a_shared_read_does_not_answer_a_cursor_past_what_it_saw():
+    """In process, with a scripted reader: the read a request shares ended before the
+    request's cursor (an event published since); it reads again, and finds no gap."""
+    from gateway.brokers.shared_reads import ChannelRead, SharedReads
+
+    history = [Message("c", "one", event_id=(1, 0))]
+    reads = []
+
+    def read(positions, limit):
+        reads.append(dict(positions))
+        snapshot = [m for m in history if m.event_id > positions["c"]]
+        bounds = HistoryBounds(True, history[0].event_id, history[-1].event_id)
+        return {"c": ChannelRead(snapshot, [], True, bounds)}
+
+    # This process delivered nothing after "one" yet (its pub/sub connection is down).
+    shared = SharedReads(read, {"c": (1, 0)}.get)
+    first, _ = shared.history({"c": (1, 0)})
+    assert (first["c"].messages, first["c"].gap) == ([], False)
+    history.append(Message("c", "two", event_id=(2, 0)))  # another gateway delivered it
+    answer, _ = shared.history({"c": (2, 0)})
+    assert (answer["c"].messages, answer["c"].gap) == ([], False)
+    assert reads == [{"c": (1, 0)}, {"c": (2, 0)}]
 
 
 @pytest.mark.parametrize("position, bounds, lost", [

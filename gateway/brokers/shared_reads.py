@@ -13,7 +13,10 @@ history must supply are the events delivered before. The broker delivers each ch
 events in id order, so when the last id the read saw in each channel is at or after the last
 id the broker has delivered on it, every event the connection can have missed is in the read.
 A channel that has moved on since fails that check, and the request waits for the next read
-(which the first to find out starts) or, after a few, reads for itself. The several channels
+(which the first to find out starts) or, after a few, reads for itself. So does a request whose
+position is past the last id the read saw (an event published since, that reached the client
+through another gateway): to the read that position is past the end of history, a gap, while
+history holds it now. The several channels
 of one read were read at one instant, and a request shares all of them or none, so replay
 keeps their publish order.
 
@@ -155,6 +158,10 @@ class SharedReads:
             if check:
                 delivered = self._delivered(channel)
                 if delivered is None or delivered > read.bounds.last:
+                    return None
+                if after > read.bounds.last:
+                    # A cursor from an event published since (another gateway sent it): the
+                    # read would call it past the end of history, a gap, where there is none.
                     return None
             served = read.serve(after, limit)
             if served is None:
