@@ -338,90 +338,100 @@ def check_client(index: int, client: Client, acked: Dict[int, str], boundary: in
     assert {client.received[n].reason for n in resets} == {"history-lost"}
 
 
-def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(start_gateway, redis_db):
+class PubsubCut:
+    """A gateway on an ACL user of its own, whose pub/sub connection a test takes away
+    (SUBSCRIBE denied, the connection killed: it cannot come back) and gives back."""
+
+    def __init__(self, start_gateway, redis_db) -> None:
+        self._admin = redis_db.client
+        self._admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*",
+                                    "+@all")
+        self.gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
+                                     f"{redis_db.port}/0", "--heartbeat", "1")
+
+    def healthy(self) -> bool:
+        return requests.get(self.gateway.url + "/healthz", timeout=5).status_code == 200
+
+    def cut(self) -> None:
+        self._admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
+        assert self._admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+        wait_until(lambda: not self.healthy(), 10, message="the gateway to lose pub/sub")
+
+    def restore(self) -> None:
+        self._admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
+        wait_until(self.healthy, 15, message="the gateway's pub/sub to come back")
+
+    def remove(self) -> None:
+        self._admin.execute_command("ACL", "DELUSER", "gateway")
+
+
+@pytest.fixture
+def pubsub(start_gateway, redis_db):
+    cut = PubsubCut(start_gateway, redis_db)
+    try:
+        yield cut
+    finally:
+        cut.remove()
+
+
+def test_a_stream_resumed_after_the_loss_is_not_told_of_it_again(pubsub, redis_db):
     """Redis loses history while a gateway's pub/sub connection is down. A client that resumes
     on that gateway meanwhile, with a cursor from the new history, has lost nothing: when the
     connection comes back, the gateway tells its older streams, and not this one."""
-    admin = redis_db.client
-    admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*", "+@all")
-    try:
-        gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
-                                f"{redis_db.port}/0", "--heartbeat", "1")
-        url = f"{gateway.url}/events/{CHANNEL}"
-        publisher = Publisher(redis_db.url)
+    url = f"{pubsub.gateway.url}/events/{CHANNEL}"
+    publisher = Publisher(redis_db.url)
 
-        def healthy() -> bool:
-            return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
-
-        with Stream(url) as older:
-            older.wait_for(subscribed)
-            publisher.publish(CHANNEL, "before")
-            older.wait_events(1)
-            # Its pub/sub connection goes, and cannot come back while SUBSCRIBE is denied.
-            admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
-            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
-            wait_until(lambda: not healthy(), 10, message="the gateway to lose pub/sub")
-            admin.delete(history_key("", CHANNEL))  # as a restart without persistence
-            first = publisher.publish(CHANNEL, "new 1")["id"]
-            publisher.publish(CHANNEL, "new 2")
-            with Stream(url, headers={"Last-Event-ID": first}) as resumed:
-                resumed.wait_for(subscribed)
-                admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
-                wait_until(healthy, 15, message="the gateway's pub/sub to come back")
-                publisher.publish(CHANNEL, "after")
-                for stream in (older, resumed):
-                    stream.wait_for(lambda s: s.events and s.events[-1].data == "after")
-                assert [e.data for e in resumed.events] == ["new 2", "after"]
-            assert [(e.type, e.data) for e in older.events] == [
-                ("message", "before"),
-                ("gateway-reset", '{"channels":["counted"],"reason":"history-lost"}'),
-                ("message", "new 1"), ("message", "new 2"), ("message", "after")]
-    finally:
-        admin.execute_command("ACL", "DELUSER", "gateway")
+    with Stream(url) as older:
+        older.wait_for(subscribed)
+        publisher.publish(CHANNEL, "before")
+        older.wait_events(1)
+        # Its pub/sub connection goes, and cannot come back while SUBSCRIBE is denied.
+        pubsub.cut()
+        redis_db.client.delete(history_key("", CHANNEL))  # as a restart without persistence
+        first = publisher.publish(CHANNEL, "new 1")["id"]
+        publisher.publish(CHANNEL, "new 2")
+        with Stream(url, headers={"Last-Event-ID": first}) as resumed:
+            resumed.wait_for(subscribed)
+            pubsub.restore()
+            publisher.publish(CHANNEL, "after")
+            for stream in (older, resumed):
+                stream.wait_for(lambda s: s.events and s.events[-1].data == "after")
+            assert [e.data for e in resumed.events] == ["new 2", "after"]
+        assert [(e.type, e.data) for e in older.events] == [
+            ("message", "before"),
+            ("gateway-reset", '{"channels":["counted"],"reason":"history-lost"}'),
+            ("message", "new 1"), ("message", "new 2"), ("message", "after")]
 
 
-def test_a_cursor_past_a_shared_read_is_not_taken_for_lost_history(start_gateway, redis_db):
+def test_a_cursor_past_a_shared_read_is_not_taken_for_lost_history(pubsub, redis_db):
     """A gateway whose pub/sub connection is down answers resumes from Redis, sharing a read
     for a second. A client that got an event published after that read (from another
     gateway) resumes here: the read cannot tell whether its cursor is past the end of
     history, so it is read again. Taken from the read, the cursor looked past the end: the
     client was told history was lost, set back to the last event this gateway had, and sent
     that event again when the connection came back."""
-    admin = redis_db.client
-    admin.execute_command("ACL", "SETUSER", "gateway", "on", ">secret", "~*", "&*", "+@all")
-    try:
-        gateway = start_gateway("--redis-url", f"redis://gateway:secret@127.0.0.1:"
-                                f"{redis_db.port}/0", "--heartbeat", "1")
-        url = f"{gateway.url}/events/{CHANNEL}"
-        publisher = Publisher(redis_db.url)
+    url = f"{pubsub.gateway.url}/events/{CHANNEL}"
+    publisher = Publisher(redis_db.url)
 
-        def healthy() -> bool:
-            return requests.get(gateway.url + "/healthz", timeout=5).status_code == 200
-
-        with Stream(url) as older:
-            older.wait_for(subscribed)
-            first = publisher.publish(CHANNEL, "one")["id"]
-            older.wait_events(1)
-            admin.execute_command("ACL", "SETUSER", "gateway", "-subscribe")
-            assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
-            wait_until(lambda: not healthy(), 10, message="the gateway to lose pub/sub")
-            # Read from Redis while history ends at "one"; shared for a second from now.
-            with Stream(url, headers={"Last-Event-ID": first}) as reader:
-                reader.wait_for(subscribed)
-            second = publisher.publish(CHANNEL, "two")["id"]
-            with Stream(url, headers={"Last-Event-ID": second}) as resumed:
-                resumed.wait_for(subscribed)
-                opened = [(e.type, e.data) for e in resumed.events], resumed.parser.last_event_id
-                admin.execute_command("ACL", "SETUSER", "gateway", "+subscribe")
-                wait_until(healthy, 15, message="the gateway's pub/sub to come back")
-                publisher.publish(CHANNEL, "three")
-                for stream in (older, resumed):
-                    stream.wait_for(lambda s: s.events and s.events[-1].data == "three")
-                assert opened == ([], second)  # no reset; its position is where it was
-                assert [(e.type, e.data) for e in resumed.events] == [("message", "three")]
-            assert [e.data for e in older.events] == ["one", "two", "three"]
-    finally:
-        admin.execute_command("ACL", "DELUSER", "gateway")
+    with Stream(url) as older:
+        older.wait_for(subscribed)
+        first = publisher.publish(CHANNEL, "one")["id"]
+        older.wait_events(1)
+        pubsub.cut()
+        # Read from Redis while history ends at "one"; shared for a second from now.
+        with Stream(url, headers={"Last-Event-ID": first}) as reader:
+            reader.wait_for(subscribed)
+        second = publisher.publish(CHANNEL, "two")["id"]
+        with Stream(url, headers={"Last-Event-ID": second}) as resumed:
+            resumed.wait_for(subscribed)
+            opened = [(e.type, e.data) for e in resumed.events], resumed.parser.last_event_id
+            pubsub.restore()
+            publisher.publish(CHANNEL, "three")
+            for stream in (older, resumed):
+                stream.wait_for(lambda s: s.events and s.events[-1].data == "three")
+            assert opened == ([], second)  # no reset; its position is where it was
+            assert [(e.type, e.data) for e in resumed.events] == [("message", "three")]
+        assert [e.data for e in older.events] == ["one", "two", "three"]
 
 
 def test_a_shared_read_does_not_answer_a_cursor_past_what_it_saw():
