@@ -17,6 +17,11 @@ what each loop turn finds ready, as in the long-poll workload, with the request-
 latency. `--floor` serves the same clients with a bare gevent StreamServer instead, which
 answers every request with a fixed 2-byte JSON response (recv, then sendall): the least an
 answer costs in Python with gevent on this machine, whatever the server does.
+
+With `--held N`, N connections hold a poll each instead, and `--rounds` times one event is
+published, every poll answers with it and polls again, and the round ends once all N are held
+again: the gateway's CPU per held poll answered, and the time from the publish to the last
+answer, with no load but these clients (the gateway only).
 """
 
 from __future__ import annotations
@@ -54,15 +59,7 @@ def free_port() -> int:
 def exchange(sock: socket.socket, request: bytes) -> bytes:
     """Send one request, return its body (the response has a Content-Length)."""
     sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return body
+    return read_body(sock)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,6 +170,57 @@ def paced(port: int, request: bytes, clients: int, rate: float, seconds: float,
             "latency_p50_ms": percentile(0.5), "latency_p99_ms": percentile(0.99)}
 
 
+def held_rounds(port: int, channel_cursor: str, held: int, rounds: int, pid: int) -> dict:
+    """`held` polls answered by one event, `rounds` times (see the module's docstring)."""
+    request = b"GET /poll/bench?timeout=25&lastEventId=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+    publisher = connect(port)
+    body = b'{"data": "x"}'
+    publish = (b"POST /publish/bench HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+               b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    clients = [connect(port) for _ in range(held)]
+    cursor = channel_cursor.encode()
+
+    def all_held() -> None:
+        deadline = time.monotonic() + 30
+        while json.loads(exchange(publisher, health))["subscribers"] < held:
+            if time.monotonic() > deadline:
+                sys.exit("the polls were not held")
+            time.sleep(0.02)  # each look costs the gateway a little: not too often
+
+    for sock in clients:
+        sock.sendall(request % cursor)
+    all_held()
+    spent, answered, lasts = 0.0, 0, []
+    for _ in range(rounds):
+        cpu, start = cpu_seconds(pid), time.monotonic()
+        cursor = json.loads(exchange(publisher, publish))["id"].encode()
+        for sock in clients:
+            answered += len(json.loads(read_body(sock))["events"])
+        lasts.append(time.monotonic() - start)
+        for sock in clients:
+            sock.sendall(request % cursor)
+        all_held()
+        spent += cpu_seconds(pid) - cpu
+    lasts.sort()
+    return {"held": held, "rounds": rounds, "answered": answered,
+            "server_us_per_answer": round(spent / answered * 1e6, 1),
+            "last_answer_ms_median": round(lasts[len(lasts) // 2] * 1000, 2)}
+
+
+def read_body(sock: socket.socket) -> bytes:
+    """The body of the next response on `sock` (one with a Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return body
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", default=str(BENCH.parent), help="the gateway's source tree")
@@ -181,6 +229,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10000.0,
                         help="with --clients: answers per second, in all")
     parser.add_argument("--seconds", type=float, default=5.0, help="with --clients")
+    parser.add_argument("--held", type=int, default=0, help="held polls answered by an event")
+    parser.add_argument("--rounds", type=int, default=20, help="with --held")
     parser.add_argument("--floor", action="store_true",
                         help="measure the bare gevent server, not the gateway")
     parser.add_argument("--python", default=str(BENCH / ".venv" / "bin" / "python"))
@@ -209,7 +259,10 @@ def main() -> None:
             request = (b"GET /poll/bench?timeout=0&lastEventId=%s HTTP/1.1\r\n"
                        b"Host: 127.0.0.1:%d\r\n\r\n" % (event.encode(), port))
         target = {"target": "floor" if args.floor else "sse-gateway", "tree": args.tree}
-        if args.clients > 1:
+        if args.held and not args.floor:
+            sock.close()
+            result = held_rounds(port, event, args.held, args.rounds, gateway.pid)
+        elif args.clients > 1:
             sock.close()
             result = paced(port, request, args.clients, args.rate, args.seconds, gateway.pid)
         else:
