@@ -112,7 +112,7 @@ class Server:
 
 class Connection:
     __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher", "pending",
-                 "held_bytes", "corked", "_direct")
+                 "held_bytes", "corked", "readable", "_direct")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -124,6 +124,7 @@ class Connection:
         self.pending: list = []  # (response, result) held back, in request order (wsgi.py)
         self.held_bytes = 0  # the request bodies behind them
         self.corked: Optional[list] = None  # what send_all collects while answers are flushed
+        self.readable = False  # a Direct's watch saw the client's next bytes (still unread)
         self._direct: Optional[ConnectionDirect] = None
 
     def direct(self) -> "ConnectionDirect":
@@ -139,9 +140,12 @@ class Connection:
             deadline = monotonic() + settings.header_timeout
             while True:
                 request = self.read_head(deadline)
+                self.readable = False
                 if request is None or not respond(self, request) or server.stopping:
                     return
-                if not self.buffer and not self._wait_idle():
+                # Nothing reads the socket between a Direct's watch and here: what it saw is
+                # still there to read, so the wait would end at once.
+                if not self.buffer and not self.readable and not self._wait_idle():
                     return
                 deadline = monotonic() + settings.header_timeout
         except h1.HttpError as error:
@@ -343,7 +347,11 @@ class ConnectionDirect(Direct):
         conn = self.conn
         if conn.watcher is None:
             conn.watcher = conn.server.hub.loop.io(conn.sock.fileno(), 1)
-        conn.watcher.start(readable)
+        conn.watcher.start(self._readable, readable)
+
+    def _readable(self, readable: Callable[[], object]) -> None:
+        self.conn.readable = True
+        readable()
 
     def unwatch(self) -> None:
         if self.conn.watcher is not None:
