@@ -168,7 +168,7 @@ class PollEndpoint:
     def _answer(self, environ: dict, request: PollRequest, origin: Optional[str],
                 headers: endpoint.Headers) -> Tuple[int, Optional[endpoint.Headers], Any]:
         """The answer's status, Content-Type header and body; no header and a `Sent` body for
-        an answer sent from the dispatch."""
+        an answer sent from the event loop."""
         config = self._config
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))

@@ -288,11 +288,14 @@ class _EncodedEvents:
 _ENCODED = _EncodedEvents()
 
 
+ANSWERED = Answer([], "", 0)  # what `collect` returns for a poll answered from the event loop
+
+
 def collect(session: Session, backlog: List[Message], hold: float, batch: int,
             retry_ms: int, direct: Optional[DirectAnswer] = None) -> Answer:
     """Wait for events (at most `hold` seconds) and return the answer; the session is closed.
-    With `direct` (a one-channel poll's), a wait may be answered from the dispatch instead
-    (`direct.done`): what this returns is then not to be sent."""
+    With `direct`, a wait may be answered from the event loop instead (`direct.done`): this
+    then returns ANSWERED, not to be sent."""
     subscriber = session.subscriber
     deadline = time.monotonic() + hold
     try:
@@ -305,6 +308,8 @@ def collect(session: Session, backlog: List[Message], hold: float, batch: int,
             if remaining <= 0 or not subscriber.wait(remaining):
                 break
             events = _take(session, subscriber.drain(), batch)
+        if direct is not None and direct.done:
+            return ANSWERED
         return Answer(events, session.cursor(), retry_ms)
     finally:
         session.close()
