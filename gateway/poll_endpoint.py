@@ -196,8 +196,12 @@ class PollEndpoint:
                 else:
                     direct = None
                 answer = collect(session, backlog, hold, request.batch, config.retry, direct)
-                if direct is not None and direct.done:
-                    return 200, None, Sent(direct.status, direct.length, direct.rest)
+                if direct is not None:
+                    if direct.done:
+                        return 200, None, Sent(direct.status, direct.length, direct.rest)
+                    if answer.events and direct.direct.usable():
+                        # Answered at once (from history): polls at the same cursor share it.
+                        return 200, None, direct.send_now(answer.events, answer.cursor)
                 # A hold cut at the expiry that ran out ended at the expiry, even when the
                 # loop's timer fired a little before the wall clock reached it.
                 if hold < request.hold and not answer.events:

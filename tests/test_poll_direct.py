@@ -2,9 +2,10 @@
 
 A held poll (no expiry, its request a kept-alive GET) is answered by its wake-up in the event
 loop, with a response made once for every poll answered with the same events, while its
-greenlet sleeps on until the next request. A poll answered from history at once takes the
-greenlet's path all the way: the two must be the same bytes (the Date aside, which is the
-second it was sent), for JSON and JSONP, per Origin, on both brokers. The connection then
+greenlet sleeps on until the next request; a poll answered at once from history shares those
+responses too. A poll whose request closes the connection takes the greenlet's path all the
+way: they must all be the same bytes (the Date aside, which is the second it was sent, and the
+`Connection: close`), for JSON and JSONP, per Origin, on both brokers. The connection then
 carries on as any other: the next requests are served in order, a hostile one still gets its
 JSON 4xx, a socket that cannot take the whole answer still gets all of it, and a server that
 stops ends a connection sleeping so at once.
@@ -52,9 +53,20 @@ def read_response(sock: socket.socket, buffer: bytearray) -> bytes:
 
 
 def undated(response: bytes) -> bytes:
-    """The response without its Date line (checked to be there, once)."""
+    """The response without its Date line (checked to be there, once) and without the
+    `Connection: close` that the greenlet's path adds when the client asks for it."""
     assert len(_DATE.findall(response)) == 1, response
-    return _DATE.sub(b"\r\n", response)
+    return _DATE.sub(b"\r\n", response).replace(b"\r\nConnection: close\r\n", b"\r\n")
+
+
+def greenlets_answer(gateway, channel: str, query: str, headers: str = "") -> bytes:
+    """A poll's answer on the greenlet's path all the way: a request that closes its
+    connection is never answered from the event loop, nor through its shared responses."""
+    with connect(gateway) as sock:
+        sock.sendall(poll_request(channel, query, headers + "Connection: close\r\n"))
+        response = read_response(sock, bytearray())
+    assert b"\r\nConnection: close\r\n" in response
+    return response
 
 
 def body(response: bytes) -> bytes:
@@ -96,14 +108,17 @@ def test_an_answer_from_the_event_loop_is_the_greenlets_bytes(start_gateway, bro
                                              headers), count)
         [event] = publish_all(gateway, "c", ['{"n": "ü\u2028"}'])
         answers = [read_response(sock, bytearray()) for sock in held]
-        # The same event from history: answered at once, on the greenlet's path.
+        # The same event from history, answered at once: through the shared responses, and
+        # on the greenlet's path all the way.
         with connect(gateway) as sock:
             sock.sendall(poll_request("c", f"timeout=20&lastEventId={first}{query}", headers))
-            expected = read_response(sock, bytearray())
+            shared = read_response(sock, bytearray())
+        expected = greenlets_answer(gateway, "c", f"timeout=20&lastEventId={first}{query}",
+                                    headers)
     finally:
         for sock in held:
             sock.close()
-    assert [undated(answer) for answer in answers] == [undated(expected)] * 3
+    assert [undated(answer) for answer in answers + [shared]] == [undated(expected)] * 4
     text = body(expected).decode()
     if query:
         assert text.startswith("/**/" + query.split("=")[1] + "(")
@@ -126,8 +141,7 @@ def test_the_events_of_one_turn_are_answered_together_in_order(start_gateway):
         assert response.status_code == 200, response.text
         ids = response.json()["ids"]
         answer = read_response(sock, bytearray())
-        sock.sendall(poll_request("b", f"timeout=20&lastEventId={first}&batch=3"))
-        expected = read_response(sock, bytearray())
+    expected = greenlets_answer(gateway, "b", f"timeout=20&lastEventId={first}&batch=3")
     assert undated(answer) == undated(expected)
     parsed = json.loads(body(answer))
     assert [(e["data"], e["id"]) for e in parsed["events"]] == [("1", ids[0]), ("2", ids[1]),

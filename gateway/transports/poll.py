@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import gevent
 from gevent.hub import Waiter, get_hub
 
-from ..http.seam import Direct
+from ..http.seam import Direct, Sent
 from ..hub import Seat
 from ..ids import format_cursor
 from ..message import Message
@@ -192,6 +192,13 @@ class DirectAnswer:
         self.rest = response[direct.send(response):]
         self.done = True
         return True
+
+    def send_now(self, events: List["Taken"], cursor: str) -> Sent:
+        """Send the answer `collect` gave (from the request's greenlet, not answered from the
+        event loop) the same way: its response shared with the polls answered alike."""
+        direct = self.direct
+        status, length, response = self.respond(events, cursor, direct.date())
+        return Sent(status, length, response[direct.send(response):])
 
 
 # An event taken by a poll, and the cursor after it; None for a one-channel poll's event
