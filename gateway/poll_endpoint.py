@@ -6,13 +6,18 @@ needs, as on /events: no routing table, request or response objects, or contexts
 request asks for is read in one place (`read_request`), then authorized in one
 (`Authorizer.check_subscribe`), before anything is attached.
 
+A held poll with no expiry, whose request the server lets answer from the event loop
+(`http.seam.Direct`), is answered by its wake-up there (`transports.poll.DirectAnswer`) with the
+bytes its greenlet would have sent: the whole response to the same events is made once for every
+poll it answers with the same callback, Origin and Date.
+
 While the broker (or the application that authorizes) is down, a poll gets a 200 answer with
 no events, its own cursor and a retry hint (`transports.poll.unavailable`): never an error
 status.
 """
 
 import logging
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from . import endpoint, subscribe
@@ -22,11 +27,13 @@ from .brokers import BrokerUnavailable
 from .config import Config
 from .cors import CorsPolicy
 from .forwarded import Network, environ_client
+from .http import h1
+from .http.seam import DIRECT, Sent
 from .hub import Hub
 from .metrics import Metrics
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp
-from .transports.poll import Answer, collect, unavailable
+from .transports.poll import Answer, DirectAnswer, Taken, collect, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,10 @@ JSONP = [("Content-Type", "application/javascript; charset=utf-8"),
 _NOT_ALLOWED = ApiError(405, "method not allowed", "The method is not allowed for the requested URL.")
 METRICS_ENDPOINT = "poll_events"  # what /metrics calls this endpoint's refusals
 ORIGINS_KEPT = 256  # Origin headers whose response headers are kept made
+# Responses of polls answered from the event loop kept made (by events, cursor, callback,
+# Origin and Date), and their most bytes.
+VARIANTS_KEPT = 256
+RESPONSE_BYTES_KEPT = 4 << 20
 
 
 class PollRequest(NamedTuple):
@@ -98,6 +109,7 @@ class PollEndpoint:
         self._uncacheable = list(UNCACHEABLE.items())
         # Per Origin header: a poll's CORS and cache headers (the same for every answer).
         self._poll_headers: Dict[Optional[str], endpoint.Headers] = {}
+        self._responses = _DirectResponses(config.retry)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -119,7 +131,9 @@ class PollEndpoint:
         headers = self._headers_for(origin)
         try:
             request = read_request(environ, self._config)
-            status, kind, body = self._answer(environ, request)
+            status, kind, body = self._answer(environ, request, origin, headers)
+            if kind is None:
+                return body  # sent through the request's Direct
         except ApiError as error:
             self._count_refusal(error.status)
             callback = _jsonp_callback(environ)
@@ -151,7 +165,10 @@ class PollEndpoint:
                 endpoint.cors_headers(self._cors, "GET", origin) + self._uncacheable)
         return headers
 
-    def _answer(self, environ: dict, request: PollRequest) -> Tuple[int, endpoint.Headers, bytes]:
+    def _answer(self, environ: dict, request: PollRequest, origin: Optional[str],
+                headers: endpoint.Headers) -> Tuple[int, Optional[endpoint.Headers], Any]:
+        """The answer's status, Content-Type header and body; no header and a `Sent` body for
+        an answer sent from the event loop."""
         config = self._config
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
@@ -172,7 +189,19 @@ class PollEndpoint:
             else:
                 # The session is attached, and `collect` detaches it whatever happens.
                 hold = grant.hold(request.hold)
-                answer = collect(session, backlog, hold, request.batch, config.retry)
+                direct = environ.get(DIRECT)
+                if direct is not None and grant.expires is None:
+                    direct = DirectAnswer(direct, self._responses.maker(
+                        request.callback, origin, headers))
+                else:
+                    direct = None
+                answer = collect(session, backlog, hold, request.batch, config.retry, direct)
+                if direct is not None:
+                    if direct.done:
+                        return 200, None, Sent(direct.status, direct.length, direct.rest)
+                    if answer.events and direct.direct.usable():
+                        # Answered at once (from history): polls at the same cursor share it.
+                        return 200, None, direct.send_now(answer.events, answer.cursor)
                 # A hold cut at the expiry that ran out ended at the expiry, even when the
                 # loop's timer fired a little before the wall clock reached it.
                 if hold < request.hold and not answer.events:
@@ -185,6 +214,47 @@ class PollEndpoint:
 
     def _client(self, environ: dict) -> str:
         return environ_client(environ, self._proxies).address
+
+
+class _DirectResponses:
+    """The whole responses of polls answered from the event loop, as the greenlet's path would
+    have sent them (`__call__`, and wsgi.py's framing): one per set of events, cursor, callback,
+    Origin and Date, made by the first poll that needs it (a bounded cache: the polls answered
+    with the same events are answered in the same turn of the loop)."""
+
+    __slots__ = ("retry", "_made", "_bytes")
+
+    def __init__(self, retry_ms: int) -> None:
+        self.retry = retry_ms
+        # key -> (the events, whose ids are in the key and must not be reused while it lives;
+        # the status, the body's length, the response)
+        self._made: Dict[tuple, Tuple[List[Taken], str, int, bytes]] = {}
+        self._bytes = 0
+
+    def maker(self, callback: Optional[str], origin: Optional[str],
+              headers: endpoint.Headers) -> Callable[[List[Taken], str, str],
+                                                     Tuple[str, int, bytes]]:
+        """What makes a poll's response, given the events taken, the cursor after them and the
+        Date: (status, body length, the response's bytes)."""
+        return lambda events, cursor, date: self.response(events, cursor, date, callback,
+                                                          origin, headers)
+
+    def response(self, events: List[Taken], cursor: str, date: str, callback: Optional[str],
+                 origin: Optional[str], headers: endpoint.Headers) -> Tuple[str, int, bytes]:
+        key = (*[(id(message), event_cursor) for message, event_cursor in events],
+               cursor, callback, origin, date)
+        made = self._made.get(key)
+        if made is None:
+            answer = Answer(events, cursor, self.retry)
+            kind, body = (JSON, answer.json()) if callback is None else (
+                JSONP, answer.jsonp(callback))
+            response = h1.response_head("200 OK", [*kind, ("Content-Length", str(len(body))),
+                                                   *headers, ("Date", date)]) + body
+            if len(self._made) >= VARIANTS_KEPT or self._bytes > RESPONSE_BYTES_KEPT:
+                self._made, self._bytes = {}, 0
+            made = self._made[key] = (events, "200 OK", len(body), response)
+            self._bytes += len(response)
+        return made[1:]
 
 
 def _encoded(answer: Answer, grant: Grant, callback: Optional[str],

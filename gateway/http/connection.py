@@ -27,6 +27,7 @@ from gevent.hub import Waiter, get_hub
 from gevent.socket import wait_read, wait_write
 
 from . import h1
+from .seam import Direct
 from .wsgi import close_result, respond, send_result
 
 log = logging.getLogger("gateway.http")
@@ -111,7 +112,7 @@ class Server:
 
 class Connection:
     __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher", "pending",
-                 "held_bytes", "corked")
+                 "held_bytes", "corked", "readable", "_direct")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -123,6 +124,14 @@ class Connection:
         self.pending: list = []  # (response, result) held back, in request order (wsgi.py)
         self.held_bytes = 0  # the request bodies behind them
         self.corked: Optional[list] = None  # what send_all collects while answers are flushed
+        self.readable = False  # a Direct's watch saw the client's next bytes (still unread)
+        self._direct: Optional[ConnectionDirect] = None
+
+    def direct(self) -> "ConnectionDirect":
+        """The connection's seam.Direct (one for all its requests: one is served at a time)."""
+        if self._direct is None:
+            self._direct = ConnectionDirect(self)
+        return self._direct
 
     def serve(self) -> None:
         server = self.server
@@ -131,9 +140,12 @@ class Connection:
             deadline = monotonic() + settings.header_timeout
             while True:
                 request = self.read_head(deadline)
+                self.readable = False
                 if request is None or not respond(self, request) or server.stopping:
                     return
-                if not self.buffer and not self._wait_idle():
+                # Nothing reads the socket between a Direct's watch and here: what it saw is
+                # still there to read, so the wait would end at once.
+                if not self.buffer and not self.readable and not self._wait_idle():
                     return
                 deadline = monotonic() + settings.header_timeout
         except h1.HttpError as error:
@@ -144,6 +156,7 @@ class Connection:
             for _, result in self.pending:  # the client left: their work stands, unanswered
                 close_result(result)
             self.pending = []
+            self._direct = None
             if self.watcher is not None:
                 self.watcher.close()
             if not self.taken:
@@ -308,6 +321,47 @@ class Connection:
             watcher.stop()
             server.resting.pop(self, None)
         return readable and not server.stopping
+
+
+class ConnectionDirect(Direct):
+    """A `seam.Direct` on one connection (wsgi.respond makes it for the requests it may serve)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def usable(self) -> bool:
+        return not self.conn.server.stopping
+
+    def date(self) -> str:
+        return self.conn.server.date()
+
+    def send(self, response: bytes) -> int:
+        try:
+            return self.conn.sock.send(response)
+        except OSError:
+            return 0
+
+    def watch(self, readable: Callable[[], object]) -> None:
+        conn = self.conn
+        if conn.watcher is None:
+            conn.watcher = conn.server.hub.loop.io(conn.sock.fileno(), 1)
+        conn.watcher.start(self._readable, readable)
+
+    def _readable(self, readable: Callable[[], object]) -> None:
+        self.conn.readable = True
+        readable()
+
+    def unwatch(self) -> None:
+        if self.conn.watcher is not None:
+            self.conn.watcher.stop()
+
+    def resting(self, rest: bool) -> None:
+        if rest:
+            self.conn.server.idle.add(self.conn)
+        else:
+            self.conn.server.idle.discard(self.conn)
 
 
 def send_now(sock: socket.socket, data: bytes) -> None:

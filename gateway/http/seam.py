@@ -8,10 +8,17 @@ body; the server recognises it by this type, never by looking for a method.
 A publish waits for Redis once its request is read. Returned as a `Deferred`, its answer may be
 held back while the server reads and runs the requests pipelined behind it on the connection,
 so that their publishes share one round trip; the answers still leave in request order.
+
+A held long-poll may be answered from the event loop rather than from its request's greenlet:
+the server puts a `Direct` in the environ of a request that may be (`DIRECT`), through which
+the whole response is sent at once, and the application returns a `Sent` body to say it was.
 """
 
 import socket
 from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+DIRECT = "gateway.direct"  # the environ key of a request's `Direct`, when it has one
 
 
 class TakeOver(ABC):
@@ -61,3 +68,58 @@ class Deferred(ABC):
     @abstractmethod
     def close(self) -> None:
         """The answer will not be sent, or was (WSGI's `close`)."""
+
+
+class Direct(ABC):
+    """A request's way to send its whole response from the event loop, with no greenlet.
+
+    The server gives one only to a GET that leaves the connection open (HTTP/1.1 keep-alive),
+    with nothing received behind it and no answer held back before it, so a response sent
+    through it goes out in order. The response is the complete one (head and body), as the
+    server would frame it: the application's headers and Date, no Connection header.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    def usable(self) -> bool:
+        """Whether a response may still be sent this way (not once the server is stopping)."""
+
+    @abstractmethod
+    def date(self) -> str:
+        """The Date header's value now."""
+
+    @abstractmethod
+    def send(self, response: bytes) -> int:
+        """Send what the socket takes now, without waiting: the bytes taken (0 if none, or
+        if the client is gone; the server finds that out as it sends the rest)."""
+
+    @abstractmethod
+    def watch(self, readable: Callable[[], Any]) -> None:
+        """Call `readable()` in the event loop when the client sends more (its next request,
+        or the end of the connection), until `unwatch`."""
+
+    @abstractmethod
+    def unwatch(self) -> None:
+        """Stop watching (idempotent)."""
+
+    @abstractmethod
+    def resting(self, rest: bool) -> None:
+        """The response has gone and the request waits for the client's next one (True), or no
+        longer (False): while it does, stopping the server ends the connection, as it ends
+        the connections that wait between requests (through `readable`)."""
+
+
+class Sent:
+    """A WSGI response body: the response (`status`, a body of `length` bytes) went out through
+    the request's `Direct`, all but its last bytes `rest`, which the server sends now."""
+
+    __slots__ = ("status", "length", "rest")
+
+    def __init__(self, status: str, length: int, rest: bytes) -> None:
+        self.status = status
+        self.length = length
+        self.rest = rest
+
+    def __iter__(self):
+        return iter(())

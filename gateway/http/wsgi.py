@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import h1
 from .redact import redact_target
-from .seam import Deferred, TakeOver
+from .seam import DIRECT, Deferred, Sent, TakeOver
 
 log = logging.getLogger("gateway.http")
 access_log = logging.getLogger("gateway.access")
@@ -55,11 +55,17 @@ def respond(conn, request: h1.Request) -> bool:
     else:
         body = Body(conn, request.content_length or 0, request.expect_continue)
     response = _Response(conn, request, body)
+    env = environ(conn, request, body)
+    if (request.method == "GET" and request.keep_alive and not conn.buffer
+            and not conn.pending and not request.content_length and not request.chunked):
+        env[DIRECT] = conn.direct()
     try:
-        result = server.app(environ(conn, request, body), response.start_response)
+        result = server.app(env, response.start_response)
     except Exception:
         log.exception("the application failed on %s %s", request.method, request.path[:200])
         return conn.flush() and response.fail()
+    if type(result) is Sent:
+        return response.sent(result)
     if isinstance(result, Deferred) and _may_hold(conn, request, body):
         conn.pending.append((response, result))
         conn.held_bytes += request.content_length or 0
@@ -314,6 +320,14 @@ class _Response:
             self.close = True
         self._log()
         return not self.close
+
+    def sent(self, result: Sent) -> bool:
+        """The application sent the response through the request's Direct: send the rest."""
+        self.status, self.length, self.head_sent = result.status, result.length, True
+        if result.rest:
+            self.conn.send_all(result.rest)
+        self._log()
+        return True
 
     def hand_over(self, result: TakeOver) -> bool:
         """Give the connection to the response, with its head."""

@@ -10,6 +10,14 @@ behind thousands of others, and a held poll would time out with its events still
 
 An event's JSON is encoded once for every one-channel poll that answers with it (`Answer`).
 
+A held poll whose request came with a `seam.Direct` is answered by its wake-up, in the event
+loop (`DirectAnswer`): the events the greenlet would have taken, in the response it would have
+sent (made once for every poll answered with the same events in the same variant), go out there
+and then, and the poll leaves the hub. Its greenlet is not woken for that: it sleeps on until
+the client's next request arrives (or the hold ends), then carries on with it. Only a response
+the socket did not take all of, or a client that sent something while its poll was held, wakes
+the greenlet to finish.
+
 While the broker is down, a poll is held a short while and answered with no events and the
 client's own cursor (`unavailable`): never an error status, and the client keeps its place.
 """
@@ -18,11 +26,12 @@ import json
 import re
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gevent
 from gevent.hub import Waiter, get_hub
 
+from ..http.seam import Direct, Sent
 from ..hub import Seat
 from ..ids import format_cursor
 from ..message import Message
@@ -41,7 +50,8 @@ class PollQueue:
     the length of the messages' frames, is on the hub's budget.
     """
 
-    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "_waiter", "_due")
+    __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "direct", "_waiter",
+                 "_due", "_readable")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
@@ -50,8 +60,10 @@ class PollQueue:
         self.max_pending = max_pending
         self.closed = False
         self.seat: Optional[Seat] = None  # given by the hub
+        self.direct: Optional[DirectAnswer] = None  # how a wait may be answered from the hub
         self._waiter: Optional[Waiter] = None  # while its request waits
         self._due = False  # a wake-up is scheduled and has not run yet
+        self._readable = False  # the client sent something while its poll was held
 
     @property
     def held(self) -> int:
@@ -82,18 +94,44 @@ class PollQueue:
         timer = hub.loop.timer(max(timeout, 0.0))
         # From the time now, not the loop's time of this turn: else it ends early.
         timer.start(waiter.switch, False, update=True)
+        direct = self.direct.direct if self.direct is not None else None
+        if direct is not None and not self._readable:
+            direct.watch(self._on_readable)
         try:
             return waiter.get()
         finally:
             timer.close()
             self._waiter = None
+            if direct is not None:
+                direct.unwatch()
+                direct.resting(False)
+
+    def _on_readable(self) -> None:
+        # In the hub: the client sent its next request after its answer (or left), or sent
+        # something while its poll was still held (the answer then wakes the greenlet).
+        if self.direct.done:
+            self._waiter.switch(True)
+        else:
+            self.direct.direct.unwatch()
+            self._readable = True
 
     def wake(self) -> None:
-        """Resume the waiting request (the wake-ups call it, in the hub)."""
+        """Resume the waiting request, or answer it from here (the wake-ups call it, in the
+        hub)."""
         self._due = False
         waiter = self._waiter
-        if waiter is not None:
-            waiter.switch(True)
+        if waiter is None:
+            return
+        direct = self.direct
+        if direct is not None and not self.closed and direct.direct.usable():
+            if not direct.answer(self.drain()):
+                return  # nothing new (replayed already): the poll stays held
+            self.closed = True
+            self.seat.leave()
+            if not direct.rest and not self._readable:
+                direct.direct.resting(True)  # its greenlet sleeps on: the next request wakes it
+                return
+        waiter.switch(True)
 
     def _schedule_wake(self) -> None:
         if not self._due:
@@ -121,6 +159,46 @@ class PollQueue:
     def end(self) -> None:
         """End cleanly (the server is stopping): a queue has nothing more to finish."""
         self.close()
+
+
+class DirectAnswer:
+    """How a held poll is answered from the event loop: through its request's `seam.Direct`,
+    with the whole response `respond(taken, cursor, date)` gives for the events taken (made
+    once for all the polls of the same variant). Once `done`, `status` and `length` (of the
+    body) say what was sent, all but `rest`."""
+
+    __slots__ = ("direct", "respond", "session", "batch", "done", "status", "length", "rest")
+
+    def __init__(self, direct: Direct,
+                 respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]]) -> None:
+        self.direct = direct
+        self.respond = respond
+        self.session: Optional[Session] = None  # the poll's, and its batch, given by `collect`
+        self.batch = 0
+        self.done = False
+        self.status = ""
+        self.length = 0
+        self.rest = b""
+
+    def answer(self, messages: List[Message]) -> bool:
+        """Answer with what the session takes of `messages`, as `collect` would; False if it
+        takes nothing."""
+        events = _take(self.session, messages, self.batch)
+        if not events:
+            return False
+        direct = self.direct
+        self.status, self.length, response = self.respond(events, self.session.cursor(),
+                                                          direct.date())
+        self.rest = response[direct.send(response):]
+        self.done = True
+        return True
+
+    def send_now(self, events: List["Taken"], cursor: str) -> Sent:
+        """Send the answer `collect` gave (from the request's greenlet, not answered from the
+        event loop) the same way: its response shared with the polls answered alike."""
+        direct = self.direct
+        status, length, response = self.respond(events, cursor, direct.date())
+        return Sent(status, length, response[direct.send(response):])
 
 
 # An event taken by a poll, and the cursor after it; None for a one-channel poll's event
@@ -217,18 +295,28 @@ class _EncodedEvents:
 _ENCODED = _EncodedEvents()
 
 
+ANSWERED = Answer([], "", 0)  # what `collect` returns for a poll answered from the event loop
+
+
 def collect(session: Session, backlog: List[Message], hold: float, batch: int,
-            retry_ms: int) -> Answer:
-    """Wait for events (at most `hold` seconds) and return the answer; the session is closed."""
+            retry_ms: int, direct: Optional[DirectAnswer] = None) -> Answer:
+    """Wait for events (at most `hold` seconds) and return the answer; the session is closed.
+    With `direct`, a wait may be answered from the event loop instead (`direct.done`): this
+    then returns ANSWERED, not to be sent."""
     subscriber = session.subscriber
     deadline = time.monotonic() + hold
     try:
         events = _take(session, backlog, batch)
+        if direct is not None and not events:
+            direct.session, direct.batch = session, batch
+            subscriber.direct = direct
         while not events and not subscriber.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not subscriber.wait(remaining):
                 break
             events = _take(session, subscriber.drain(), batch)
+        if direct is not None and direct.done:
+            return ANSWERED
         return Answer(events, session.cursor(), retry_ms)
     finally:
         session.close()
