@@ -197,11 +197,12 @@ class RedisEndpoint:
                     break
             if not address:
                 return None
-            where = f"the master {self.master!r} at {format_addresses((tuple(address),))}"
+            host = address[0].decode() if isinstance(address[0], bytes) else address[0]
+            where = f"the master {self.master!r} at {format_addresses(((host, address[1]),))}"
             master = parse_url(self.url)
             if master.pop("connection_class", None) is redis.SSLConnection:
                 master["ssl"] = True
-            client = redis.Redis(host=address[0], port=int(address[1]), **settings, **master)
+            client = redis.Redis(host=host, port=int(address[1]), **settings, **master)
         else:
             where = f"Redis at {self.describe()}"
             client = redis.Redis.from_url(self.url, **settings)
