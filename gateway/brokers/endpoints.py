@@ -219,7 +219,8 @@ class RedisEndpoint:
             elif client.get_connection_kwargs().get("password"):
                 fix = "the password (or ACL user) of --redis-url is wrong"
             else:
-                fix = "it asks for a password: give it as redis://:PASSWORD@host:port"
+                return (f"{where} refused the credentials of --redis-url (it asks for a "
+                        f"password, and none is given): give it as redis://:PASSWORD@host:port")
             return f"{where} refused the credentials of --redis-url ({error}): {fix}"
         finally:
             client.close()

@@ -106,6 +106,7 @@ class RedisBroker(StreamsBroker):
         self._connected_before = False
         self._ready = gevent.event.Event()
         self._refused = gevent.event.Event()  # Redis refused the settings before any serving
+        self._waiting = 0  # wait_ready calls under way: they report a refusal, not the log
         self._handling = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -125,7 +126,11 @@ class RedisBroker(StreamsBroker):
         self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
-        gevent.wait([self._ready, self._refused], timeout, count=1)
+        self._waiting += 1
+        try:
+            gevent.wait([self._ready, self._refused], timeout, count=1)
+        finally:
+            self._waiting -= 1
         if not self._ready.is_set() and self._refused.is_set():
             raise BrokerRefused(self._failure)
         return self._ready.is_set()
@@ -302,7 +307,7 @@ class RedisBroker(StreamsBroker):
     def _on_refusal(self, error: Exception, delay: float) -> None:
         if isinstance(error, BrokerRefused):  # at startup: wait_ready raises it
             self._failure = str(error)
-            if not self._refused.is_set():
+            if not self._waiting and not self._refused.is_set():
                 log.error("%s; trying again in %.2f s", self._failure, delay)
             self._refused.set()
             return
