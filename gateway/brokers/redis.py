@@ -328,9 +328,6 @@ class RedisBroker(StreamsBroker):
         connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
-        # Asks for nothing, but Redis answers NOAUTH to a connection that gave no password.
-        connection.send_command("PING")
-        connection.read_response()
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
         early: List[Any] = []
         if channels:
