@@ -47,7 +47,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
     broker = create_broker(config.redis, config.prefix, config.history_length,
-                           config.history_age)
+                           config.history_age, config.max_message_size)
     wakeups = Wakeups()
     hub = Hub(broker, config.max_buffered_bytes, _recent_limits(config), config.unsubscribe_grace,
               wakeups)

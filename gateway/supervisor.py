@@ -11,10 +11,16 @@ The workers' metrics are added up by prometheus-client's multiprocess mode: the 
 gives them a directory for their files in PROMETHEUS_MULTIPROC_DIR (a new temporary one,
 removed at exit; or the one that variable names, emptied of its `*.db` files first), and
 removes a dead worker's gauge files, so that its connections are no longer counted.
+
+A worker whose settings the broker refuses at startup (BrokerRefused: a wrong Redis password)
+writes why on a pipe the supervisor holds and exits with REFUSED_EXIT: the supervisor then
+stops every worker and raises BrokerRefused with that text, rather than restart workers that
+cannot serve.
 """
 
 import ctypes
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -24,6 +30,7 @@ import tempfile
 import time
 from typing import Callable, Dict, Tuple
 
+from .brokers.base import BrokerRefused
 from .config import Config
 from .listener import bind
 
@@ -35,10 +42,14 @@ KILL_GRACE = 5.0  # beyond the workers' own shutdown timeout
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 # prometheus-client reads it when it is first imported: set before any worker starts.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A worker's exit status when the broker refused its settings (sysexits' EX_CONFIG).
+REFUSED_EXIT = 78
+_LINE_MAX = 4000  # bytes of its reason, under PIPE_BUF: written at once, never interleaved
 
 
 def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
-    """Run `config.workers` workers until SIGTERM or SIGINT; 0 when all stopped cleanly."""
+    """Run `config.workers` workers until SIGTERM or SIGINT; 0 when all stopped cleanly.
+    Raises BrokerRefused, once every worker has stopped, when one's settings were refused."""
     # Bound, not listening: it takes no connections, but holds the port (0 picks one for all
     # workers) and reports a taken address before any worker starts.
     holder = bind(config.host, config.port, reuse_port=True)
@@ -50,12 +61,17 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
     stopping = False
     clean = True
     supervisor = os.getpid()
+    # Why a worker's settings were refused: a line each, shorter than PIPE_BUF (atomic).
+    reasons, reasons_in = os.pipe()
+    os.set_blocking(reasons, False)
+    refusal = None
 
     def start() -> None:
         pid = os.fork()
         if pid == 0:
             holder.close()
-            _run_child(run_worker, config, supervisor)
+            os.close(reasons)
+            _run_child(run_worker, config, supervisor, reasons_in)
         workers[pid] = time.monotonic()
 
     def stop(signum: int, frame: object) -> None:
@@ -86,6 +102,10 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
             continue
         mark_process_dead(pid, metrics_dir)
         code = os.waitstatus_to_exitcode(status)
+        if code == REFUSED_EXIT and refusal is None:
+            refusal = _read_reason(reasons) or "the broker refused the settings"
+            stop(signal.SIGTERM, None)
+            continue
         if stopping:
             clean = clean and code == 0
             continue
@@ -98,9 +118,13 @@ def supervise(config: Config, run_worker: Callable[[Config], None]) -> int:
         start()
     signal.setitimer(signal.ITIMER_REAL, 0)
     holder.close()
+    os.close(reasons)
+    os.close(reasons_in)
     if made:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("all workers stopped")
+    if refusal is not None:
+        raise BrokerRefused(refusal)
     return 0 if clean else 1
 
 
@@ -118,13 +142,29 @@ def _metrics_dir() -> Tuple[str, bool]:
     return made, True
 
 
-def _run_child(run_worker: Callable[[Config], None], config: Config, supervisor: int) -> None:
+def _read_reason(reasons: int) -> str:
+    try:
+        text = os.read(reasons, 4096)
+    except OSError as error:
+        if error.errno != errno.EAGAIN:
+            raise
+        return ""
+    return text.decode("utf-8", errors="replace").split("\n", 1)[0]
+
+
+def _run_child(run_worker: Callable[[Config], None], config: Config, supervisor: int,
+               reasons: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     code = 0
     try:
         _stop_with(supervisor)
         run_worker(config)
+    except BrokerRefused as error:
+        # No traceback: the supervisor says why, once, and stops the others.
+        line = str(error).replace("\n", " ").encode("utf-8")[:_LINE_MAX] + b"\n"
+        os.write(reasons, line)
+        code = REFUSED_EXIT
     except BaseException:
         log.exception("worker %d failed", os.getpid())
         code = 1

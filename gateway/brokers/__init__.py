@@ -18,17 +18,19 @@ __all__ = ["Broker", "BrokerRefused", "BrokerUnavailable", "History", "MessageSi
 
 
 def create_broker(redis: Optional[RedisEndpoint], prefix: str, history_length: int,
-                  history_age: float) -> Broker:
+                  history_age: float, max_message_size: Optional[int] = None) -> Broker:
     """The Redis broker when Redis is given (a URL, or Sentinel; the cluster broker for a
-    Redis Cluster), else the embedded one."""
+    Redis Cluster), else the embedded one. `max_message_size` bounds raw messages from Redis."""
     if redis is not None and redis.cluster:
         from .cluster import ClusterBroker
 
-        return ClusterBroker(redis.url, prefix, history_length, history_age)
+        broker = ClusterBroker(redis.url, prefix, history_length, history_age)
+        broker._bound_sizes(max_message_size)
+        return broker
     if redis is not None:
         from .redis import RedisBroker
 
-        return RedisBroker(redis, prefix, history_length, history_age)
+        return RedisBroker(redis, prefix, history_length, history_age, max_message_size)
     from .embedded import EmbeddedBroker
 
     return EmbeddedBroker(history_length, history_age)

@@ -10,11 +10,15 @@ comes back on the new master, and one still open to a demoted master is dropped 
 write (`READONLY`) and comes back likewise. The URL then gives only what the master's
 connections need besides an address: credentials, database, TLS (`redis://:PASSWORD@/0`).
 
-No gevent here, and redis-py is imported only when a pool is made.
+`refusal` tells whether these settings are ones Redis (or a sentinel) will never accept (a
+wrong password, none given where one is asked for, an ACL user without the commands the
+gateway needs): the gateway then exits at startup rather than retry for ever.
+
+No gevent here, and redis-py is imported only when a pool is made or a refusal looked for.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 Address = Tuple[str, int]
@@ -22,6 +26,21 @@ Address = Tuple[str, int]
 # Seconds to connect to a sentinel and for it to answer; each is asked once per connect, the
 # next one on failure, so a dead one among several costs at most this.
 SENTINEL_TIMEOUT = 2.0
+
+
+def refused(error: BaseException) -> bool:
+    """Whether `error` is Redis refusing the credentials or the ACL user given: NOAUTH,
+    WRONGPASS, NOPERM and the like, which no retry mends."""
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        NoPermissionError,
+    )
+
+    if isinstance(error, (AuthenticationError, AuthenticationWrongNumberOfArgsError,
+                          NoPermissionError)):
+        return True
+    return str(error).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 def parse_addresses(text: str) -> Tuple[Address, ...]:
@@ -146,3 +165,63 @@ class RedisEndpoint:
         if not self.sentinels:
             return redis.Redis.from_url(self.url, **options)
         return redis.Redis(connection_pool=self.pool(**options))
+
+    def refusal(self, timeout: float, probe: Optional[Callable[[Any], None]] = None
+                ) -> Optional[str]:
+        """Why Redis refuses these settings, in words that say what to fix; None when it takes
+        them or cannot be asked now (unreachable: that one may mend). `probe(client)` runs the
+        commands the caller needs on a client of the master, and raises what Redis answers.
+        Never the passwords. Not for a cluster (cluster_nodes.credentials_refused is)."""
+        import redis
+        from redis.connection import parse_url
+
+        settings = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        if self.sentinels:
+            address = None
+            for host, port in self.sentinels:
+                sentinel = redis.Redis(host=host, port=port, password=self.sentinel_password,
+                                       **settings)
+                try:
+                    address = sentinel.sentinel_get_master_addr_by_name(self.master)
+                except redis.RedisError as error:
+                    if refused(error):
+                        given = ("the password of --redis-sentinel-password is wrong"
+                                 if self.sentinel_password else
+                                 "it asks for a password: give --redis-sentinel-password")
+                        return (f"the sentinel {format_addresses(((host, port),))} refused "
+                                f"the gateway ({error}): {given}")
+                    continue
+                finally:
+                    sentinel.close()
+                if address:
+                    break
+            if not address:
+                return None
+            host = address[0].decode() if isinstance(address[0], bytes) else address[0]
+            where = f"the master {self.master!r} at {format_addresses(((host, address[1]),))}"
+            master = parse_url(self.url)
+            if master.pop("connection_class", None) is redis.SSLConnection:
+                master["ssl"] = True
+            client = redis.Redis(host=host, port=int(address[1]), **settings, **master)
+        else:
+            where = f"Redis at {self.describe()}"
+            client = redis.Redis.from_url(self.url, **settings)
+        try:
+            client.ping()
+            if probe is not None:
+                probe(client)
+        except redis.RedisError as error:
+            if not refused(error):
+                return None
+            if isinstance(error, redis.exceptions.NoPermissionError) or \
+                    str(error).startswith("NOPERM"):
+                fix = "give the ACL user of --redis-url the commands and keys the gateway needs"
+            elif client.get_connection_kwargs().get("password"):
+                fix = "the password (or ACL user) of --redis-url is wrong"
+            else:
+                return (f"{where} refused the credentials of --redis-url (it asks for a "
+                        f"password, and none is given): give it as redis://:PASSWORD@host:port")
+            return f"{where} refused the credentials of --redis-url ({error}): {fix}"
+        finally:
+            client.close()
+        return None

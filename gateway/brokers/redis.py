@@ -10,6 +10,11 @@ duplicates by id.
 No message can stop delivery: each one is handled under a guard that logs, counts and skips
 it whatever goes wrong, and should the listener still end, a supervisor starts it again (it
 resubscribes and fills the gap) while `check` reports the broker unavailable.
+
+Settings that Redis refuses (a wrong password, an ACL user without the commands the gateway
+needs; see endpoints.refusal) end the startup: `wait_ready` raises BrokerRefused. Once the
+gateway has served, a refusal (Redis restarted with another password) is retried like any
+outage, logged as an error that says what to fix: its clients are never told to go away.
 """
 
 import logging
@@ -25,8 +30,8 @@ from redis.exceptions import RedisError, ResponseError
 from .. import redis_schema
 from ..ids import ZERO, EventId
 from ..message import Message
-from .base import BrokerUnavailable, MessageSink, PublishResult, ResyncSink
-from .endpoints import RedisEndpoint
+from .base import BrokerRefused, BrokerUnavailable, MessageSink, PublishResult, ResyncSink
+from .endpoints import RedisEndpoint, refused
 from .publishing import Job, Publishes
 from .shared_reads import SharedReads
 from .slots import Slots
@@ -49,10 +54,14 @@ class RedisBroker(StreamsBroker):
     name = "redis"
 
     def __init__(self, endpoint: Union[str, RedisEndpoint], prefix: str = "",
-                 history_length: int = 1000, history_age: float = 3600.0) -> None:
-        """`endpoint`: a Redis URL, or where Sentinel says the master is (endpoints.py)."""
+                 history_length: int = 1000, history_age: float = 3600.0,
+                 max_message_size: Optional[int] = None) -> None:
+        """`endpoint`: a Redis URL, or where Sentinel says the master is (endpoints.py);
+        `max_message_size`: the largest raw message delivered (None: any)."""
         if isinstance(endpoint, str):
             endpoint = RedisEndpoint(endpoint)
+        self._endpoint = endpoint
+        self._bound_sizes(max_message_size)
         self._prefix = prefix
         self._raw_prefix = prefix.encode("utf-8")
         self._live_prefix = redis_schema.live_channel(prefix, "").encode("utf-8")
@@ -96,6 +105,8 @@ class RedisBroker(StreamsBroker):
         self._failure: Optional[str] = None  # why the listener is being restarted
         self._connected_before = False
         self._ready = gevent.event.Event()
+        self._refused = gevent.event.Event()  # Redis refused the settings before any serving
+        self._waiting = 0  # wait_ready calls under way: they report a refusal, not the log
         self._handling = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -115,7 +126,14 @@ class RedisBroker(StreamsBroker):
         self._pool.disconnect()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
+        self._waiting += 1
+        try:
+            gevent.wait([self._ready, self._refused], timeout, count=1)
+        finally:
+            self._waiting -= 1
+        if not self._ready.is_set() and self._refused.is_set():
+            raise BrokerRefused(self._failure)
+        return self._ready.is_set()
 
     @property
     def connected(self) -> bool:
@@ -133,6 +151,9 @@ class RedisBroker(StreamsBroker):
             with self._slot():
                 self._client.ping()
         except RedisError as error:
+            if refused(error):
+                raise BrokerUnavailable(f"Redis refused the credentials of --redis-url "
+                                        f"({error})") from None
             raise BrokerUnavailable(f"Redis is unreachable: {error}") from None
         if self._failure is not None:
             raise BrokerUnavailable(self._failure)
@@ -237,6 +258,8 @@ class RedisBroker(StreamsBroker):
         delay = BACKOFF_FIRST
         while True:
             try:
+                if not self._connected_before:
+                    self._check_settings()
                 early = self._connect()
                 if self._connected_before:
                     self.reconnects += 1
@@ -254,12 +277,44 @@ class RedisBroker(StreamsBroker):
             except (RedisError, OSError, BrokerUnavailable) as error:
                 self._ready.clear()
                 self._drop_connection()
+                if isinstance(error, BrokerRefused) or refused(error):
+                    self._on_refusal(error, delay)
+                    gevent.sleep(random.uniform(delay / 2, delay))
+                    delay = min(delay * 2, BACKOFF_CAP)
+                    continue
                 # Full jitter keeps a fleet of gateways from reconnecting in lockstep.
                 wait = random.uniform(delay / 2, delay)
                 log.warning("lost the Redis pub/sub connection (%s); reconnecting in %.2f s, "
                             "open streams stay open", error, wait)
                 gevent.sleep(wait)
                 delay = min(delay * 2, BACKOFF_CAP)
+
+    def _check_settings(self) -> None:
+        """Raise BrokerRefused if Redis refuses the settings (asked before the first connect:
+        the pub/sub connection alone sends no command that needs a permission)."""
+        def probe(client: redis.Redis) -> None:
+            key = self._history_key("sse-gateway-probe")
+            for command in (("XINFO", "STREAM", key), ("EVALSHA", "0" * 40, 1, key)):
+                try:
+                    client.execute_command(*command)
+                except ResponseError as error:
+                    if refused(error):
+                        raise
+        refusal = self._endpoint.refusal(CONNECT_TIMEOUT, probe)
+        if refusal is not None:
+            raise BrokerRefused(refusal)
+
+    def _on_refusal(self, error: Exception, delay: float) -> None:
+        if isinstance(error, BrokerRefused):  # at startup: wait_ready raises it
+            self._failure = str(error)
+            if not self._waiting and not self._refused.is_set():
+                log.error("%s; trying again in %.2f s", self._failure, delay)
+            self._refused.set()
+            return
+        self._failure = (f"Redis refused the credentials of --redis-url ({error}): give its "
+                         f"password (or ACL user) as redis://USER:PASSWORD@host:port and "
+                         f"restart, or restore the one it had")
+        log.error("%s; trying again in %.2f s, open streams stay open", self._failure, delay)
 
     def _connect(self) -> List[Any]:
         """Connect and resubscribe; returns the messages that came before every confirmation.

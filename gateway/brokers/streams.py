@@ -9,7 +9,11 @@ A subclass sets, in its constructor: `_prefix`, `_raw_prefix`, `_live_prefix` (b
 `_max_length`, `_client` (a redis-py client that reads history), `_slots` (Slots for it),
 `_channels` (subscribed channel -> id of its last event delivered), `_confirmations`,
 `_own` and `_own_bytes` (see `_remember`), `_reads` (SharedReads of `_read`), `_sink`,
-`_resync`; and `_channel_of(name)`.
+`_resync`; and `_channel_of(name)`; and calls `_bound_sizes`.
+
+Raw messages (anyone's `PUBLISH`) are outside input: one larger than the largest publish the
+HTTP edge accepts is refused before it is decoded. History entries read back are bounded too,
+by the largest entry the publish script could have written for a message the edge accepted.
 """
 
 import logging
@@ -69,12 +73,24 @@ _POOL_WAIT = 10.0
 # The JSON of published messages that await their live copy (see _own) is forgotten past this:
 # only copies that never come (their channel was left meanwhile) stay that long.
 _OWN_BYTES = 4 * 1024 * 1024
+# A message's JSON in history is at most this many times its publish body (`\u0000` for a
+# control character), plus the fields' names.
+_JSON_GROWTH = 6
+_JSON_FIELDS = 1024
 
 
 class StreamsBroker(Broker):
     """The part of a Redis broker that does not depend on how Redis is deployed."""
 
     _cluster = False  # the names of a Redis Cluster (redis_schema)
+    _max_raw: Optional[int] = None  # bytes: the largest raw message delivered
+    _max_entry: Optional[int] = None  # bytes: the largest history entry delivered
+
+    def _bound_sizes(self, max_message_size: Optional[int]) -> None:
+        """Bound raw messages by the largest publish body accepted (None: no bound)."""
+        self._max_raw = max_message_size
+        if max_message_size is not None:
+            self._max_entry = max_message_size * _JSON_GROWTH + _JSON_FIELDS
 
     def _history_key(self, channel: str) -> str:
         return redis_schema.history_key(self._prefix, channel, self._cluster)
@@ -215,6 +231,9 @@ class StreamsBroker(Broker):
         try:
             if payload is None:
                 raise InvalidMessage("it has no message")
+            if self._max_entry is not None and len(payload) > self._max_entry:
+                raise InvalidMessage(f"it is {len(payload)} bytes, more than a publish of "
+                                     f"--max-message-size could have written")
             return from_broker_payload(channel, payload).with_id(
                 redis_schema.parse_stream_id(raw_id))
         except InvalidMessage as error:
@@ -325,6 +344,9 @@ class StreamsBroker(Broker):
                     message = mine.with_id(event_id)
             else:
                 # A raw message: whatever it says, it has no id and moves no position.
+                if self._max_raw is not None and len(payload) > self._max_raw:
+                    raise InvalidMessage(f"a raw message of {len(payload)} bytes, more than "
+                                         f"--max-message-size ({self._max_raw} bytes)")
                 message = from_broker_payload(channel, payload)
         except Exception as error:  # InvalidMessage, a live message without an id, or a bug
             self.refused += 1
