@@ -16,6 +16,7 @@ from conftest import ROOT, RedisServer, wait_until
 from sse_client import Stream, subscribed
 from test_sentinel import MASTER, PASSWORD, SENTINEL_PASSWORD, Sentinels
 
+from gateway import Publisher
 from gateway.redis_schema import history_key
 
 SECRET = "pw-SECRET-51d0"
@@ -161,3 +162,20 @@ def test_history_entries_larger_than_any_publish_could_write_are_skipped(
         assert [e.data for e in stream.wait_events(2, 10)] == ["\x01" * 1000, "last"]
     assert healthz(gateway).json()["skipped"] == 1
     assert "more than a publish of --max-message-size could have written" in gateway.log()
+
+
+def test_a_live_message_larger_than_any_publish_could_write_is_refused_as_in_history(
+        start_gateway, redis_db):
+    """Published past the HTTP edge (the Python Publisher runs the script itself): live and
+    from history alike, the message is refused, and what follows is delivered."""
+    gateway = start_gateway("--redis-url", redis_db.url, "--max-message-size", "1000")
+    publisher = Publisher(redis_db.url)
+    with Stream(gateway.url + "/events/long") as stream:
+        stream.wait_for(subscribed)
+        first = publisher.publish("long", "first")["id"]
+        publisher.publish("long", "y" * 7100)
+        publisher.publish("long", "last")
+        assert [e.data for e in stream.wait_events(2, 10)] == ["first", "last"]
+    assert healthz(gateway).json()["refused"] == 1
+    with Stream(gateway.url + "/events/long", {"Last-Event-ID": first}) as resumed:
+        assert [e.data for e in resumed.wait_events(1, 10)] == ["last"]

@@ -12,8 +12,9 @@ A subclass sets, in its constructor: `_prefix`, `_raw_prefix`, `_live_prefix` (b
 `_resync`; and `_channel_of(name)`; and calls `_bound_sizes`.
 
 Raw messages (anyone's `PUBLISH`) are outside input: one larger than the largest publish the
-HTTP edge accepts is refused before it is decoded. History entries read back are bounded too,
-by the largest entry the publish script could have written for a message the edge accepted.
+HTTP edge accepts is refused before it is decoded. History entries read back, and the
+script's live copies with them, are bounded too, by the largest entry the publish script could
+have written for a message the edge accepted.
 """
 
 import logging
@@ -336,6 +337,10 @@ class StreamsBroker(Broker):
         try:
             if name.startswith(self._live_prefix):
                 event_id, payload = redis_schema.split_live(payload)
+                if self._max_entry is not None and len(payload) > self._max_entry:
+                    # Live as history reads it back: any client may run the script.
+                    raise InvalidMessage(f"it is {len(payload)} bytes, more than a publish "
+                                         f"of --max-message-size could have written")
                 mine = self._own.pop((channel, payload), None) if self._own else None
                 if mine is None:
                     message = from_broker_payload(channel, payload).with_id(event_id)
