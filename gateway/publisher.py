@@ -55,9 +55,12 @@ class Publisher:
         master: Optional[str] = None,
         sentinel_password: Optional[str] = None,
         cluster: bool = False,
+        max_message_size: int = 65536,
     ) -> None:
         """`url`: by default the gateway at http://127.0.0.1:8080 (`redis://` under Sentinel).
-        `prefix`, `history_length` and `history_age` must match the gateway's settings.
+        `prefix`, `history_length`, `history_age` and `max_message_size` must match the
+        gateway's settings (an event whose JSON is larger is refused here: the gateway would
+        not deliver it).
 
         `sentinels` (`"host:port,host:port"`, or a sequence of `"host:port"` or pairs) and
         `master`: publish to the master the sentinels name, asked again on every new
@@ -84,6 +87,7 @@ class Publisher:
         self._token = token
         self._timeout = timeout
         self._limits = (history_length, int(history_age * 1000))
+        self._max_message_size = max_message_size
         self._script = None
         self._cluster = cluster
         if endpoint is not None:
@@ -124,6 +128,7 @@ class Publisher:
             message = build_message(channel, data, event, id, retry)
         except InvalidMessage as error:
             raise ValueError(str(error)) from None
+        self._check_size(message, "")
         if self._script is not None:
             return self._publish_redis(message)
         return self._publish_http(channel, message.to_json())
@@ -144,9 +149,16 @@ class Publisher:
                 messages.append(item_message(index, dict(event)))
             except InvalidItem as error:
                 raise ValueError(str(error)) from None
+            self._check_size(messages[-1], f"item {index}: ")
         if self._script is not None:
             return self._publish_many_redis(messages)
         return self._publish_many_http(messages)
+
+    def _check_size(self, message: Message, where: str) -> None:
+        size = len(message.to_json().encode("utf-8"))
+        if size > self._max_message_size:
+            raise ValueError(f"{where}the event's JSON is {size} bytes, more than max_message_size "
+                             f"({self._max_message_size}, the gateway's --max-message-size)")
 
     def _publish_many_redis(self, messages: List[Message]) -> List[Dict[str, Any]]:
         if self._cluster:

@@ -166,8 +166,9 @@ def test_history_entries_larger_than_any_publish_could_write_are_skipped(
 
 def test_a_live_message_larger_than_any_publish_could_write_is_refused_as_in_history(
         start_gateway, redis_db):
-    """Published past the HTTP edge (the Python Publisher runs the script itself): live and
-    from history alike, the message is refused, and what follows is delivered."""
+    """Published past the HTTP edge (a Python Publisher not told the gateway's limit runs the
+    script itself): live and from history alike, the message is refused, and what follows is
+    delivered."""
     gateway = start_gateway("--redis-url", redis_db.url, "--max-message-size", "1000")
     publisher = Publisher(redis_db.url)
     with Stream(gateway.url + "/events/long") as stream:

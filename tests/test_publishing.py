@@ -18,6 +18,7 @@ from sse_client import Stream, subscribed
 
 import gateway as gateway_package
 from gateway import Publisher, PublishError
+from gateway.redis_schema import history_key
 
 
 def assert_json_error(response: requests.Response, status: int) -> dict:
@@ -361,6 +362,22 @@ def test_python_publisher_refuses_invalid_fields_and_sends_nothing(start_gateway
     [event] = stream.wait_events(1)
     assert event.data == "accepted"
     assert b"refused" not in stream.body
+
+
+def test_python_publisher_refuses_an_event_larger_than_the_gateway_delivers(
+        start_gateway, redis_db):
+    gateway = start_gateway("--redis-url", redis_db.url, "--max-message-size", "1000")
+    publisher = Publisher(redis_db.url, max_message_size=1000)
+    with Stream(gateway.url + "/events/chat") as stream:
+        stream.wait_for(subscribed)
+        with pytest.raises(ValueError, match="more than max_message_size"):
+            publisher.publish("chat", "refused" * 200)
+        with pytest.raises(ValueError, match="^item 1: .*more than max_message_size"):
+            publisher.publish_many([{"channel": "chat", "data": "fits"},
+                                    {"channel": "chat", "data": "refused" * 200}])
+        publisher.publish("chat", "x" * 980)  # {"data":"..."} is 991 bytes
+        assert [e.data for e in stream.wait_events(1)] == ["x" * 980]
+    assert redis_db.client.xlen(history_key("", "chat")) == 1  # nothing else was sent
 
 
 def test_python_publisher_refuses_a_channel_name_ending_in_a_newline(redis_db):
