@@ -22,7 +22,7 @@ import gevent
 
 from .brokers import Broker, History
 from .ids import ZERO, EventId
-from .message import HistoryLost, Message
+from .message import HistoryLost, Message, Run
 from .recent import Recent, RecentLimits
 from .wakeups import Latch, Wakeups
 
@@ -178,6 +178,9 @@ class Hub:
         # While `dispatch` walks a channel's subscribers, those that leave wait here.
         self._dispatching = False
         self._leaving: List[Subscriber] = []
+        # Messages received together, held until the last of them (see dispatch).
+        self._held: List[Message] = []
+        self._release_due = False
 
     @property
     def subscriber_count(self) -> int:
@@ -297,7 +300,57 @@ class Hub:
             self._broker.unsubscribe(channel)
 
     def dispatch(self, message: Message) -> None:
-        """Called by the broker, once per message, in id order per channel."""
+        """Called by the broker, once per message, in id order per channel.
+
+        While the broker has more messages received already (`more_received`: pipelined
+        publishes come back together), they are held, in order, and fanned out with the last
+        one: then a run of one channel's events reaches each stream that takes their shared
+        bytes in one write, not one per event. Held, they are as if still unread from the
+        broker: the channel's tail and recent events move as they are fanned out.
+        """
+        held = self._held
+        if self._broker.more_received():
+            held.append(message)
+            if not self._release_due:  # should no message end the burst: the next loop turn
+                self._release_due = True
+                gevent.get_hub().loop.run_callback(self._release_later)
+            return
+        if held:
+            held.append(message)
+            self._release()
+            return
+        self._fan_out(message)
+
+    def _release(self) -> None:
+        """Fan the held messages out, in order: each channel's consecutive events as a run."""
+        held, self._held = self._held, []
+        count = len(held)
+        start = 0
+        while start < count:
+            first = held[start]
+            end = start + 1
+            if first.event_id is not None:
+                channel = first.channel
+                while end < count and held[end].channel == channel \
+                        and held[end].event_id is not None:
+                    end += 1
+            if end - start == 1:
+                self._fan_out(first)
+            else:
+                self._fan_out_run(held[start:end])
+            start = end
+
+    def _release_later(self) -> None:
+        # In the event loop, which must not wait: a fan-out may (a drop unsubscribes).
+        self._release_due = False
+        if self._held:
+            gevent.spawn(self._release_if_held)
+
+    def _release_if_held(self) -> None:
+        if self._held:
+            self._release()
+
+    def _fan_out(self, message: Message) -> None:
         entry = self._channels.get(message.channel)
         if entry is None:
             return
@@ -321,11 +374,47 @@ class Hub:
                 if not subscriber.deliver(message):
                     self._drop_slow(subscriber, "")
         finally:
-            self._dispatching = False
-            if self._leaving:
-                leaving, self._leaving = self._leaving, []
-                for subscriber in leaving:
-                    self._detach(subscriber)
+            self._end_dispatch()
+
+    def _fan_out_run(self, run: List[Message]) -> None:
+        """Consecutive events of one channel (with ids): the channel moves to the last, then
+        each subscriber takes them, a fast one (`EventStream.fast`) as one `Run`."""
+        entry = self._channels.get(run[0].channel)
+        if entry is None:
+            return
+        recent = entry.recent
+        for message in run:
+            entry.tail = message.event_id
+            if recent is not None:
+                recent.add(message)
+        self.deliveries += len(entry.subscribers) * len(run)
+        joined = None
+        self._dispatching = True
+        try:
+            for subscriber in entry.subscribers:
+                if getattr(subscriber, "fast", False):
+                    if joined is None:
+                        joined = Run(run)
+                    kept = subscriber.deliver(joined)
+                else:
+                    # One by one: it may be behind the tail (its replay still being filtered),
+                    # and the first event it takes may make it a fast one for the rest.
+                    kept = True
+                    for message in run:
+                        if not subscriber.deliver(message):
+                            kept = False
+                            break
+                if not kept:
+                    self._drop_slow(subscriber, "")
+        finally:
+            self._end_dispatch()
+
+    def _end_dispatch(self) -> None:
+        self._dispatching = False
+        if self._leaving:
+            leaving, self._leaving = self._leaving, []
+            for subscriber in leaving:
+                self._detach(subscriber)
 
     def _drop_slow(self, subscriber: Subscriber, why: str) -> None:
         """Disconnect a subscriber that cannot keep up, and count it."""
@@ -344,6 +433,8 @@ class Hub:
         """Called by the broker when history may hold, up to `at`, entries it did not dispatch
         live (read from history after a reconnect, or unreadable); ZERO: there is no history;
         None: what it holds is unknown."""
+        if self._held:  # in order with the messages before it
+            self._release()
         entry = self._channels.get(channel)
         if entry is not None and entry.recent is not None:
             entry.recent.restart(at)
@@ -372,7 +463,7 @@ class Hub:
                 # reconnect, from its gap fill), to every attached subscriber.
                 if after != recent.last:
                     if delivering is None:
-                        delivering = self._broker.delivering()
+                        delivering = not self._held and self._broker.delivering()
                     if not delivering:
                         break
                 history = recent.history(after, limit, now_ms)

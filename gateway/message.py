@@ -158,6 +158,20 @@ class HistoryLost(Message):
         return history_gap(position, bounds)
 
 
+class Run(Message):
+    """Consecutive events of one channel, received together, as one write: for the streams
+    that take every event's shared bytes as they are (`EventStream.fast`). Their frames are
+    joined once, for every such stream; only `frame` and `chunk` (one chunk for them all) are
+    read of it, and its `event_id` is the last one's."""
+
+    __slots__ = ()
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        last = messages[-1]
+        super().__init__(last.channel, "", event_id=last.event_id)
+        self.frame = b"".join([message.frame for message in messages])
+
+
 def build_message(
     channel: str,
     data: Any,

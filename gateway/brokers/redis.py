@@ -97,6 +97,7 @@ class RedisBroker(StreamsBroker):
         self._connected_before = False
         self._ready = gevent.event.Event()
         self._handling = False
+        self._received: Callable[[], bool] = _nothing  # see _received_check
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -120,6 +121,9 @@ class RedisBroker(StreamsBroker):
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    def more_received(self) -> bool:
+        return self._received()
 
     def delivering(self) -> bool:
         # Up, and nothing received waits to be handled: then the sink has had every message
@@ -273,6 +277,7 @@ class RedisBroker(StreamsBroker):
         connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
+        self._received = _received_check(connection)
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
         early: List[Any] = []
         if channels:
@@ -312,6 +317,7 @@ class RedisBroker(StreamsBroker):
         return name[len(prefix):].decode("utf-8", errors="replace")
 
     def _drop_connection(self) -> None:
+        self._received = _nothing
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
@@ -320,3 +326,21 @@ class RedisBroker(StreamsBroker):
                 pass
 
 
+def _nothing() -> bool:
+    return False
+
+
+def _received_check(connection: Any) -> Callable[[], bool]:
+    """Whether the bytes of more replies are in the reader of a pub/sub `connection` (read from
+    its socket, not parsed yet): the messages of publishes that Redis ran together arrive in
+    one read. Looked up once per connection; the reply reader is redis-py's (hiredis, or its
+    own parser's buffer)."""
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is not None:
+        return getattr(reader, "has_data", _nothing)
+    buffer = getattr(parser, "_buffer", None)
+    unread = getattr(buffer, "unread_bytes", None)
+    if unread is None:
+        return _nothing
+    return lambda: unread() > 0
