@@ -83,11 +83,14 @@ class Message:
         if name == "body":
             value = wire.encode_body(self.data, self.event, self.retry)
         elif name == "frame":
-            cursor = None
-            if self.event_id is not None:
-                cursor = format_cursor((self.channel,), {self.channel: self.event_id},
-                                       self.source_id)
-            value = wire.encode_frame(self.body, cursor)
+            event_id = self.event_id
+            if event_id is None:
+                value = wire.encode_frame(self.body)
+            elif self.source_id is None:  # the one-channel cursor is the event's own id
+                value = wire.encode_numbered(self.body, *event_id)
+            else:
+                value = wire.encode_frame(self.body, format_cursor(
+                    (self.channel,), {self.channel: event_id}, self.source_id))
         elif name == "chunk":
             value = h1.encode_chunk(self.frame)
         else:
