@@ -181,6 +181,7 @@ class Hub:
         # Messages received together, held until the last of them (see dispatch).
         self._held: List[Message] = []
         self._release_due = False
+        self._releasing = False
 
     @property
     def subscriber_count(self) -> int:
@@ -323,22 +324,32 @@ class Hub:
 
     def _release(self) -> None:
         """Fan the held messages out, in order: each channel's consecutive events as a run."""
-        held, self._held = self._held, []
-        count = len(held)
+        if self._releasing:
+            return  # the release under way (it yielded: a drop unsubscribed) takes them in order
+        self._releasing = True
+        held = self._held
         start = 0
-        while start < count:
-            first = held[start]
-            end = start + 1
-            if first.event_id is not None:
-                channel = first.channel
-                while end < count and held[end].channel == channel \
-                        and held[end].event_id is not None:
-                    end += 1
-            if end - start == 1:
-                self._fan_out(first)
-            else:
-                self._fan_out_run(held[start:end])
-            start = end
+        try:
+            while start < len(held):
+                first = held[start]
+                end = start + 1
+                if first.event_id is not None:
+                    channel = first.channel
+                    while end < len(held) and held[end].channel == channel \
+                            and held[end].event_id is not None:
+                        end += 1
+                run, start = held[start:end], end
+                try:
+                    if len(run) == 1:
+                        self._fan_out(first)
+                    else:
+                        self._fan_out_run(run)
+                except Exception:  # as the broker does for a message it dispatches alone
+                    log.exception("fanning out a message on channel %r failed; skipped",
+                                  first.channel)
+        finally:
+            del held[:start]  # killed meanwhile, the rest stay held, for the next dispatch
+            self._releasing = False
 
     def _release_later(self) -> None:
         # In the event loop, which must not wait: a fan-out may (a drop unsubscribes).

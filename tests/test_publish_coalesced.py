@@ -6,11 +6,14 @@ kind of stream it is; a stream that cannot keep up is still dropped by the budge
 from __future__ import annotations
 
 import json
+import time
 from typing import List
 
 import requests
 from conftest import health, wait_until
 from sse_client import Stream, StreamClosed, subscribed
+
+from gateway.redis_schema import live_channel
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -159,3 +162,27 @@ def test_a_stream_that_takes_nothing_is_still_dropped_by_the_budget_while_runs_c
         stalled.close()
     wait_until(lambda: health(gateway)["buffered_bytes"] == 0, 10,
                message="the dropped stream's bytes to leave the budget")
+
+
+def test_events_held_for_a_burst_that_ends_on_a_refused_message_still_arrive(
+        start_gateway, redis_db):
+    gateway = start_gateway("--redis-url", redis_db.url, "--heartbeat", "30")
+    stream = open_raw(f"{gateway.url}/events/tail")
+    try:
+        # Live copies as the publish script sends them, then one that is not (no id), all in
+        # one write from Redis: the last reply of the read dispatches nothing.
+        ms = int(time.time() * 1000) + 60_000
+        live = live_channel("", "tail")
+        with redis_db.client.pipeline(transaction=False) as pipe:
+            for seq in range(3):
+                pipe.publish(live, f'{ms}-{seq} {{"data":"held{seq}"}}')
+            pipe.publish(live, "no id here")
+            pipe.execute()
+        events = stream.wait_events(3)
+        assert [(event.data, event.last_event_id) for event in events] == \
+            [(f"held{seq}", f"{ms}-{seq}") for seq in range(3)]
+        assert [n for n in events_per_chunk(stream) if n] == [3]
+        wait_until(lambda: health(gateway)["refused"] == 1, 10,
+                   message="the message without an id to be refused")
+    finally:
+        stream.close()
