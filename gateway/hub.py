@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
-    """What the hub asks of a local subscriber (the transports implement it)."""
+    """What the hub asks of a local subscriber (the transports implement it).
+
+    One may also have `fast`, True while every live event is new to it and it takes each
+    event's shared bytes as they are (`EventStream`): then `deliver` may be handed a
+    `message.Run` of several events at once.
+    """
 
     channels: Sequence[str]
 
