@@ -5,8 +5,8 @@ subscriber of its channel (`Subscriber.deliver`): an event stream writes it to i
 and then, a long-poll queues it and wakes its request; messages the broker received together
 are fanned out together, a channel's run of them in one write to each caught-up stream. A
 subscriber that has fallen too far behind is dropped and counted, so one slow client never
-costs memory without bound nor slows the others; and the bytes all subscribers hold for their clients share one budget, so many slow
-clients together cannot either.
+costs memory without bound nor slows the others; and the bytes all subscribers hold for
+their clients share one budget, so many slow clients together cannot either.
 
 A subscriber reaches back into the hub only through the `Seat` the hub gives it as it attaches.
 
