@@ -394,35 +394,35 @@ class Hub:
             self._end_dispatch()
 
     def _fan_out_run(self, run: List[Message]) -> None:
-        """Consecutive events of one channel (with ids): the channel moves to the last, then
-        each subscriber takes them, a fast one (`EventStream.fast`) as one `Run`."""
+        """Consecutive events of one channel (with ids): a fast subscriber
+        (`EventStream.fast`) takes them as one `Run`, any other one by one."""
         entry = self._channels.get(run[0].channel)
         if entry is None:
             return
-        recent = entry.recent
-        for message in run:
-            entry.tail = message.event_id
-            if recent is not None:
-                recent.add(message)
         self.deliveries += len(entry.subscribers) * len(run)
         joined = None
+        others = []
         self._dispatching = True
         try:
             for subscriber in entry.subscribers:
                 if getattr(subscriber, "fast", False):
                     if joined is None:
                         joined = Run(run)
-                    kept = subscriber.deliver(joined)
+                    if not subscriber.deliver(joined):
+                        self._drop_slow(subscriber, "")
                 else:
-                    # One by one: it may be behind the tail (its replay still being filtered),
-                    # and the first event it takes may make it a fast one for the rest.
-                    kept = True
-                    for message in run:
-                        if not subscriber.deliver(message):
-                            kept = False
-                            break
-                if not kept:
-                    self._drop_slow(subscriber, "")
+                    others.append(subscriber)
+            # The others see the tail move event by event, as if each came alone: one whose
+            # replay went past some of them filters those, and turns fast only at its own
+            # position. A subscriber dropped meanwhile takes the rest as closed ones do.
+            recent = entry.recent
+            for message in run:
+                entry.tail = message.event_id
+                if recent is not None:
+                    recent.add(message)
+                for subscriber in others:
+                    if not subscriber.deliver(message):
+                        self._drop_slow(subscriber, "")
         finally:
             self._end_dispatch()
 

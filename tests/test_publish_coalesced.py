@@ -1,19 +1,31 @@
 """Events that come back from Redis together (the publishes of one batch, pipelined ones) are
 fanned out together: each caught-up one-channel stream takes a channel's run of them in one
 write (one HTTP chunk), and every subscriber still gets every event once, in order, whatever
-kind of stream it is; a stream that cannot keep up is still dropped by the budget."""
+kind of stream it is; a stream that cannot keep up is still dropped by the budget.
+
+Against real gateways and Redis, and in process for the one case whose timing Redis cannot be
+made to give on demand: a stream that attaches while a run is held, and whose replay from
+history covers part of it."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import List
 
+import pytest
 import requests
 from conftest import health, wait_until
 from sse_client import Stream, StreamClosed, subscribed
 
+from gateway.brokers.embedded import EmbeddedBroker
+from gateway.hub import Hub
+from gateway.ids import format_id
+from gateway.message import build_message
 from gateway.redis_schema import live_channel
+from gateway.transports import EventStream, Session, StreamOptions
+from gateway.wire import EventStreamParser
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -186,3 +198,64 @@ def test_events_held_for_a_burst_that_ends_on_a_refused_message_still_arrive(
                    message="the message without an id to be refused")
     finally:
         stream.close()
+
+
+# -- in process: a stream whose replay went past part of a run ------------------------------
+
+
+class BurstBroker(EmbeddedBroker):
+    """The embedded broker, saying "more received" while `burst` is set: the hub then holds
+    what it publishes, as it holds the Redis listener's messages read together."""
+
+    burst = False
+
+    def more_received(self) -> bool:
+        return self.burst
+
+
+def live_stream(hub: Hub, last_event_id) -> tuple[EventStream, socket.socket]:
+    """A one-channel event stream gone live on one end of a socket pair; the other end."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    stream = EventStream(["c"], 1000, StreamOptions(retry_ms=1000, heartbeat=30))
+    session = Session(hub, stream)
+    stream.start(session, session.open(last_event_id))
+    stream.take_over(ours, False, b"")
+    peer.settimeout(10)
+    return stream, peer
+
+
+def read_events(peer: socket.socket, count: int) -> list:
+    parser, events = EventStreamParser(), []
+    for _ in range(100):  # bounded: a few reads carry them all
+        if len(events) >= count:
+            break
+        events += parser.feed(peer.recv(65536))
+    return events
+
+
+def test_a_stream_whose_replay_covered_part_of_a_run_gets_each_event_once():
+    broker = BurstBroker(history_length=100)
+    hub = Hub(broker, 1 << 20)
+    broker.start(hub.dispatch)
+    first = broker.publish(build_message("c", "m0"))
+    early, early_peer = live_stream(hub, None)  # caught up: it takes the run in one write
+    broker.burst = True  # m1..m3 are in history, and held by the hub, not dispatched yet
+    for n in (1, 2, 3):
+        broker.publish(build_message("c", f"m{n}"))
+    # From m0: its replay reads m1..m3 from history, so the live m1..m3 are not new to it.
+    late, late_peer = live_stream(hub, format_id(first.event_id))
+    assert (early.fast, late.fast) == (True, False)
+    broker.burst = False
+    broker.publish(build_message("c", "m4"))  # the last of the burst: all four fan out
+    try:
+        assert [e.data for e in read_events(late_peer, 4)] == ["m1", "m2", "m3", "m4"]
+        assert [e.data for e in read_events(early_peer, 4)] == ["m1", "m2", "m3", "m4"]
+        late_peer.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing more: no event twice
+            late_peer.recv(65536)
+        assert late.fast  # once at the tail, it takes the shared bytes too
+    finally:
+        for stream, peer in ((early, early_peer), (late, late_peer)):
+            stream.close()
+            peer.close()
