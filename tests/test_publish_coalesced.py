@@ -15,11 +15,14 @@ import time
 from typing import List
 
 import pytest
+import redis
 import requests
 from conftest import health, wait_until
+from redis._parsers import _HiredisParser, _RESP2Parser
 from sse_client import Stream, StreamClosed, subscribed
 
 from gateway.brokers.embedded import EmbeddedBroker
+from gateway.brokers.redis import _received_check
 from gateway.hub import Hub
 from gateway.ids import format_id
 from gateway.message import build_message
@@ -259,3 +262,27 @@ def test_a_stream_whose_replay_covered_part_of_a_run_gets_each_event_once():
         for stream, peer in ((early, early_peer), (late, late_peer)):
             stream.close()
             peer.close()
+
+
+@pytest.mark.parametrize("parser", [_HiredisParser, _RESP2Parser], ids=["hiredis", "python"])
+def test_the_listener_tells_when_more_replies_wait_in_its_reader(redis_db, parser):
+    connection = redis.Connection(port=redis_db.port, protocol=2, parser_class=parser,
+                                  socket_timeout=10)
+    connection.connect()
+    try:
+        more = _received_check(connection)
+        assert not more()
+        connection.send_command("SUBSCRIBE", "told")
+        assert connection.read_response()[0] == b"subscribe"
+        assert not more()
+        with redis_db.client.pipeline(transaction=False) as pipe:
+            for n in range(3):
+                pipe.publish("told", f"m{n}")
+            pipe.execute()  # one write from Redis to the subscriber: one read takes all three
+        replies = [connection.read_response()]
+        while more():
+            replies.append(connection.read_response())
+        assert [reply[2] for reply in replies] == [b"m0", b"m1", b"m2"]
+        assert not more()
+    finally:
+        connection.disconnect()
