@@ -303,6 +303,9 @@ class RedisBroker(StreamsBroker):
                 self._handling = False
 
     def _handle(self, reply) -> Optional[str]:
+        if reply[0] == b"message":  # nearly every reply: told apart before anything is decoded
+            self._on_payload(reply[1], reply[2])
+            return "message"
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "message":
             self._on_payload(reply[1], reply[2])
