@@ -2,10 +2,11 @@
 
 The broker hands each message to `Hub.dispatch` once, and the hub hands it to every local
 subscriber of its channel (`Subscriber.deliver`): an event stream writes it to its socket there
-and then, a long-poll queues it and wakes its request. A subscriber that has fallen too far
-behind is dropped and counted, so one slow client never costs memory without bound nor slows
-the others; and the bytes all subscribers hold for their clients share one budget, so many slow
-clients together cannot either.
+and then, a long-poll queues it and wakes its request; messages the broker received together
+are fanned out together, a channel's run of them in one write to each caught-up stream. A
+subscriber that has fallen too far behind is dropped and counted, so one slow client never
+costs memory without bound nor slows the others; and the bytes all subscribers hold for
+their clients share one budget, so many slow clients together cannot either.
 
 A subscriber reaches back into the hub only through the `Seat` the hub gives it as it attaches.
 
@@ -22,7 +23,7 @@ import gevent
 
 from .brokers import Broker, History
 from .ids import ZERO, EventId
-from .message import HistoryLost, Message
+from .message import HistoryLost, Message, Run
 from .recent import Recent, RecentLimits
 from .wakeups import Latch, Wakeups
 
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
-    """What the hub asks of a local subscriber (the transports implement it)."""
+    """What the hub asks of a local subscriber (the transports implement it).
+
+    One may also have `fast`, True while every live event is new to it and it takes each
+    event's shared bytes as they are (`EventStream`): then `deliver` may be handed a
+    `message.Run` of several events at once.
+    """
 
     channels: Sequence[str]
 
@@ -178,6 +184,10 @@ class Hub:
         # While `dispatch` walks a channel's subscribers, those that leave wait here.
         self._dispatching = False
         self._leaving: List[Subscriber] = []
+        # Messages received together, held until the last of them (see dispatch).
+        self._held: List[Message] = []
+        self._release_due = False
+        self._releasing = False
 
     @property
     def subscriber_count(self) -> int:
@@ -297,7 +307,67 @@ class Hub:
             self._broker.unsubscribe(channel)
 
     def dispatch(self, message: Message) -> None:
-        """Called by the broker, once per message, in id order per channel."""
+        """Called by the broker, once per message, in id order per channel.
+
+        While the broker has more messages received already (`more_received`: pipelined
+        publishes come back together), they are held, in order, and fanned out with the last
+        one: then a run of one channel's events reaches each stream that takes their shared
+        bytes in one write, not one per event. Held, they are as if still unread from the
+        broker: the channel's tail and recent events move as they are fanned out.
+        """
+        held = self._held
+        if self._broker.more_received():
+            held.append(message)
+            if not self._release_due:  # should no message end the burst: the next loop turn
+                self._release_due = True
+                gevent.get_hub().loop.run_callback(self._release_later)
+            return
+        if held:
+            held.append(message)
+            self._release()
+            return
+        self._fan_out(message)
+
+    def _release(self) -> None:
+        """Fan the held messages out, in order: each channel's consecutive events as a run."""
+        if self._releasing:
+            return  # the release under way (it yielded: a drop unsubscribed) takes them in order
+        self._releasing = True
+        held = self._held
+        start = 0
+        try:
+            while start < len(held):
+                first = held[start]
+                end = start + 1
+                if first.event_id is not None:
+                    channel = first.channel
+                    while end < len(held) and held[end].channel == channel \
+                            and held[end].event_id is not None:
+                        end += 1
+                run, start = held[start:end], end
+                try:
+                    if len(run) == 1:
+                        self._fan_out(first)
+                    else:
+                        self._fan_out_run(run)
+                except Exception:  # as the broker does for a message it dispatches alone
+                    log.exception("fanning out a message on channel %r failed; skipped",
+                                  first.channel)
+        finally:
+            del held[:start]  # killed meanwhile, the rest stay held, for the next dispatch
+            self._releasing = False
+
+    def _release_later(self) -> None:
+        # In the event loop, which must not wait: a fan-out may (a drop unsubscribes).
+        self._release_due = False
+        if self._held:
+            gevent.spawn(self._release_if_held)
+
+    def _release_if_held(self) -> None:
+        if self._held:
+            self._release()
+
+    def _fan_out(self, message: Message) -> None:
         entry = self._channels.get(message.channel)
         if entry is None:
             return
@@ -321,11 +391,47 @@ class Hub:
                 if not subscriber.deliver(message):
                     self._drop_slow(subscriber, "")
         finally:
-            self._dispatching = False
-            if self._leaving:
-                leaving, self._leaving = self._leaving, []
-                for subscriber in leaving:
-                    self._detach(subscriber)
+            self._end_dispatch()
+
+    def _fan_out_run(self, run: List[Message]) -> None:
+        """Consecutive events of one channel (with ids): a fast subscriber
+        (`EventStream.fast`) takes them as one `Run`, any other one by one."""
+        entry = self._channels.get(run[0].channel)
+        if entry is None:
+            return
+        self.deliveries += len(entry.subscribers) * len(run)
+        joined = None
+        others = []
+        self._dispatching = True
+        try:
+            for subscriber in entry.subscribers:
+                if getattr(subscriber, "fast", False):
+                    if joined is None:
+                        joined = Run(run)
+                    if not subscriber.deliver(joined):
+                        self._drop_slow(subscriber, "")
+                else:
+                    others.append(subscriber)
+            # The others see the tail move event by event, as if each came alone: one whose
+            # replay went past some of them filters those, and turns fast only at its own
+            # position. A subscriber dropped meanwhile takes the rest as closed ones do.
+            recent = entry.recent
+            for message in run:
+                entry.tail = message.event_id
+                if recent is not None:
+                    recent.add(message)
+                for subscriber in others:
+                    if not subscriber.deliver(message):
+                        self._drop_slow(subscriber, "")
+        finally:
+            self._end_dispatch()
+
+    def _end_dispatch(self) -> None:
+        self._dispatching = False
+        if self._leaving:
+            leaving, self._leaving = self._leaving, []
+            for subscriber in leaving:
+                self._detach(subscriber)
 
     def _drop_slow(self, subscriber: Subscriber, why: str) -> None:
         """Disconnect a subscriber that cannot keep up, and count it."""
@@ -344,6 +450,8 @@ class Hub:
         """Called by the broker when history may hold, up to `at`, entries it did not dispatch
         live (read from history after a reconnect, or unreadable); ZERO: there is no history;
         None: what it holds is unknown."""
+        if self._held:  # in order with the messages before it
+            self._release()
         entry = self._channels.get(channel)
         if entry is not None and entry.recent is not None:
             entry.recent.restart(at)
@@ -384,7 +492,7 @@ class Hub:
             # reconnect, from its gap fill), to every attached subscriber.
             if after != recent.last:
                 if delivering is None:
-                    delivering = self._broker.delivering()
+                    delivering = not self._held and self._broker.delivering()
                 if not delivering:
                     return None
             history = recent.history(after, limit, now_ms)

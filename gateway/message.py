@@ -83,11 +83,14 @@ class Message:
         if name == "body":
             value = wire.encode_body(self.data, self.event, self.retry)
         elif name == "frame":
-            cursor = None
-            if self.event_id is not None:
-                cursor = format_cursor((self.channel,), {self.channel: self.event_id},
-                                       self.source_id)
-            value = wire.encode_frame(self.body, cursor)
+            event_id = self.event_id
+            if event_id is None:
+                value = wire.encode_frame(self.body)
+            elif self.source_id is None:  # the one-channel cursor is the event's own id
+                value = wire.encode_numbered(self.body, *event_id)
+            else:
+                value = wire.encode_frame(self.body, format_cursor(
+                    (self.channel,), {self.channel: event_id}, self.source_id))
         elif name == "chunk":
             value = h1.encode_chunk(self.frame)
         else:
@@ -156,6 +159,20 @@ class HistoryLost(Message):
             # Read from history after the broker was: every later event reaches it live.
             return False
         return history_gap(position, bounds)
+
+
+class Run(Message):
+    """Consecutive events of one channel, received together, as one write: for the streams
+    that take every event's shared bytes as they are (`EventStream.fast`). Their frames are
+    joined once, for every such stream; only `frame` and `chunk` (one chunk for them all) are
+    read of it, and its `event_id` is the last one's."""
+
+    __slots__ = ()
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        last = messages[-1]
+        super().__init__(last.channel, "", event_id=last.event_id)
+        self.frame = b"".join([message.frame for message in messages])
 
 
 def build_message(

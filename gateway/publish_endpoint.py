@@ -52,6 +52,7 @@ ALLOW = "POST, OPTIONS"
 BATCH_TYPES = ("application/x-ndjson", "application/json")
 _FORWARDING_KEYS = tuple("HTTP_" + name.upper().replace("-", "_") for name in FORWARDING_HEADERS)
 _PEERS_KEPT = 1024
+_UNCACHEABLE = list(UNCACHEABLE.items())
 _Result = TypeVar("_Result")
 
 
@@ -157,12 +158,12 @@ class PublishEndpoint:
         return [body]
 
     def _headers(self, environ: dict, method: str) -> List[Tuple[str, str]]:
-        headers = list(UNCACHEABLE.items())
-        if self._cors is not None:
-            origin = environ.get("HTTP_ORIGIN")
-            extra = self._cors.preflight(origin) if method == "OPTIONS" else self._cors.headers(origin)
-            headers += extra.items()
-        return headers
+        """The headers of every answer (never changed by the caller: it copies them)."""
+        if self._cors is None:
+            return _UNCACHEABLE
+        origin = environ.get("HTTP_ORIGIN")
+        extra = self._cors.preflight(origin) if method == "OPTIONS" else self._cors.headers(origin)
+        return _UNCACHEABLE + list(extra.items())
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -204,8 +205,9 @@ class PublishEndpoint:
 
     def _from_loopback(self, environ: dict) -> bool:
         peer = environ.get("REMOTE_ADDR") or ""
-        if any(environ.get(key) for key in _FORWARDING_KEYS):
-            return is_loopback(environ_client(environ, self._proxies))
+        for key in _FORWARDING_KEYS:
+            if environ.get(key):
+                return is_loopback(environ_client(environ, self._proxies))
         # No forwarding headers: the peer alone decides, and peers are few (local publishers).
         local = self._local_peers.get(peer)
         if local is None:
@@ -316,18 +318,21 @@ class PublishEndpoint:
 
 
 def _read_body(environ: dict, limit: int, what: str) -> bytes:
-    too_large = ApiError(413, "request entity too large", f"the body is larger than {what}")
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
-        raise too_large
+        raise _too_large(what)
     # Read one byte more than allowed: the length alone need not be trusted to bound it.
     try:
         body = environ["wsgi.input"].read(limit + 1)
     except OSError:
         raise ApiError(400, "bad request", "the request body did not arrive in full") from None
     if len(body) > limit:
-        raise too_large
+        raise _too_large(what)
     return body
+
+
+def _too_large(what: str) -> ApiError:
+    return ApiError(413, "request entity too large", f"the body is larger than {what}")
 
 
 def _mimetype(environ: dict) -> str:

@@ -51,6 +51,8 @@ def encode_body(data: str, event: Optional[str] = None, retry: Optional[int] = N
     and CRLF in the data arrive as LF, which is all the format can carry. An event type with CR,
     LF or NUL raises FieldError: it would inject fields.
     """
+    if not event and retry is None and "\n" not in data and "\r" not in data:
+        return ("data: " + data + "\n").encode("utf-8")  # the common event: one data line
     parts = []
     if event:
         parts.append(f"event: {check_field('event', event)}\n")
@@ -73,6 +75,12 @@ def encode_frame(body: bytes, event_id: Optional[str] = None) -> bytes:
     if event_id is None:
         return body + b"\n"
     return body + encode_id(event_id) + b"\n"
+
+
+def encode_numbered(body: bytes, ms: int, seq: int) -> bytes:
+    """`encode_frame` with a stream id `<ms>-<seq>` as the `id`: digits and a dash, which
+    need no check."""
+    return b"%sid: %d-%d\n\n" % (body, ms, seq)
 
 
 def encode_event(

@@ -71,6 +71,12 @@ class Broker(ABC):
         reaches it in order (no reconnect under way); answered without waiting."""
         return True
 
+    def more_received(self) -> bool:
+        """Whether more messages were received already, to be passed to the sink right after
+        the one it is being passed now (the hub then fans them out together); answered
+        without waiting or reading."""
+        return False
+
     @abstractmethod
     def publish(self, message: Message) -> PublishResult:
         """Append to history and deliver, atomically; raises BrokerUnavailable."""

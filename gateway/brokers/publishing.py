@@ -27,11 +27,16 @@ _INTERRUPTED = RedisConnectionError("the publish in flight was interrupted; its 
 
 def pack(*args: Any) -> bytes:
     """One command in RESP: text as UTF-8, bytes as they are, numbers as their digits."""
-    parts = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + _bulks(args)
+
+
+def _bulks(args: Sequence[Any]) -> bytes:
+    parts = []
     for arg in args:
-        if isinstance(arg, str):
+        kind = arg.__class__
+        if kind is str:
             arg = arg.encode("utf-8")
-        elif not isinstance(arg, bytes):
+        elif kind is not bytes:
             arg = b"%d" % arg
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
@@ -63,6 +68,7 @@ class Publishes:
         self._pool = pool
         self._script = script
         self._sha = hashlib.sha1(script.encode("utf-8")).hexdigest()
+        self._evalsha = _bulks(("EVALSHA", self._sha))
         self._connection = None
         self._queue: List[Job] = []
         self._flying = False
@@ -77,7 +83,9 @@ class Publishes:
         """Queue a run of the script, behind those queued before it; `wait` for its reply.
         It leaves with the next flight: the one a waiter starts, or else one started as soon
         as this greenlet yields, so it is run even if nobody waits."""
-        job = Job(pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        # The command's name and the script's SHA1 packed once: a publish packs the rest.
+        job = Job(b"*%d\r\n" % (3 + len(keys) + len(args)) + self._evalsha
+                  + _bulks((len(keys), *keys, *args)))
         self._queue.append(job)
         if not self._flying and not self._due:
             self._due = True

@@ -108,6 +108,7 @@ class RedisBroker(StreamsBroker):
         self._refused = gevent.event.Event()  # Redis refused the settings before any serving
         self._waiting = 0  # wait_ready calls under way: they report a refusal, not the log
         self._handling = False
+        self._received: Callable[[], bool] = _nothing  # see _received_check
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -138,6 +139,9 @@ class RedisBroker(StreamsBroker):
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    def more_received(self) -> bool:
+        return self._received()
 
     def delivering(self) -> bool:
         # Up, and nothing received waits to be handled: then the sink has had every message
@@ -328,6 +332,7 @@ class RedisBroker(StreamsBroker):
         connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
+        self._received = _received_check(connection)
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
         early: List[Any] = []
         if channels:
@@ -353,6 +358,9 @@ class RedisBroker(StreamsBroker):
                 self._handling = False
 
     def _handle(self, reply) -> Optional[str]:
+        if reply[0] == b"message":  # nearly every reply: told apart before anything is decoded
+            self._on_payload(reply[1], reply[2])
+            return "message"
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         if kind == "message":
             self._on_payload(reply[1], reply[2])
@@ -367,6 +375,7 @@ class RedisBroker(StreamsBroker):
         return name[len(prefix):].decode("utf-8", errors="replace")
 
     def _drop_connection(self) -> None:
+        self._received = _nothing
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
@@ -375,3 +384,21 @@ class RedisBroker(StreamsBroker):
                 pass
 
 
+def _nothing() -> bool:
+    return False
+
+
+def _received_check(connection: Any) -> Callable[[], bool]:
+    """Whether the bytes of more replies are in the reader of a pub/sub `connection` (read from
+    its socket, not parsed yet): the messages of publishes that Redis ran together arrive in
+    one read. Looked up once per connection; the reply reader is redis-py's (hiredis, or its
+    own parser's buffer)."""
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is not None:
+        return getattr(reader, "has_data", _nothing)
+    buffer = getattr(parser, "_buffer", None)
+    unread = getattr(buffer, "unread_bytes", None)
+    if unread is None:
+        return _nothing
+    return lambda: unread() > 0

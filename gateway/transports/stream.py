@@ -50,7 +50,8 @@ class EventStream:
     written as they come.
 
     While the socket takes everything, each event is sent as it is dispatched; for a
-    one-channel stream that is the message's shared bytes, already in chunked framing. When
+    one-channel stream that is the message's shared bytes, already in chunked framing (or a
+    `Run`'s: several events of the channel in one chunk, as the hub hands them). When
     the socket cannot take more, the rest waits in `out` and later events queue, framed, until
     the socket drains; more than `max_pending` of them and the hub drops the stream. Only then
     does the stream count what it holds (`out` and the queue) in the hub's budget.
