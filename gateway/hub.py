@@ -460,47 +460,38 @@ class Hub:
                 limit: Optional[int] = None) -> Dict[str, History]:
         """Each channel's events after its position (at most `limit` per channel), as the
         broker's `history` answers: from recent events when they cover every channel asked
-        for (`history_in_memory`), else from the broker (the channels of one answer are read
-        at one instant)."""
+        for and the broker is delivering (or connected, for a position at the last event
+        dispatched), else from the broker (the channels of one answer are read at one
+        instant)."""
         if not positions:
             return {}
-        answer = self.history_in_memory(positions, limit)
-        if answer is not None:
-            return answer
+        if self._recent is not None and self._broker.connected:
+            now_ms = int(time.time() * 1000)
+            answer = {}
+            delivering = None
+            for channel, after in positions.items():
+                entry = self._channels.get(channel)
+                recent = entry.recent if entry is not None else None
+                if recent is None:
+                    break
+                # Events the broker holds and has not dispatched yet are missing here. A
+                # position at the last one dispatched (a poll's, mostly) needs none of them:
+                # while the broker is connected they are all to come, live (or, after a
+                # reconnect, from its gap fill), to every attached subscriber.
+                if after != recent.last:
+                    if delivering is None:
+                        delivering = not self._held and self._broker.delivering()
+                    if not delivering:
+                        break
+                history = recent.history(after, limit, now_ms)
+                if history is None:
+                    break
+                answer[channel] = history
+            else:
+                self.history_from_memory += 1
+                return answer
         self.history_from_broker += 1
         return self._broker.history(positions, limit)
-
-    def history_in_memory(self, positions: Dict[str, EventId], limit: Optional[int] = None,
-                          attended: bool = False) -> Optional[Dict[str, History]]:
-        """`history`'s answer from recent events, when they cover every channel asked for and
-        the broker is delivering (or connected, for a position at the last event dispatched);
-        None when they do not. With `attended`, only for channels that have local
-        subscribers (a reader that does not attach then keeps no channel subscribed)."""
-        if self._recent is None or not self._broker.connected:
-            return None
-        now_ms = int(time.time() * 1000)
-        answer = {}
-        delivering = None
-        for channel, after in positions.items():
-            entry = self._channels.get(channel)
-            recent = entry.recent if entry is not None else None
-            if recent is None or (attended and not entry.subscribers):
-                return None
-            # Events the broker holds and has not dispatched yet are missing here. A
-            # position at the last one dispatched (a poll's, mostly) needs none of them:
-            # while the broker is connected they are all to come, live (or, after a
-            # reconnect, from its gap fill), to every attached subscriber.
-            if after != recent.last:
-                if delivering is None:
-                    delivering = not self._held and self._broker.delivering()
-                if not delivering:
-                    return None
-            history = recent.history(after, limit, now_ms)
-            if history is None:
-                return None
-            answer[channel] = history
-        self.history_from_memory += 1
-        return answer
 
     def close_all(self) -> None:
         """End every subscriber, and unsubscribe channels at once from now on."""

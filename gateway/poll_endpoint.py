@@ -33,15 +33,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .subscribe import UNCACHEABLE, ApiError
 from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp
-from .transports.poll import (
-    Answer,
-    DirectAnswer,
-    Taken,
-    answer_at_once,
-    collect,
-    unavailable,
-)
-from .transports.session import Session
+from .transports.poll import Answer, DirectAnswer, Taken, collect, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +175,10 @@ class PollEndpoint:
         with self._metrics.polling(jsonp=request.callback is not None):
             try:
                 grant = self._auth.check_subscribe(request.channels, environ, request.args)
-                session = Session(self._hub, PollQueue(request.channels, config.max_pending))
-                # Events waiting in memory answer the poll at once, with no attaching to the
-                # hub; else it attaches, and answers with at most `batch` events (it reads
-                # no more history).
-                early = (session.peek(request.cursor, request.batch)
-                         if request.cursor is not None else None)
-                backlog = early if early is not None else session.open(request.cursor,
-                                                                       request.batch)
+                # A poll answers with at most `batch` events: it reads no more history.
+                session, backlog = subscribe.open_session(
+                    self._hub, PollQueue(request.channels, config.max_pending), request.cursor,
+                    request.batch)
             except Refused as refused:
                 status, content_type, body = answers.poll_refusal(refused, request.callback)
                 return status, [("Content-Type", content_type)], body
@@ -199,7 +187,7 @@ class PollEndpoint:
                 answer = unavailable(request.cursor, request.hold,
                                      subscribe.outage_retry(config.retry))
             else:
-                # An attached session is detached by `collect`, whatever happens.
+                # The session is attached, and `collect` detaches it whatever happens.
                 hold = grant.hold(request.hold)
                 direct = environ.get(DIRECT)
                 if direct is not None and grant.expires is None:
@@ -207,10 +195,7 @@ class PollEndpoint:
                         request.callback, origin, headers))
                 else:
                     direct = None
-                if early is not None:
-                    answer = answer_at_once(session, early, request.batch, config.retry)
-                else:
-                    answer = collect(session, backlog, hold, request.batch, config.retry, direct)
+                answer = collect(session, backlog, hold, request.batch, config.retry, direct)
                 if direct is not None:
                     if direct.done:
                         return 200, None, Sent(direct.status, direct.length, direct.rest)

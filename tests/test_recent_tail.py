@@ -7,10 +7,6 @@ the attached subscriber. So that read costs no broker call even while replies wa
 they do in a busy long-poll process, and is the one exception: a cursor behind still reads the
 broker then, and a disconnected broker answers every read itself. In-process, on the embedded
 broker, with "replies unread" and "disconnected" set by hand.
-
-A poll that memory answers at once with events is answered without attaching (Session.peek),
-where attaching would have answered it from memory at once too, and on channels that have
-local subscribers only (one in its grace period is attached to, which keeps it subscribed).
 """
 
 from gateway.brokers.embedded import EmbeddedBroker
@@ -20,7 +16,6 @@ from gateway.message import Message
 from gateway.recent import RecentLimits
 from gateway.subscribe import open_session
 from gateway.transports import PollQueue
-from gateway.transports.session import Session
 
 CHANNEL = "c"
 
@@ -86,43 +81,3 @@ def test_with_the_broker_disconnected_every_read_goes_to_the_broker():
     assert opened(hub, ids[-1]) == []
     assert opened(hub, ids[1]) == ["m2"]
     assert (broker.reads, hub.history_from_memory) == (2, 0)
-
-
-def peeked(hub: Hub, after, channels=(CHANNEL,)):
-    """What Session.peek answers a poll at `after` with (None: the poll must attach), and
-    whether the poll's queue was attached (it must not be)."""
-    queue = PollQueue(list(channels), 100)
-    events = Session(hub, queue).peek(format_cursor(tuple(channels), {CHANNEL: after}), 10)
-    return None if events is None else [m.data for m in events], queue.seat is not None
-
-
-def test_a_poll_behind_the_last_event_is_answered_from_memory_without_attaching():
-    broker, hub, ids = setup()
-    assert peeked(hub, ids[0]) == (["m1", "m2"], False)
-    assert hub.local_subscribers(CHANNEL) == 1  # only the one that keeps it subscribed
-    assert (broker.reads, hub.history_from_memory) == (0, 1)
-
-
-def test_a_poll_peeks_only_where_attaching_would_answer_at_once_from_memory():
-    broker, hub, ids = setup()
-    assert peeked(hub, ids[-1]) == (None, False)  # nothing after it: the poll waits, attached
-    broker.unread = True
-    assert peeked(hub, ids[0]) == (None, False)  # memory may lack what is still unread
-    broker.unread = False
-    assert peeked(hub, "not-a-cursor") == (None, False)  # a reset to send: open() says so
-    assert peeked(hub, ids[0], channels=(CHANNEL, "elsewhere")) == (None, False)
-    assert broker.reads == 0
-
-
-def test_a_channel_in_its_grace_period_is_not_peeked_so_attaching_keeps_it_subscribed():
-    broker = BusyBroker()
-    hub = Hub(broker, 1 << 30, RecentLimits(100, 1 << 20, 1000, 3600.0), unsubscribe_grace=60)
-    broker.start(hub.dispatch)
-    last = PollQueue([CHANNEL], 100)
-    hub.attach(last)
-    ids = [broker.publish(Message(CHANNEL, f"m{n}")).event_id for n in range(3)]
-    last.close()  # its last subscriber gone: the channel is in its grace period
-    assert (hub.local_subscribers(CHANNEL), hub.idle_channel_count) == (0, 1)
-    assert peeked(hub, ids[0]) == (None, False)
-    assert opened(hub, ids[0]) == ["m1", "m2"]  # from memory, attached (which ends the grace)
-    assert broker.reads == 0

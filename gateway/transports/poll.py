@@ -322,13 +322,6 @@ def collect(session: Session, backlog: List[Message], hold: float, batch: int,
         session.close()
 
 
-def answer_at_once(session: Session, backlog: List[Message], batch: int,
-                   retry_ms: int) -> Answer:
-    """The answer of a poll whose backlog was read without attaching (`Session.peek`): at
-    least one event, at once."""
-    return Answer(_take(session, backlog, batch), session.cursor(), retry_ms)
-
-
 def poll(session: Session, backlog: List[Message], hold: float, batch: int,
          retry_ms: int) -> Dict[str, Any]:
     """As `collect`, the answer as the JSON-ready body."""

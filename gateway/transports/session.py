@@ -51,26 +51,6 @@ class Session:
             self.close()
             raise
 
-    def peek(self, last_event_id: str, limit: Optional[int] = None) -> Optional[List[Message]]:
-        """The backlog `open` would return, read from recent events without attaching, when
-        it is all a client asking once needs: events, no reset. None: `open` instead.
-
-        Nothing is dispatched between the read and the answer, so the events are those `open`
-        would replay; the session is not attached, and is not to be closed.
-        """
-        try:
-            requested = parse_cursor(last_event_id, self.channels)
-        except CursorError:
-            return None
-        histories = self.hub.history_in_memory(requested, limit, attended=True)
-        if histories is None or any(h.gap for h in histories.values()):
-            return None
-        events = self._merged([h.messages for h in histories.values()])
-        if not events:
-            return None
-        self.positions = requested
-        return events
-
     def _replay(self, requested: Dict[str, EventId],
                 limit: Optional[int]) -> Tuple[List[str], List[Message]]:
         """The channels whose history has a gap, and the events after each position."""
@@ -85,13 +65,9 @@ class Session:
                 after = min(after, self.positions[channel])
             self.positions[channel] = after
             histories.append(history.messages)
-        return lost, self._merged(histories)
-
-    @staticmethod
-    def _merged(histories: List[List[Message]]) -> List[Message]:
         if len(histories) == 1:
-            return list(histories[0])  # a copy: the read's messages may be shared
-        return list(heapq.merge(*histories, key=lambda m: m.event_id))
+            return lost, list(histories[0])  # a copy: the read's messages may be shared
+        return lost, list(heapq.merge(*histories, key=lambda m: m.event_id))
 
     def accept(self, message: Message) -> bool:
         """Whether the client still needs this message; advances its position if so."""
