@@ -31,14 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
-    """What the hub asks of a local subscriber (the transports implement it).
-
-    One may also have `fast`, True while every live event is new to it and it takes each
-    event's shared bytes as they are (`EventStream`): then `deliver` may be handed a
-    `message.Run` of several events at once.
-    """
+    """What the hub asks of a local subscriber (the transports implement it)."""
 
     channels: Sequence[str]
+    # True while every live event is new to it and it takes each event's shared bytes as they
+    # are (an `EventStream` caught up): then `deliver` may be handed a `message.Run` of
+    # several events at once.
+    fast: bool
 
     def attached(self, seat: "Seat") -> None:
         """Take the seat the hub gives, before the first `deliver`."""
@@ -405,7 +404,7 @@ class Hub:
         self._dispatching = True
         try:
             for subscriber in entry.subscribers:
-                if getattr(subscriber, "fast", False):
+                if subscriber.fast:
                     if joined is None:
                         joined = Run(run)
                     if not subscriber.deliver(joined):

@@ -40,6 +40,7 @@ class Recorder:
 
     def __init__(self, channels):
         self.channels = tuple(channels)
+        self.fast = False
         self.seat = None
         self.got = []
 

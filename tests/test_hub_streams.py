@@ -184,6 +184,7 @@ class Recorder:
     def __init__(self, hub: Hub, channels: List[str], on_deliver: str = "take") -> None:
         self.hub = hub
         self.channels = tuple(channels)
+        self.fast = False
         self.on_deliver = on_deliver  # "take", "leave" or "refuse"
         self.seat: Optional[Seat] = None
         self.received: List[Message] = []

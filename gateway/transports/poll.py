@@ -50,6 +50,7 @@ class PollQueue:
     the length of the messages' frames, is on the hub's budget.
     """
 
+    fast = False  # takes events one by one (the hub's `Subscriber.fast`)
     __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "direct", "_waiter",
                  "_due", "_readable")
 
