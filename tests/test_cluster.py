@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from redis_cluster import RedisCluster, channels_on_every_shard, slot_of
 from test_http_hostile import connect
 from test_operations import presence
+from test_publish_coalesced import events_per_chunk, open_raw
 from test_publish_pipelined import message, publish_request, read_answers
 
 from gateway import Publisher
@@ -204,6 +205,34 @@ def test_pipelined_publishes_share_a_round_trip_per_master_and_keep_each_channel
     for port in masters:
         assert after[port] - before[port] < 15, (port, after[port] - before[port])
         masters[port].close()
+
+
+def test_pipelined_publishes_on_one_shard_reach_each_stream_in_runs_in_order_and_once(
+        redis_cluster, start_gateway):
+    channels = channels_on_every_shard(redis_cluster, 2, stem="runs")
+    first, second, elsewhere = channels[0], channels[1], channels[2]
+    assert redis_cluster.master_of(slot_of(first)) == redis_cluster.master_of(slot_of(second))
+    assert redis_cluster.master_of(slot_of(elsewhere)) != redis_cluster.master_of(slot_of(first))
+    gateway = cluster_gateway(start_gateway, redis_cluster, "--heartbeat", "30")
+    streams = {c: open_raw(f"{gateway.url}/events/{c}") for c in (first, second, elsewhere)}
+    try:
+        # Their messages come back from the shard together, in one read of its connection;
+        # another shard's listener dispatches meanwhile.
+        plan = [first] * 12 + [second] * 12 + [elsewhere] * 4 + [first] * 6
+        answers = pipelined(gateway, plan)
+        assert [status for status, _, _ in answers] == [200] * len(plan)
+        for channel, stream in streams.items():
+            expected = [f"{channel} {i}" for i, c in enumerate(plan) if c == channel]
+            events = stream.wait_events(len(expected), 15)
+            assert [event.data for event in events] == expected
+            if channel != elsewhere:
+                writes = [n for n in events_per_chunk(stream) if n]
+                assert sum(writes) == len(expected)
+                assert len(writes) < len(expected), writes  # runs, not one write per event
+        assert health(gateway)["dropped_slow"] == 0
+    finally:
+        for stream in streams.values():
+            stream.close()
 
 
 def test_pipelined_publishes_to_a_slot_that_moved_are_sent_to_its_new_master_in_order(

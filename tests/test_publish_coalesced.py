@@ -22,7 +22,7 @@ from redis._parsers import _HiredisParser, _RESP2Parser
 from sse_client import Stream, StreamClosed, subscribed
 
 from gateway.brokers.embedded import EmbeddedBroker
-from gateway.brokers.redis import _received_check
+from gateway.brokers.streams import received_check
 from gateway.hub import Hub
 from gateway.ids import format_id
 from gateway.message import build_message
@@ -270,7 +270,7 @@ def test_the_listener_tells_when_more_replies_wait_in_its_reader(redis_db, parse
                                   socket_timeout=10)
     connection.connect()
     try:
-        more = _received_check(connection)
+        more = received_check(connection)
         assert not more()
         connection.send_command("SUBSCRIBE", "told")
         assert connection.read_response()[0] == b"subscribe"

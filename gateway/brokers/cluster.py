@@ -56,8 +56,10 @@ from .streams import (
     CONNECT_TIMEOUT,
     POOL_SIZE,
     StreamsBroker,
+    nothing_received,
     nothing_unread,
     publish_refused,
+    received_check,
 )
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class ClusterBroker(StreamsBroker):
         self._resync: Optional[ResyncSink] = None
         self._shards: Dict[Address, _Shard] = {}
         self._owner: Dict[str, _Shard] = {}  # subscribed channel -> the shard it is on
+        self._listeners: Dict[gevent.Greenlet, _Shard] = {}  # a shard's listener -> the shard
         self._publishes: Dict[Address, Publishes] = {}
         # Slot -> its master's publishes, as the slot map said when first asked (redis-py's
         # look-up costs more than the rest of a publish's routing): forgotten when the map is
@@ -180,6 +183,12 @@ class ClusterBroker(StreamsBroker):
 
     def delivering(self) -> bool:
         return self._ready.is_set() and all(s.delivering() for s in list(self._shards.values()))
+
+    def more_received(self) -> bool:
+        # The sink is called by the listener of the shard whose message it is: that shard's
+        # reader is asked, whichever other shard's listener yielded in a dispatch meanwhile.
+        shard = self._listeners.get(gevent.getcurrent())
+        return shard is not None and shard.received()
 
     def check(self) -> None:
         client = self._client
@@ -410,6 +419,7 @@ class ClusterBroker(StreamsBroker):
             gevent.spawn(self._refresh)
 
     def _shard_ended(self, shard: "_Shard") -> None:
+        self._listeners.pop(shard.listener, None)
         if self._shards.get(shard.address) is shard:
             del self._shards[shard.address]
 
@@ -428,6 +438,7 @@ class _Shard:
         self.name = f"{address[0]}:{address[1]}"
         self.channels: Set[str] = set()
         self.connection = None
+        self.received: Callable[[], bool] = nothing_received  # the connection's received_check
         self.ready = False
         self.retired = False
         self.failure: Optional[str] = None
@@ -436,11 +447,12 @@ class _Shard:
         self._leaving: Dict[bytes, int] = {}  # our own SUNSUBSCRIBEs not yet answered
         self._bounces: Dict[str, int] = {}
         self._connected_before = False
-        self._greenlet = gevent.spawn(self._listen_forever)
+        self.listener = gevent.spawn(self._listen_forever)
+        broker._listeners[self.listener] = self
 
     def stop(self) -> None:
         self.retired = True
-        self._greenlet.kill(block=True, timeout=2)
+        self.listener.kill(block=True, timeout=2)
         self._drop()
 
     def delivering(self) -> bool:
@@ -554,6 +566,7 @@ class _Shard:
         connection = connection_class(**settings)
         connection.connect()
         self.connection = connection
+        self.received = received_check(connection)
         self._leaving.clear()
         channels = list(self.channels)
         names = {self._names(c)[1]: c for c in channels}
@@ -643,6 +656,7 @@ class _Shard:
         self.broker._moved(moved, (error.host, int(error.port)))
 
     def _drop(self) -> None:
+        self.received = nothing_received
         connection, self.connection = self.connection, None
         if connection is not None:
             try:

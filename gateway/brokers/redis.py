@@ -43,8 +43,10 @@ from .streams import (
     CONNECT_TIMEOUT,
     POOL_SIZE,
     StreamsBroker,
+    nothing_received,
     nothing_unread,
     publish_refused,
+    received_check,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ class RedisBroker(StreamsBroker):
         self._refused = gevent.event.Event()  # Redis refused the settings before any serving
         self._waiting = 0  # wait_ready calls under way: they report a refusal, not the log
         self._handling = False
-        self._received: Callable[[], bool] = _nothing  # see _received_check
+        self._received: Callable[[], bool] = nothing_received  # see received_check
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ class RedisBroker(StreamsBroker):
         connection = pool.connection_class(**pool.connection_kwargs)
         connection.connect()
         self._connection = connection
-        self._received = _received_check(connection)
+        self._received = received_check(connection)
         channels = list(self._channels) + [c for c in self._confirmations if c not in self._channels]
         early: List[Any] = []
         if channels:
@@ -375,7 +377,7 @@ class RedisBroker(StreamsBroker):
         return name[len(prefix):].decode("utf-8", errors="replace")
 
     def _drop_connection(self) -> None:
-        self._received = _nothing
+        self._received = nothing_received
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
@@ -383,22 +385,3 @@ class RedisBroker(StreamsBroker):
             except (RedisError, OSError):
                 pass
 
-
-def _nothing() -> bool:
-    return False
-
-
-def _received_check(connection: Any) -> Callable[[], bool]:
-    """Whether the bytes of more replies are in the reader of a pub/sub `connection` (read from
-    its socket, not parsed yet): the messages of publishes that Redis ran together arrive in
-    one read. Looked up once per connection; the reply reader is redis-py's (hiredis, or its
-    own parser's buffer)."""
-    parser = getattr(connection, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    if reader is not None:
-        return getattr(reader, "has_data", _nothing)
-    buffer = getattr(parser, "_buffer", None)
-    unread = getattr(buffer, "unread_bytes", None)
-    if unread is None:
-        return _nothing
-    return lambda: unread() > 0

@@ -20,7 +20,7 @@ have written for a message the edge accepted.
 import logging
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import gevent.monkey
 from redis.exceptions import RedisError, ResponseError
@@ -67,6 +67,26 @@ def nothing_unread(connection: Any) -> bool:
         return not _select([sock], [], [], 0)[0]
     except (OSError, ValueError):  # closed meanwhile
         return False
+
+
+def nothing_received() -> bool:
+    return False
+
+
+def received_check(connection: Any) -> Callable[[], bool]:
+    """Whether the bytes of more replies are in the reader of a pub/sub `connection` (read from
+    its socket, not parsed yet): the messages of publishes that Redis ran together arrive in
+    one read. Looked up once per connection; the reply reader is redis-py's (hiredis, or its
+    own parser's buffer)."""
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is not None:
+        return getattr(reader, "has_data", nothing_received)
+    buffer = getattr(parser, "_buffer", None)
+    unread = getattr(buffer, "unread_bytes", None)
+    if unread is None:
+        return nothing_received
+    return lambda: unread() > 0
 
 # How long a command may wait for one: far longer than a healthy Redis keeps a process's
 # connections busy, reconnect storm included; only a Redis that does not answer reaches it.
