@@ -137,12 +137,19 @@ def test_an_expired_token_is_renewed_and_the_stream_resumes_with_nothing_lost_or
     harness.wait_open()
     sent: list = []
     publish_steadily(gateway.url, private, 30, 0.1, sent).join(30)
-    harness.wait_received(31)
+    harness.wait("() => window.received.filter(e => e.type == 'message').length >= 30")
     harness.observe(0.5)  # nothing more comes: no event twice
     got = harness.received()
     messages = [(e["data"], e["lastEventId"]) for e in got if e["type"] == "message"]
     assert messages == [(f"e{i}", sent[i]) for i in range(30)]
-    assert [e["type"] for e in got].count("gateway-auth-expired") == 1
+    expiries = [e["type"] for e in got].count("gateway-auth-expired")
+    if transport == "jsonp-poll":
+        # A poll answered with events just before the expiry, on a loaded machine, leaves the
+        # next one to arrive after it: that poll is refused, and the polyfill, whose token was
+        # used before, renews it as it would on the expiry event (static_js: _event).
+        assert expiries <= 1
+    else:
+        assert expiries == 1
     # The snippet counts its renewals; the polyfill asks for the first token too.
     assert harness.page.evaluate("() => window.tokenCalls") == (1 if transport == "native" else 2)
     assert harness.errors() == []  # the renewal is silent

@@ -219,14 +219,24 @@ class _Open:
     """Counts a connection open while in its `with` block (a class: a generator-based
     context manager costs a poll several times more)."""
 
-    __slots__ = ("counts", "kind")
+    __slots__ = ("counts", "kind", "open")
 
     def __init__(self, counts: Dict[str, int], kind: str) -> None:
         self.counts = counts
         self.kind = kind
+        self.open = False
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "_Open":
         self.counts[self.kind] += 1
+        self.open = True
+        return self
+
+    def close(self) -> None:
+        """Counted out before the block ends (a long-poll answered from the event loop, whose
+        request's greenlet sleeps on until the next request); once only."""
+        if self.open:
+            self.open = False
+            self.counts[self.kind] -= 1
 
     def __exit__(self, *exc_info) -> None:
-        self.counts[self.kind] -= 1
+        self.close()

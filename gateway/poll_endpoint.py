@@ -172,7 +172,7 @@ class PollEndpoint:
         config = self._config
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
-        with self._metrics.polling(jsonp=request.callback is not None):
+        with self._metrics.polling(jsonp=request.callback is not None) as counted:
             try:
                 grant = self._auth.check_subscribe(request.channels, environ, request.args)
                 # A poll answers with at most `batch` events: it reads no more history.
@@ -192,7 +192,7 @@ class PollEndpoint:
                 direct = environ.get(DIRECT)
                 if direct is not None and grant.expires is None:
                     direct = DirectAnswer(direct, self._responses.maker(
-                        request.callback, origin, headers))
+                        request.callback, origin, headers), counted.close)
                 else:
                     direct = None
                 answer = collect(session, backlog, hold, request.batch, config.retry, direct)

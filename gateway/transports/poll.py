@@ -165,15 +165,18 @@ class PollQueue:
 class DirectAnswer:
     """How a held poll is answered from the event loop: through its request's `seam.Direct`,
     with the whole response `respond(taken, cursor, date)` gives for the events taken (made
-    once for all the polls of the same variant). Once `done`, `status` and `length` (of the
-    body) say what was sent, all but `rest`."""
+    once for all the polls of the same variant), then `answered()`. Once `done`, `status` and
+    `length` (of the body) say what was sent, all but `rest`."""
 
-    __slots__ = ("direct", "respond", "session", "batch", "done", "status", "length", "rest")
+    __slots__ = ("direct", "respond", "answered", "session", "batch", "done", "status",
+                 "length", "rest")
 
     def __init__(self, direct: Direct,
-                 respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]]) -> None:
+                 respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]],
+                 answered: Callable[[], None]) -> None:
         self.direct = direct
         self.respond = respond
+        self.answered = answered
         self.session: Optional[Session] = None  # the poll's, and its batch, given by `collect`
         self.batch = 0
         self.done = False
@@ -192,6 +195,7 @@ class DirectAnswer:
                                                           direct.date())
         self.rest = response[direct.send(response):]
         self.done = True
+        self.answered()
         return True
 
     def send_now(self, events: List["Taken"], cursor: str) -> Sent:
