@@ -128,10 +128,10 @@ class Publisher:
             message = build_message(channel, data, event, id, retry)
         except InvalidMessage as error:
             raise ValueError(str(error)) from None
-        self._check_size(message, "")
+        payload = self._checked_json(message, "")
         if self._script is not None:
-            return self._publish_redis(message)
-        return self._publish_http(channel, message.to_json())
+            return self._publish_redis(message, payload)
+        return self._publish_http(channel, payload)
 
     def publish_many(self, events: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         """Publish many events, in order: each a mapping with `channel` and `data`, and
@@ -143,27 +143,34 @@ class Publisher:
         each one atomic step like `publish` (over redis://, all chunks in one round trip):
         should one fail, PublishError carries the results of the chunks published before it.
         """
-        messages = []
+        messages, payloads = [], []
         for index, event in enumerate(events):
             try:
                 messages.append(item_message(index, dict(event)))
             except InvalidItem as error:
                 raise ValueError(str(error)) from None
-            self._check_size(messages[-1], f"item {index}: ")
+            payloads.append(self._checked_json(messages[-1], f"item {index}: "))
         if self._script is not None:
-            return self._publish_many_redis(messages)
-        return self._publish_many_http(messages)
+            return self._publish_many_redis(messages, payloads)
+        return self._publish_many_http(messages, payloads)
 
-    def _check_size(self, message: Message, where: str) -> None:
-        size = len(message.to_json().encode("utf-8"))
+    def _checked_json(self, message: Message, where: str) -> str:
+        """The message's JSON, as it is published; ValueError if the gateway would refuse it."""
+        payload = message.to_json()
+        size = len(payload.encode("utf-8"))
         if size > self._max_message_size:
             raise ValueError(f"{where}the event's JSON is {size} bytes, more than max_message_size "
                              f"({self._max_message_size}, the gateway's --max-message-size)")
+        return payload
 
-    def _publish_many_redis(self, messages: List[Message]) -> List[Dict[str, Any]]:
+    def _publish_many_redis(self, messages: List[Message],
+                            payloads: List[str]) -> List[Dict[str, Any]]:
         if self._cluster:
-            return self._publish_many_cluster(messages)
-        chunks = [messages[i:i + CHUNK_EVENTS] for i in range(0, len(messages), CHUNK_EVENTS)]
+            return self._publish_many_cluster(messages, payloads)
+        starts = range(0, len(messages), CHUNK_EVENTS)
+        chunks = [messages[i:i + CHUNK_EVENTS] for i in starts]
+        items = [[(m.channel, payload) for m, payload in zip(chunk, payloads[i:])]
+                 for i, chunk in zip(starts, chunks)]
         replies: List[Any] = [None] * len(chunks)
         todo = list(range(len(chunks)))
         for attempt in range(2):
@@ -171,8 +178,8 @@ class Publisher:
                 with self._client.pipeline(transaction=False) as pipe:
                     for number in todo:
                         keys, args = redis_schema.publish_many_args(
-                            self._prefix, [(m.channel, m.to_json()) for m in chunks[number]],
-                            *self._limits, checked=True, cluster=self._cluster)
+                            self._prefix, items[number], *self._limits, checked=True,
+                            cluster=self._cluster)
                         pipe.evalsha(self._script.sha, len(keys), *keys, *args)
                     for number, reply in zip(todo, pipe.execute(raise_on_error=False)):
                         replies[number] = reply
@@ -190,7 +197,8 @@ class Publisher:
                                    f"on: {reply}", self._results(chunks[:number], replies))
         return self._results(chunks, replies)
 
-    def _publish_many_cluster(self, messages: List[Message]) -> List[Dict[str, Any]]:
+    def _publish_many_cluster(self, messages: List[Message],
+                              payloads: List[str]) -> List[Dict[str, Any]]:
         """As on one Redis, but a chunk holds the events of one hash slot (the script runs on
         one shard): atomic per slot. Should a chunk fail, PublishError carries the results of
         the chunks published before it, in their order (not the events')."""
@@ -207,7 +215,7 @@ class Publisher:
             for start in range(0, len(indices), CHUNK_EVENTS):
                 chunk = indices[start:start + CHUNK_EVENTS]
                 keys, args = redis_schema.publish_many_args(
-                    self._prefix, [(messages[i].channel, messages[i].to_json()) for i in chunk],
+                    self._prefix, [(messages[i].channel, payloads[i]) for i in chunk],
                     *self._limits, checked=True, cluster=True)
                 try:
                     reply = self._script(keys=keys, args=args)
@@ -233,12 +241,12 @@ class Publisher:
                                 "receivers": receivers})
         return results
 
-    def _publish_many_http(self, messages: List[Message]) -> List[Dict[str, Any]]:
+    def _publish_many_http(self, messages: List[Message],
+                           payloads: List[str]) -> List[Dict[str, Any]]:
         results: List[Dict[str, Any]] = []
         lines: List[bytes] = []
         size = 0
-        for number, message in enumerate(messages):
-            payload = message.to_json()
+        for number, (message, payload) in enumerate(zip(messages, payloads)):
             line = ('{"channel":"%s",%s\n' % (message.channel, payload[1:])).encode("utf-8")
             if lines and (len(lines) == CHUNK_EVENTS or size + len(line) > CHUNK_BYTES):
                 results += self._post_batch(b"".join(lines), messages[number - len(lines):number],
@@ -260,8 +268,8 @@ class Publisher:
         return [{"channel": message.channel, "id": event_id}
                 for message, event_id in zip(messages, answer["ids"])]
 
-    def _publish_redis(self, message) -> Dict[str, Any]:
-        keys, args = redis_schema.publish_args(self._prefix, message.channel, message.to_json(),
+    def _publish_redis(self, message: Message, payload: str) -> Dict[str, Any]:
+        keys, args = redis_schema.publish_args(self._prefix, message.channel, payload,
                                                *self._limits, cluster=self._cluster)
         try:
             reply = self._script(keys=keys, args=args)

@@ -364,9 +364,7 @@ class RedisBroker(StreamsBroker):
             self._on_payload(reply[1], reply[2])
             return "message"
         kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        if kind == "message":
-            self._on_payload(reply[1], reply[2])
-        elif kind == "subscribe" and reply[1].startswith(self._live_prefix):
+        if kind == "subscribe" and reply[1].startswith(self._live_prefix):
             confirmed = self._confirmations.get(self._channel_of(reply[1]))
             if confirmed is not None:
                 confirmed.set()
