@@ -153,7 +153,9 @@ def test_backoff_between_attempts_grows_while_the_connection_fails(
 
     gaps = wait_until(lambda: len(backoff_gaps()) >= 3 and backoff_gaps(), 20,
                       message="three attempts after failures")[:3]
-    assert 0.45 <= gaps[0] < 0.7, gaps  # the retry time, raised to the 500 ms floor
+    # The retry time, raised to the 500 ms floor, with no jitter; a loaded machine adds to it,
+    # and a doubled wait would take 1 s or more.
+    assert 0.45 <= gaps[0] < 0.95, gaps
     assert gaps[1] > 1.2 * gaps[0], gaps
     assert gaps[2] > 1.2 * gaps[1], gaps
     assert harness.opens() == [1]
