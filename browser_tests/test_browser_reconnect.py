@@ -156,8 +156,8 @@ def test_backoff_between_attempts_grows_while_the_connection_fails(
     # The retry time, raised to the 500 ms floor, with no jitter; a loaded machine adds to it,
     # and a doubled wait would take 1 s or more.
     assert 0.45 <= gaps[0] < 0.95, gaps
-    assert gaps[1] > 1.2 * gaps[0], gaps
-    assert gaps[2] > 1.2 * gaps[1], gaps
+    # Then 1 s and 2 s at least (timers never fire early; load only adds).
+    assert gaps[1] >= 0.95 and gaps[2] >= 1.95, gaps
     assert harness.opens() == [1]
     errors = harness.errors()
     assert len(errors) >= 3 and set(errors) == {0}, errors
