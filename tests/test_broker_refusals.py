@@ -26,12 +26,16 @@ STARTUP = 15.0  # seconds a refused gateway may take to exit, on a loaded machin
 
 @pytest.fixture
 def locked_redis():
-    """A redis-server asking for SECRET, with an ACL user `blind` that may run nothing."""
+    """A redis-server asking for SECRET, with an ACL user `blind` that may run nothing, and
+    `deaf`, that may run everything on every key but use no pub/sub channel (a new ACL user's
+    default on Redis 7)."""
     server = RedisServer()
     server.client = redis.Redis(port=server.port, password=SECRET, socket_timeout=5)
     server.start("--requirepass", SECRET)
     server.client.acl_setuser("blind", enabled=True, passwords=[f"+{SECRET}"],
                               commands=["-@all", "+ping"], keys=["*"], channels=["*"])
+    server.client.acl_setuser("deaf", enabled=True, passwords=[f"+{SECRET}"],
+                              commands=["+@all"], keys=["*"], reset_channels=True)
     try:
         yield server
     finally:
@@ -63,7 +67,10 @@ def refused_serve(*args: str) -> tuple[str, float]:
 @pytest.mark.parametrize("credentials, why", [
     (f":{OTHER}@", "the password (or ACL user) of --redis-url is wrong"),
     ("", "(it asks for a password, and none is given): give it as redis://:PASSWORD@host:port"),
-    (f"blind:{SECRET}@", "give the ACL user of --redis-url the commands and keys the gateway needs"),
+    (f"blind:{SECRET}@", "give the ACL user of --redis-url the commands, keys and channels the "
+                         "gateway needs"),
+    (f"deaf:{SECRET}@", "give the ACL user of --redis-url the commands, keys and channels the "
+                        "gateway needs"),
 ])
 def test_credentials_redis_refuses_end_the_startup(locked_redis, credentials, why, workers):
     line, took = refused_serve("--redis-url", url(locked_redis, credentials),

@@ -215,7 +215,8 @@ class RedisEndpoint:
                 return None
             if isinstance(error, redis.exceptions.NoPermissionError) or \
                     str(error).startswith("NOPERM"):
-                fix = "give the ACL user of --redis-url the commands and keys the gateway needs"
+                fix = ("give the ACL user of --redis-url the commands, keys and channels the "
+                       "gateway needs")
             elif client.get_connection_kwargs().get("password"):
                 fix = "the password (or ACL user) of --redis-url is wrong"
             else:
