@@ -42,8 +42,10 @@ NGINX_DIR = Path(ROOT) / "nginx"
 DOCS = Path(ROOT) / "docs" / "nginx.md"
 # Snippets without placeholders: the tests use the shipped files unchanged.
 SNIPPETS = ("proxy.conf", "events.conf", "poll.conf", "static.conf", "publish.conf",
-            "unavailable.conf", "log.conf")
+            "unavailable.conf", "log.conf", "errors.conf")
 SHIPPED_ACCESS_LOG = "access_log /var/log/nginx/access.log sse_gateway;"
+SHIPPED_ERROR_LOG = "error_log /var/log/nginx/error.log crit;"
+LOCATIONS_ERROR_LOG = "logs/locations-error.log"  # in nginx's prefix
 EVENTS_READ_TIMEOUT = "proxy_read_timeout 60s;"
 GZIP_TYPES = "gzip_types text/css text/plain application/json application/javascript text/javascript;"
 SHORT_READ_TIMEOUT = 3  # seconds, for the tests of idle streams
@@ -108,6 +110,7 @@ class Nginx:
         self.conf = self.prefix / "conf" / "nginx.conf"
         self.error_log = self.prefix / "logs" / "error.log"
         self.access_log = self.prefix / "logs" / "access.log"
+        self.locations_error_log = self.prefix / LOCATIONS_ERROR_LOG  # errors.conf's
         self.proc: subprocess.Popen | None = None
         self._render(list(gateway_ports), snippet_edits or {}, http_edits, extra_servers)
 
@@ -116,9 +119,12 @@ class Nginx:
         include_dir.mkdir(parents=True)
         (self.prefix / "logs").mkdir()
         (self.prefix / "tmp").mkdir()
-        # The shipped access log, in the shipped format, moved into the prefix.
+        # The shipped access log, in the shipped format, and the error log of the event and
+        # poll locations at the shipped level, moved into the prefix.
         snippet_edits = {"log.conf": (SHIPPED_ACCESS_LOG,
                                       f"access_log {self.access_log} sse_gateway;"),
+                         "errors.conf": (SHIPPED_ERROR_LOG,
+                                         f"error_log {LOCATIONS_ERROR_LOG} crit;"),
                          **snippet_edits}
         for name in SNIPPETS:
             shipped = NGINX_DIR / name
@@ -181,10 +187,24 @@ class Nginx:
         return True
 
     def errors(self) -> str:
+        """Both error logs: nginx's own, and that of the event and poll locations."""
+        logged = []
+        for path in (self.error_log, self.locations_error_log):
+            try:
+                logged.append(path.read_text(errors="replace"))
+            except OSError:
+                pass
+        return "".join(logged)
+
+    def upstream_statuses(self, path: str) -> list[str]:
+        """What the access log says of the gateway processes tried for each request of `path`
+        (without its query): their addresses and statuses."""
         try:
-            return self.error_log.read_text(errors="replace")
+            lines = self.access_log.read_text(errors="replace").splitlines()
         except OSError:
-            return ""
+            return []
+        return [line.partition(" upstream ")[2] for line in lines
+                if f" {path} HTTP/" in line]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -559,7 +579,9 @@ def test_without_heartbeat_nginx_cuts_an_idle_stream_at_its_read_timeout(start_g
     # The control for the test above: the shortened read timeout is really in force.
     quiet = start_gateway("--heartbeat", "30")
     proxy = nginx_factory([quiet.port], snippet_edits={
-        "events.conf": (EVENTS_READ_TIMEOUT, f"proxy_read_timeout {SHORT_READ_TIMEOUT}s;")})
+        "events.conf": (EVENTS_READ_TIMEOUT, f"proxy_read_timeout {SHORT_READ_TIMEOUT}s;"),
+        # nginx's usual level, so that the error log says why it ended the stream.
+        "errors.conf": (SHIPPED_ERROR_LOG, f"error_log {LOCATIONS_ERROR_LOG} error;")})
     with open_stream(f"{proxy.public_url}/events/quiet") as stream:
         started = time.monotonic()
         stream.read_to_end(timeout=SHORT_READ_TIMEOUT + 15)
@@ -791,7 +813,6 @@ def test_with_every_gateway_down_events_get_a_200_stream_with_a_retry_hint_that_
         # No blank line and no id: the browser's last event id stays as it was.
         hints.add(assert_retry_stream(body))
     assert len(hints) > 1, f"the retry hints should be spread: {hints}"
-    assert "connect() failed" in all_down.errors()
 
 
 def test_with_every_gateway_down_polls_get_an_empty_answer_after_a_pause(all_down):
@@ -848,7 +869,11 @@ def test_a_gateway_that_does_not_answer_in_time_is_answered_for_by_nginx(start_g
     assert SHORT_READ_TIMEOUT - 0.5 <= took < SHORT_READ_TIMEOUT + 10
     assert_nginx_fallback_headers(headers, "text/event-stream; charset=utf-8")
     assert_retry_stream(body)
-    assert "upstream timed out" in proxy.errors()
+    wait_until(lambda: proxy.upstream_statuses("/events/hung"), 10,
+               message="the request in the access log")
+    # Its port is both of upstream.conf's server lines here: nginx tried it twice.
+    assert proxy.upstream_statuses("/events/hung") == [
+        f"127.0.0.1:{hung.port}, 127.0.0.1:{hung.port} 504, 504"]
 
 
 def test_a_gateways_own_error_answers_pass_through_nginx_unchanged(proxy):
@@ -938,3 +963,36 @@ def test_access_log_keeps_no_query_string_nor_referer_so_no_token(proxy):
     assert '"GET /poll/log-check HTTP/1.1" 200' in logged
     assert '"GET /events/log-check HTTP/1.1"' in logged
     assert "secret-in-the" not in logged and "token" not in logged
+
+
+@pytest.mark.parametrize("level", ["crit", "error"], ids=["shipped", "nginx-default"])
+def test_a_failed_request_keeps_its_token_out_of_the_error_log_and_its_upstreams_in_the_access_log(
+        start_gateway, nginx_factory, level):
+    # Both gateway processes down: nginx tries each, then answers in their place. At nginx's
+    # usual level (the control) its error log names the request line, token included.
+    stopped = [start_gateway(), start_gateway()]
+    for gateway in stopped:
+        gateway.stop()
+    proxy = nginx_factory([gateway.port for gateway in stopped], snippet_edits={
+        "errors.conf": (SHIPPED_ERROR_LOG, f"error_log {LOCATIONS_ERROR_LOG} {level};")})
+    secret = "eyJhbGciOiJIUzI1NiJ9.secret-in-a-failed-request.c2lnbmF0dXJl"
+    for path in (f"/events/down-log?token={secret}", f"/poll/down-log?timeout=0&token={secret}"):
+        status, _, _, _ = get_raw(proxy.public_url + path, {"Origin": PAGE})
+        assert status == 200
+    paths = ("/events/down-log", "/poll/down-log")
+    wait_until(lambda: all(proxy.upstream_statuses(path) for path in paths), 10,
+               message="both requests in the access log")
+    ports = sorted(gateway.port for gateway in stopped)
+    for path in paths:
+        [tried] = proxy.upstream_statuses(path)
+        # The first request tried each process ("127.0.0.1:8081, 127.0.0.1:8082 502, 502");
+        # the next found both marked failed for fail_timeout, and names the upstream group.
+        if tried != "sse_gateway 502" or path == paths[0]:
+            addresses, statuses = tried.replace(", ", ",").split(" ")
+            assert sorted(int(a.rsplit(":", 1)[1]) for a in addresses.split(",")) == ports, tried
+            assert statuses.split(",") == ["502"] * len(ports), tried
+    assert secret not in proxy.access_log.read_text()
+    if level == "crit":
+        assert secret not in proxy.errors()
+    else:
+        assert "connect() failed" in proxy.errors() and secret in proxy.errors()
