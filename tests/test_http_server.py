@@ -5,6 +5,7 @@ graceful shutdown that does not wait for idle connections."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import time
@@ -163,3 +164,47 @@ def test_shutdown_does_not_wait_for_idle_keep_alive_connections(start_gateway):
         for sock in [*idle, silent]:
             sock.close()
         stream.close()
+
+
+def test_requests_that_arrive_while_the_process_is_busy_are_served_in_the_order_they_came(
+        start_gateway):
+    gateway = start_gateway()
+    socks = [connect(gateway.port) for _ in range(12)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        order = order_served(gateway, socks, [b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"]
+                             * len(socks))
+        assert order == list(range(len(socks))), order
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def order_served(gateway, socks: list[socket.socket], requests: list[bytes]) -> list[int]:
+    """Send each kept-alive connection its request, in turn, while the process is stopped (as
+    a saturated one is busy); once it runs again, one turn of its loop finds them all. The
+    order in which they were answered, by index in `socks`: first come, first served is
+    0, 1, 2...
+
+    This kernel's epoll lists ready sockets in the order they became ready: registered before
+    the answers come, and asked once they all have, it tells the order they came in."""
+    poller = select.epoll()
+    try:
+        for sock in socks:
+            poller.register(sock.fileno(), select.EPOLLIN)
+        gateway.proc.send_signal(signal.SIGSTOP)
+        try:
+            for sock, request in zip(socks, requests):
+                sock.sendall(request)
+                time.sleep(0.005)  # not a wait for anything: the order the requests arrive in
+        finally:
+            gateway.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while len(select.select(socks, [], [], 0.05)[0]) < len(socks):  # leaves epoll's list be
+            assert time.monotonic() < deadline, "every request answered"
+        index = {sock.fileno(): i for i, sock in enumerate(socks)}
+        return [index[fd] for fd, _ in poller.poll(0, len(socks))]
+    finally:
+        poller.close()

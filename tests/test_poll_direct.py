@@ -21,6 +21,7 @@ import time
 import pytest
 import requests
 from conftest import publish_all, wait_until
+from test_http_server import order_served
 
 ORIGIN = "https://app.example"
 _DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
@@ -176,6 +177,29 @@ def test_a_connection_answered_so_carries_on_in_order(start_gateway, broker_args
     # Both from the same cursor: the second is answered from history with the same event.
     assert first == second and [e["data"] for e in first["events"]] == ["last"]
     assert first["lastEventId"] == last
+
+
+def test_next_polls_that_arrive_while_the_process_is_busy_are_served_in_the_order_they_came(
+        start_gateway):
+    """Connections whose polls were answered from the event loop, their greenlets asleep: their
+    next polls, which arrive together while the process is busy, are served first come, first
+    served."""
+    gateway = start_gateway()
+    [first] = publish_all(gateway, "q", ["0"])
+    socks = [connect(gateway) for _ in range(10)]
+    try:
+        for count, sock in enumerate(socks, 1):
+            hold(gateway, sock, poll_request("q", f"timeout=20&lastEventId={first}"), count)
+        [event] = publish_all(gateway, "q", ["1"])
+        for sock in socks:
+            assert json.loads(body(read_response(sock, bytearray())))["lastEventId"] == event
+        wait_until(lambda: subscribers(gateway) == 0, 10, message="the answered polls to leave")
+        order = order_served(gateway, socks, [poll_request("q", f"timeout=0&lastEventId={event}")]
+                             * len(socks))
+        assert order == list(range(len(socks))), order
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_a_socket_that_takes_part_of_the_answer_gets_all_of_it(start_gateway):

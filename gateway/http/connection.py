@@ -12,6 +12,11 @@ waits between requests as often as it is answered, so that wait costs no timer o
 connection reuses one read watcher for every wait, and one timer per process (`Server._sweep`)
 closes the connections idle past their deadline, a fraction of the timeout late at most.
 
+Connections whose next request arrives are served in the order it arrived (`Server.arrived`).
+libev runs the watchers that one turn of the loop found ready last-ready first, so in a
+saturated process, where a turn finds hundreds, the first client to send would wait the
+longest: twice the turn's time at worst, where serving them in order makes it one turn for all.
+
 A refused request gets its JSON error, then a lingering close (RFC 9112 section 9.6): the
 gateway stops sending and reads what the client still sends for a moment, so the client's
 kernel does not discard the answer on the reset that closing an unread socket would cause.
@@ -21,7 +26,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from time import monotonic
-from typing import Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from gevent.hub import Waiter, get_hub
 from gevent.socket import wait_read, wait_write
@@ -69,6 +74,10 @@ class Server:
         self.resting: Dict["Connection", Tuple[float, Waiter]] = {}
         self.hub = get_hub()
         self._sweeper = None  # the loop timer of `_sweep`, from the first wait
+        # The connections whose next request arrived in the loop's last turn, as it ran their
+        # watchers (last-ready first), and the timer due at once that serves them in its next.
+        self._arrivals: List[Tuple[Callable[..., Any], Any]] = []
+        self._admitter = self.hub.loop.timer(0.0, ref=False)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one accepted connection until it closes or is handed over (a pool job)."""
@@ -94,6 +103,20 @@ class Server:
             self._sweeper = self.hub.loop.timer(every, every, ref=False)
             self._sweeper.start(self._sweep)
         self.resting[connection] = (monotonic() + self.settings.idle_timeout, waiter)
+
+    def arrived(self, resume: Callable[[Any], Any], value: Any) -> None:
+        """In the hub, from a connection's read watcher (stopped): its client has sent more.
+        `resume(value)` runs in the loop's next turn, in the order the watchers became ready.
+        (A timer due at once runs before the watchers of its turn, so each turn serves those
+        of the last one.)"""
+        self._arrivals.append((resume, value))
+        if not self._admitter.active:
+            self._admitter.start(self._admit)
+
+    def _admit(self) -> None:
+        arrivals, self._arrivals = self._arrivals, []
+        for resume, value in reversed(arrivals):
+            resume(value)
 
     def _sweep(self) -> None:
         # In the hub. Each switch runs the connection's greenlet until it closes the socket.
@@ -314,7 +337,7 @@ class Connection:
             watcher = self.watcher = server.hub.loop.io(self.sock.fileno(), 1)
         waiter = Waiter(server.hub)
         server.rest(self, waiter)
-        watcher.start(waiter.switch, True)
+        watcher.start(self._arrived, waiter)
         try:
             readable = waiter.get()
         finally:
@@ -322,14 +345,19 @@ class Connection:
             server.resting.pop(self, None)
         return readable and not server.stopping
 
+    def _arrived(self, waiter: Waiter) -> None:
+        self.watcher.stop()
+        self.server.arrived(waiter.switch, True)
+
 
 class ConnectionDirect(Direct):
     """A `seam.Direct` on one connection (wsgi.respond makes it for the requests it may serve)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "_readable_due")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._readable_due: Optional[Callable[[], object]] = None  # seen, to be called
 
     def usable(self) -> bool:
         return not self.conn.server.stopping
@@ -350,10 +378,19 @@ class ConnectionDirect(Direct):
         conn.watcher.start(self._readable, readable)
 
     def _readable(self, readable: Callable[[], object]) -> None:
-        self.conn.readable = True
-        readable()
+        conn = self.conn
+        conn.watcher.stop()
+        conn.readable = True
+        self._readable_due = readable
+        conn.server.arrived(self._call_readable, readable)
+
+    def _call_readable(self, readable: Callable[[], object]) -> None:
+        if self._readable_due is readable:  # not unwatched meanwhile
+            self._readable_due = None
+            readable()
 
     def unwatch(self) -> None:
+        self._readable_due = None
         if self.conn.watcher is not None:
             self.conn.watcher.stop()
 
