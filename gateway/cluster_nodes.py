@@ -5,7 +5,7 @@ Every node is connected with the settings of the first URL (its password, TLS...
 a cluster share their `requirepass`, and the nodes a seed names carry no settings of their own.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
@@ -59,6 +59,29 @@ def credentials_refused(urls: str, timeout: float) -> Optional[str]:
             if settings.get("password") is None:
                 return "the nodes ask for a password (requirepass), and none is given"
             return f"the node {node.name} refused them: {error}"
+        except redis.RedisError:
+            continue
+        finally:
+            client.close()
+        return None
+    return None
+
+
+def permissions_refused(urls: str, timeout: float, probe: Callable[[redis.Redis], None]
+                        ) -> Optional[str]:
+    """Why the first seed node that answers refuses a command `probe(client)` runs (an ACL
+    user without a command, key or channel the caller needs: NOPERM), None if it runs them or
+    none answers. Redis checks permissions before it redirects, so any node tells, whichever
+    slot the keys are in."""
+    settings = _client_settings(urls)
+    for node in _addresses(urls):
+        client = redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
+                             socket_connect_timeout=timeout, **settings)
+        try:
+            client.ping()
+            probe(client)
+        except redis.exceptions.NoPermissionError as error:
+            return f"the node {node.name} refused a command: {error}"
         except redis.RedisError:
             continue
         finally:

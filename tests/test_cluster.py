@@ -584,5 +584,22 @@ def test_a_cluster_with_a_password_serves_publishes_and_resumes_and_never_shows_
             assert published.returncode == 1
             assert "refused the credentials of the URL" in published.stderr, published.stderr
             assert "SECRET" not in published.stderr
+
+        # An ACL user that may run every command on every key but use no pub/sub channel (a
+        # new ACL user's default on Redis 7): the gateway does not start either.
+        for port in cluster.alive():
+            cluster.node(port).acl_setuser("deaf", enabled=True, passwords=[f"+{CLUSTER_PASSWORD}"],
+                                           commands=["+@all"], keys=["*"], reset_channels=True)
+        deaf = cluster.url.replace("redis://:", "redis://deaf:")
+        served = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--port", "0", "--redis-url", deaf,
+             "--redis-cluster"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert served.returncode == 1, served.stderr
+        last = served.stderr.strip().splitlines()[-1]
+        assert last.startswith("sse-gateway serve: the Redis Cluster refused the ACL user of "
+                               "--redis-url (the node 127.0.0.1:"), served.stderr
+        assert "no permissions to access one of the channels" in last, last
+        assert last.endswith("give it the commands, keys and channels the gateway needs"), last
+        assert "SECRET" not in served.stderr
     finally:
         cluster.stop()

@@ -41,7 +41,12 @@ from redis.exceptions import AskError, MovedError, RedisClusterException, RedisE
 from redis.retry import Retry
 
 from .. import redis_schema
-from ..cluster_nodes import cluster_client, connection_settings, credentials_refused
+from ..cluster_nodes import (
+    cluster_client,
+    connection_settings,
+    credentials_refused,
+    permissions_refused,
+)
 from ..ids import ZERO, EventId
 from ..message import Message
 from .base import BrokerRefused, BrokerUnavailable, MessageSink, PublishResult, ResyncSink
@@ -55,9 +60,11 @@ from .streams import (
     CONFIRM_TIMEOUT,
     CONNECT_TIMEOUT,
     POOL_SIZE,
+    PROBE,
     StreamsBroker,
     nothing_received,
     nothing_unread,
+    probe_permissions,
     publish_refused,
     received_check,
 )
@@ -133,32 +140,52 @@ class ClusterBroker(StreamsBroker):
         self._starter = gevent.spawn(self._connect_cluster)
 
     def _connect_cluster(self) -> None:
-        """Read the slot map from a seed node, again until one answers."""
+        """Read the slot map from a seed node, again until one answers and allows what the
+        gateway needs."""
         delay = BACKOFF_FIRST
         while self._cluster_client is None:
             try:
                 # No retries of its own: a script sent again after a lost connection may run
                 # twice. MOVED and ASK are followed all the same.
-                self._cluster_client = cluster_client(
+                client = cluster_client(
                     self._urls, socket_connect_timeout=CONNECT_TIMEOUT,
                     socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
                     retry=Retry(NoBackoff(), 0))
             except (RedisError, RedisClusterException) as error:
                 refusal = credentials_refused(self._urls, CONNECT_TIMEOUT)
                 if refusal is not None:
-                    self._failure = (f"the Redis Cluster refused the credentials of --redis-url "
-                                     f"({refusal}): give the nodes' password as "
-                                     f"redis://:PASSWORD@host:port")
-                    log.error("%s; trying again in %.2f s", self._failure, delay)
-                    self._refused.set()
+                    self._refuse(f"the Redis Cluster refused the credentials of --redis-url "
+                                 f"({refusal}): give the nodes' password as "
+                                 f"redis://:PASSWORD@host:port", delay)
                 else:
                     self._failure = f"no seed node of the Redis Cluster answered: {error}"
                     log.warning("%s; trying again in %.2f s", self._failure, delay)
-                gevent.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, BACKOFF_CAP)
+            else:
+                refusal = permissions_refused(self._urls, CONNECT_TIMEOUT, self._probe)
+                if refusal is None:
+                    self._cluster_client = client
+                    break
+                client.close()
+                self._refuse(f"the Redis Cluster refused the ACL user of --redis-url "
+                             f"({refusal}): give it the commands, keys and channels the "
+                             f"gateway needs", delay)
+            gevent.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, BACKOFF_CAP)
         self._failure = None
         log.info("Redis Cluster slot map read: %d master(s)", len(self._client.get_primaries()))
         self._ready.set()
+
+    def _refuse(self, failure: str, delay: float) -> None:
+        self._failure = failure
+        log.error("%s; trying again in %.2f s", failure, delay)
+        self._refused.set()
+
+    def _probe(self, client: redis.Redis) -> None:
+        # The script's SPUBLISH and the shard listeners' SSUBSCRIBE need the live channel, a
+        # raw publisher's messages SUBSCRIBE.
+        probe_permissions(client, self._history_key(PROBE), [
+            ("SSUBSCRIBE", redis_schema.live_channel(self._prefix, PROBE, cluster=True)),
+            ("SUBSCRIBE", self._prefix + PROBE)])
 
     def stop(self) -> None:
         self._stopping = True

@@ -42,16 +42,16 @@ from .streams import (
     CONFIRM_TIMEOUT,
     CONNECT_TIMEOUT,
     POOL_SIZE,
+    PROBE,
     StreamsBroker,
     nothing_received,
     nothing_unread,
+    probe_permissions,
     publish_refused,
     received_check,
 )
 
 log = logging.getLogger(__name__)
-
-PROBE = "sse-gateway-probe"  # the channel whose keys and names the startup's checks use
 
 
 class RedisBroker(StreamsBroker):
@@ -301,23 +301,10 @@ class RedisBroker(StreamsBroker):
         """Raise BrokerRefused if Redis refuses the settings (asked before the first connect:
         the pub/sub connection's SUBSCRIBE of the first channel would come too late)."""
         def probe(client: redis.Redis) -> None:
-            key = self._history_key(PROBE)
-            for command in (("XINFO", "STREAM", key), ("EVALSHA", "0" * 40, 1, key)):
-                try:
-                    client.execute_command(*command)
-                except ResponseError as error:
-                    if refused(error):
-                        raise
-            # Channels are permissions of their own (Redis 7 gives a new ACL user none): the
-            # script's PUBLISH and the listener's SUBSCRIBE need both of a channel's names.
-            names = (self._prefix + PROBE, redis_schema.live_channel(self._prefix, PROBE))
-            pubsub = client.pubsub()
-            try:
-                pubsub.subscribe(*names)
-                for _ in names:  # a refusal comes back as the reply (RESP3: on reading it)
-                    pubsub.parse_response(block=True, timeout=CONNECT_TIMEOUT)
-            finally:
-                pubsub.close()
+            # The script's PUBLISH and the listener's SUBSCRIBE need both of a channel's names.
+            probe_permissions(client, self._history_key(PROBE), [
+                ("SUBSCRIBE", self._prefix + PROBE),
+                ("SUBSCRIBE", redis_schema.live_channel(self._prefix, PROBE))])
         refusal = self._endpoint.refusal(CONNECT_TIMEOUT, probe)
         if refusal is not None:
             raise BrokerRefused(refusal)

@@ -29,6 +29,7 @@ from .. import redis_schema
 from ..ids import ZERO, EventId, HistoryBounds, format_id, successor
 from ..message import HistoryLost, InvalidMessage, Message, from_broker_payload
 from .base import Broker, BrokerUnavailable, History, PublishResult
+from .endpoints import refused
 from .shared_reads import ChannelRead
 from .slots import NoSlot
 
@@ -43,9 +44,34 @@ CONFIRM_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 POOL_SIZE = 50
+PROBE = "sse-gateway-probe"  # the channel whose key and names the startup's checks use
 
 # The system's select, never a patched one that might wait: it only looks at a socket.
 _select = gevent.monkey.get_original("select", "select")
+
+
+def probe_permissions(client: Any, key: str, subscriptions: Sequence[Tuple[str, str]]) -> None:
+    """Run on `client` (a redis.Redis) what the gateway needs an ACL user to be allowed: the
+    history's commands on `key`, and each `(SUBSCRIBE or SSUBSCRIBE, name)`. Raises what
+    Redis answers as a refusal (NOPERM; see endpoints.refused), nothing else: a command that
+    fails for another reason (no such script, a key of another shard) was allowed."""
+    for command in (("XINFO", "STREAM", key), ("EVALSHA", "0" * 40, 1, key)):
+        try:
+            client.execute_command(*command)
+        except ResponseError as error:
+            if refused(error):
+                raise
+    # Channels are permissions of their own (Redis 7 gives a new ACL user none).
+    for kind, name in subscriptions:
+        pubsub = client.pubsub()
+        try:
+            pubsub.execute_command(kind, name)
+            pubsub.parse_response(block=True, timeout=CONNECT_TIMEOUT)  # a refusal is the reply
+        except ResponseError as error:
+            if refused(error):
+                raise
+        finally:
+            pubsub.close()
 
 
 def publish_refused(error: ResponseError, who: str) -> Exception:
