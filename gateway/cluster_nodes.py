@@ -8,8 +8,10 @@ a cluster share their `requirepass`, and the nodes a seed names carry no setting
 from typing import Any, Callable, Dict, List, Optional
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
+from redis.retry import Retry
 
 
 def seeds(urls: str) -> List[str]:
@@ -49,22 +51,15 @@ def credentials_refused(urls: str, timeout: float) -> Optional[str]:
     """Why the first seed node that answers refuses the credentials of `urls` (a wrong
     password, or none given to a node that asks for one), None if it takes them or none
     answers. RedisCluster reports either as a node it could not reach: ask one directly."""
-    settings = _client_settings(urls)
-    for node in _addresses(urls):
-        client = redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
-                             socket_connect_timeout=timeout, **settings)
+    def ask(client: redis.Redis, node: ClusterNode) -> Optional[str]:
         try:
             client.ping()
         except redis.AuthenticationError as error:
-            if settings.get("password") is None:
+            if client.get_connection_kwargs().get("password") is None:
                 return "the nodes ask for a password (requirepass), and none is given"
             return f"the node {node.name} refused them: {error}"
-        except redis.RedisError:
-            continue
-        finally:
-            client.close()
         return None
-    return None
+    return _ask_a_seed(urls, timeout, ask)
 
 
 def permissions_refused(urls: str, timeout: float, probe: Callable[[redis.Redis], None]
@@ -73,18 +68,30 @@ def permissions_refused(urls: str, timeout: float, probe: Callable[[redis.Redis]
     user without a command, key or channel the caller needs: NOPERM), None if it runs them or
     none answers. Redis checks permissions before it redirects, so any node tells, whichever
     slot the keys are in."""
-    settings = _client_settings(urls)
-    for node in _addresses(urls):
-        client = redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
-                             socket_connect_timeout=timeout, **settings)
+    def ask(client: redis.Redis, node: ClusterNode) -> Optional[str]:
+        client.ping()
         try:
-            client.ping()
             probe(client)
         except redis.exceptions.NoPermissionError as error:
             return f"the node {node.name} refused a command: {error}"
+        return None
+    return _ask_a_seed(urls, timeout, ask)
+
+
+def _ask_a_seed(urls: str, timeout: float,
+                ask: Callable[[redis.Redis, ClusterNode], Optional[str]]) -> Optional[str]:
+    """What `ask` finds on the first seed node that answers it (None if none does)."""
+    settings = _client_settings(urls)
+    for node in _addresses(urls):
+        # No retries: a refused password is a connection error to redis-py, retried with
+        # backoff by default.
+        client = redis.Redis(host=node.host, port=node.port, socket_timeout=timeout,
+                             socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                             **settings)
+        try:
+            return ask(client, node)
         except redis.RedisError:
             continue
         finally:
             client.close()
-        return None
     return None

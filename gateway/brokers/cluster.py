@@ -144,31 +144,31 @@ class ClusterBroker(StreamsBroker):
         gateway needs."""
         delay = BACKOFF_FIRST
         while self._cluster_client is None:
-            try:
-                # No retries of its own: a script sent again after a lost connection may run
-                # twice. MOVED and ASK are followed all the same.
-                client = cluster_client(
-                    self._urls, socket_connect_timeout=CONNECT_TIMEOUT,
-                    socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
-                    retry=Retry(NoBackoff(), 0))
-            except (RedisError, RedisClusterException) as error:
-                refusal = credentials_refused(self._urls, CONNECT_TIMEOUT)
-                if refusal is not None:
-                    self._refuse(f"the Redis Cluster refused the credentials of --redis-url "
-                                 f"({refusal}): give the nodes' password as "
-                                 f"redis://:PASSWORD@host:port", delay)
-                else:
-                    self._failure = f"no seed node of the Redis Cluster answered: {error}"
-                    log.warning("%s; trying again in %.2f s", self._failure, delay)
-            else:
-                refusal = permissions_refused(self._urls, CONNECT_TIMEOUT, self._probe)
-                if refusal is None:
-                    self._cluster_client = client
-                    break
-                client.close()
+            # First what one seed allows (quick, and what a refused start waits for), then the
+            # slot map.
+            refusal = permissions_refused(self._urls, CONNECT_TIMEOUT, self._probe)
+            if refusal is not None:
                 self._refuse(f"the Redis Cluster refused the ACL user of --redis-url "
                              f"({refusal}): give it the commands, keys and channels the "
                              f"gateway needs", delay)
+            else:
+                try:
+                    # No retries of its own: a script sent again after a lost connection may
+                    # run twice. MOVED and ASK are followed all the same.
+                    self._cluster_client = cluster_client(
+                        self._urls, socket_connect_timeout=CONNECT_TIMEOUT,
+                        socket_timeout=COMMAND_TIMEOUT, max_connections=POOL_SIZE,
+                        retry=Retry(NoBackoff(), 0))
+                    break
+                except (RedisError, RedisClusterException) as error:
+                    refusal = credentials_refused(self._urls, CONNECT_TIMEOUT)
+                    if refusal is not None:
+                        self._refuse(f"the Redis Cluster refused the credentials of "
+                                     f"--redis-url ({refusal}): give the nodes' password as "
+                                     f"redis://:PASSWORD@host:port", delay)
+                    else:
+                        self._failure = f"no seed node of the Redis Cluster answered: {error}"
+                        log.warning("%s; trying again in %.2f s", self._failure, delay)
             gevent.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, BACKOFF_CAP)
         self._failure = None
