@@ -66,13 +66,13 @@ def permissions_refused(urls: str, timeout: float, probe: Callable[[redis.Redis]
                         ) -> Optional[str]:
     """Why the first seed node that answers refuses a command `probe(client)` runs (an ACL
     user without a command, key or channel the caller needs: NOPERM), None if it runs them or
-    none answers. Redis checks permissions before it redirects, so any node tells, whichever
-    slot the keys are in."""
+    none answers. `probe` raises a ResponseError only for a refusal. Redis checks permissions
+    before it redirects, so any node tells, whichever slot the keys are in."""
     def ask(client: redis.Redis, node: ClusterNode) -> Optional[str]:
         client.ping()
         try:
             probe(client)
-        except redis.exceptions.NoPermissionError as error:
+        except redis.exceptions.ResponseError as error:
             return f"the node {node.name} refused a command: {error}"
         return None
     return _ask_a_seed(urls, timeout, ask)

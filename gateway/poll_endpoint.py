@@ -28,7 +28,7 @@ from .config import Config
 from .cors import CorsPolicy
 from .forwarded import Network, environ_client
 from .http import h1
-from .http.seam import DIRECT, Sent
+from .http.seam import DIRECT
 from .hub import Hub
 from .metrics import Metrics
 from .subscribe import UNCACHEABLE, ApiError
@@ -198,7 +198,7 @@ class PollEndpoint:
                 answer = collect(session, backlog, hold, request.batch, config.retry, direct)
                 if direct is not None:
                     if direct.done:
-                        return 200, None, Sent(direct.status, direct.length, direct.rest)
+                        return 200, None, direct.sent
                     if answer.events and direct.direct.usable():
                         # Answered at once (from history): polls at the same cursor share it.
                         return 200, None, direct.send_now(answer.events, answer.cursor)

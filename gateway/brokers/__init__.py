@@ -24,9 +24,7 @@ def create_broker(redis: Optional[RedisEndpoint], prefix: str, history_length: i
     if redis is not None and redis.cluster:
         from .cluster import ClusterBroker
 
-        broker = ClusterBroker(redis.url, prefix, history_length, history_age)
-        broker._bound_sizes(max_message_size)
-        return broker
+        return ClusterBroker(redis.url, prefix, history_length, history_age, max_message_size)
     if redis is not None:
         from .redis import RedisBroker
 

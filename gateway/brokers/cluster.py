@@ -93,8 +93,10 @@ class ClusterBroker(StreamsBroker):
     _cluster = True
 
     def __init__(self, urls: str, prefix: str = "", history_length: int = 1000,
-                 history_age: float = 3600.0) -> None:
+                 history_age: float = 3600.0, max_message_size: Optional[int] = None) -> None:
+        """`max_message_size`: the largest raw message delivered (None: any)."""
         self._urls = urls
+        self._bound_sizes(max_message_size)
         self._prefix = prefix
         self._raw_prefix = prefix.encode("utf-8")
         self._live_prefix = redis_schema.live_channel(prefix, "", cluster=True)[:-1].encode("utf-8")

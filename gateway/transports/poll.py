@@ -129,7 +129,7 @@ class PollQueue:
                 return  # nothing new (replayed already): the poll stays held
             self.closed = True
             self.seat.leave()
-            if not direct.rest and not self._readable:
+            if not direct.sent.rest and not self._readable:
                 direct.direct.resting(True)  # its greenlet sleeps on: the next request wakes it
                 return
         waiter.switch(True)
@@ -165,11 +165,10 @@ class PollQueue:
 class DirectAnswer:
     """How a held poll is answered from the event loop: through its request's `seam.Direct`,
     with the whole response `respond(taken, cursor, date)` gives for the events taken (made
-    once for all the polls of the same variant), then `answered()`. Once `done`, `status` and
-    `length` (of the body) say what was sent, all but `rest`."""
+    once for all the polls of the same variant), then `answered()`. Once `done`, `sent` says
+    what went out, all but its `rest`."""
 
-    __slots__ = ("direct", "respond", "answered", "session", "batch", "done", "status",
-                 "length", "rest")
+    __slots__ = ("direct", "respond", "answered", "session", "batch", "sent")
 
     def __init__(self, direct: Direct,
                  respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]],
@@ -179,10 +178,11 @@ class DirectAnswer:
         self.answered = answered
         self.session: Optional[Session] = None  # the poll's, and its batch, given by `collect`
         self.batch = 0
-        self.done = False
-        self.status = ""
-        self.length = 0
-        self.rest = b""
+        self.sent: Optional[Sent] = None
+
+    @property
+    def done(self) -> bool:
+        return self.sent is not None
 
     def answer(self, messages: List[Message]) -> bool:
         """Answer with what the session takes of `messages`, as `collect` would; False if it
@@ -190,11 +190,7 @@ class DirectAnswer:
         events = _take(self.session, messages, self.batch)
         if not events:
             return False
-        direct = self.direct
-        self.status, self.length, response = self.respond(events, self.session.cursor(),
-                                                          direct.date())
-        self.rest = response[direct.send(response):]
-        self.done = True
+        self.sent = self.send_now(events, self.session.cursor())
         self.answered()
         return True
 
