@@ -156,6 +156,13 @@ def _held(seat: Seat) -> int:
     return seat.held
 
 
+def _join(entry: "_Channel", subscriber: Subscriber) -> None:
+    if entry.grace is not None:  # back within the grace period: keep the subscription
+        entry.grace.close()
+        entry.grace = None
+    entry.subscribers.add(subscriber)
+
+
 class Hub:
     def __init__(self, broker: Broker, max_buffered_bytes: int,
                  recent: Optional[RecentLimits] = None, unsubscribe_grace: float = 0.0,
@@ -248,13 +255,28 @@ class Hub:
             raise
         return positions
 
+    def attach_now(self, subscriber: Subscriber) -> Optional[Dict[str, EventId]]:
+        """As `attach`, for the event loop, which must not wait: None, with nothing attached,
+        unless every channel is subscribed already."""
+        if self._closing:
+            return None
+        channels = self._channels
+        for channel in subscriber.channels:
+            entry = channels.get(channel)
+            if entry is None or not entry.ready.successful():
+                return None
+        subscriber.attached(Seat(self, subscriber))
+        positions: Dict[str, EventId] = {}
+        for channel in subscriber.channels:
+            entry = channels[channel]
+            _join(entry, subscriber)
+            positions[channel] = entry.tail
+        return positions
+
     def _attach_one(self, subscriber: Subscriber, channel: str) -> EventId:
         entry = self._channels.get(channel)
         if entry is not None:
-            if entry.grace is not None:  # back within the grace period: keep the subscription
-                entry.grace.close()
-                entry.grace = None
-            entry.subscribers.add(subscriber)
+            _join(entry, subscriber)
             entry.ready.get()
             return entry.tail
         entry = self._channels[channel] = _Channel(self.wakeups)
@@ -464,33 +486,51 @@ class Hub:
         instant)."""
         if not positions:
             return {}
-        if self._recent is not None and self._broker.connected:
-            now_ms = int(time.time() * 1000)
-            answer = {}
-            delivering = None
-            for channel, after in positions.items():
-                entry = self._channels.get(channel)
-                recent = entry.recent if entry is not None else None
-                if recent is None:
-                    break
-                # Events the broker holds and has not dispatched yet are missing here. A
-                # position at the last one dispatched (a poll's, mostly) needs none of them:
-                # while the broker is connected they are all to come, live (or, after a
-                # reconnect, from its gap fill), to every attached subscriber.
-                if after != recent.last:
-                    if delivering is None:
-                        delivering = not self._held and self._broker.delivering()
-                    if not delivering:
-                        break
-                history = recent.history(after, limit, now_ms)
-                if history is None:
-                    break
-                answer[channel] = history
-            else:
-                self.history_from_memory += 1
-                return answer
+        answer = self._recent_history(positions, limit)
+        if answer is not None:
+            return answer
         self.history_from_broker += 1
         return self._broker.history(positions, limit)
+
+    def history_now(self, positions: Dict[str, EventId],
+                    limit: Optional[int] = None) -> Optional[Dict[str, History]]:
+        """As `history`, for the event loop, which must not wait: None when only a read from
+        the broker could answer."""
+        if not positions:
+            return {}
+        if self._recent is None and self._broker.history_in_memory:
+            self.history_from_broker += 1
+            return self._broker.history(positions, limit)
+        return self._recent_history(positions, limit)
+
+    def _recent_history(self, positions: Dict[str, EventId],
+                        limit: Optional[int]) -> Optional[Dict[str, History]]:
+        """`history` from recent events alone; None when they cannot answer."""
+        if self._recent is None or not self._broker.connected:
+            return None
+        now_ms = int(time.time() * 1000)
+        answer = {}
+        delivering = None
+        for channel, after in positions.items():
+            entry = self._channels.get(channel)
+            recent = entry.recent if entry is not None else None
+            if recent is None:
+                return None
+            # Events the broker holds and has not dispatched yet are missing here. A position
+            # at the last one dispatched (a poll's, mostly) needs none of them: while the
+            # broker is connected they are all to come, live (or, after a reconnect, from its
+            # gap fill), to every attached subscriber.
+            if after != recent.last:
+                if delivering is None:
+                    delivering = not self._held and self._broker.delivering()
+                if not delivering:
+                    return None
+            history = recent.history(after, limit, now_ms)
+            if history is None:
+                return None
+            answer[channel] = history
+        self.history_from_memory += 1
+        return answer
 
     def close_all(self) -> None:
         """End every subscriber, and unsubscribe channels at once from now on."""

@@ -226,14 +226,16 @@ class _Open:
         self.kind = kind
         self.open = False
 
-    def __enter__(self) -> "_Open":
+    def start(self) -> "_Open":
+        """Counted in (as the block begins), until `close`."""
         self.counts[self.kind] += 1
         self.open = True
         return self
 
+    __enter__ = start
+
     def close(self) -> None:
-        """Counted out before the block ends (a long-poll answered from the event loop, whose
-        request's greenlet sleeps on until the next request); once only."""
+        """Counted out (as the block ends, or earlier); once only."""
         if self.open:
             self.open = False
             self.counts[self.kind] -= 1

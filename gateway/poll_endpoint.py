@@ -6,10 +6,12 @@ needs, as on /events: no routing table, request or response objects, or contexts
 request asks for is read in one place (`read_request`), then authorized in one
 (`Authorizer.check_subscribe`), before anything is attached.
 
-A held poll with no expiry, whose request the server lets answer from the event loop
-(`http.seam.Direct`), is answered by its wake-up there (`transports.poll.DirectAnswer`) with the
-bytes its greenlet would have sent: the whole response to the same events is made once for every
-poll it answers with the same callback, Origin and Date.
+A poll with no expiry, whose request the server lets answer from the event loop
+(`http.seam.Direct`), is held there with no greenlet (`transports.poll.DirectAnswer`) and
+answered with the bytes its greenlet would have sent: the whole response to the same events is
+made once for every poll it answers with the same callback, Origin and Date. The polls that
+follow on its connection are served in the event loop too (`serve_now`), as long as they need
+nothing that could wait: public channels, history in memory.
 
 While the broker (or the application that authorizes) is down, a poll gets a 200 answer with
 no events, its own cursor and a retry hint (`transports.poll.unavailable`): never an error
@@ -28,11 +30,11 @@ from .config import Config
 from .cors import CorsPolicy
 from .forwarded import Network, environ_client
 from .http import h1
-from .http.seam import DIRECT
+from .http.seam import DIRECT, Direct
 from .hub import Hub
 from .metrics import Metrics
 from .subscribe import UNCACHEABLE, ApiError
-from .transports import CALLBACK, PollQueue, encode_json, encode_jsonp
+from .transports import CALLBACK, PollQueue, Session, encode_json, encode_jsonp
 from .transports.poll import Answer, DirectAnswer, Taken, collect, unavailable
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ class PollEndpoint:
         config = self._config
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
-        with self._metrics.polling(jsonp=request.callback is not None) as counted:
+        with self._metrics.polling(jsonp=request.callback is not None):
             try:
                 grant = self._auth.check_subscribe(request.channels, environ, request.args)
                 # A poll answers with at most `batch` events: it reads no more history.
@@ -187,26 +189,48 @@ class PollEndpoint:
                 answer = unavailable(request.cursor, request.hold,
                                      subscribe.outage_retry(config.retry))
             else:
-                # The session is attached, and `collect` detaches it whatever happens.
+                # The session is attached, and `collect` (or `DirectAnswer.start`) detaches it
+                # whatever happens.
                 hold = grant.hold(request.hold)
                 direct = environ.get(DIRECT)
-                if direct is not None and grant.expires is None:
-                    direct = DirectAnswer(direct, self._responses.maker(
-                        request.callback, origin, headers), counted.close)
-                else:
-                    direct = None
-                answer = collect(session, backlog, hold, request.batch, config.retry, direct)
-                if direct is not None:
-                    if direct.done:
-                        return 200, None, direct.sent
-                    if answer.events and direct.direct.usable():
-                        # Answered at once (from history): polls at the same cursor share it.
-                        return 200, None, direct.send_now(answer.events, answer.cursor)
+                if direct is not None and grant.expires is None and direct.usable():
+                    direct.follow(self.serve_now)
+                    return 200, None, self._direct_answer(direct, request, origin).start(
+                        session, backlog, hold, request.batch)
+                answer = collect(session, backlog, hold, request.batch, config.retry)
                 # A hold cut at the expiry that ran out ended at the expiry, even when the
                 # loop's timer fired a little before the wall clock reached it.
                 if hold < request.hold and not answer.events:
                     return (200, *_encoded(answer, grant, request.callback, expired=True))
         return (200, *_encoded(answer, grant, request.callback))
+
+    def serve_now(self, environ: dict) -> Any:
+        """In the event loop, a poll that follows one answered there on its connection
+        (`seam.Direct.follow`): answered or held, as `__call__` would; None to leave it to
+        `__call__` (anything but a valid poll of public channels whose history is in memory)."""
+        if not self.handles(environ["PATH_INFO"]):
+            return None
+        try:
+            request = read_request(environ, self._config)
+        except ApiError:
+            return None
+        if not self._auth.public(request.channels):
+            return None
+        session = Session(self._hub, PollQueue(request.channels, self._config.max_pending))
+        backlog = session.open_now(request.cursor, request.batch)
+        if backlog is None:
+            return None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+        return self._direct_answer(environ[DIRECT], request, environ.get("HTTP_ORIGIN")).start(
+            session, backlog, request.hold, request.batch)
+
+    def _direct_answer(self, direct: Direct, request: PollRequest,
+                       origin: Optional[str]) -> DirectAnswer:
+        """How the poll is answered from the event loop, counted open until it is."""
+        counted = self._metrics.polling(jsonp=request.callback is not None).start()
+        return DirectAnswer(direct, self._responses.maker(
+            request.callback, origin, self._headers_for(origin)), counted.close)
 
     def _count_refusal(self, status: int) -> None:
         if status in (401, 403):

@@ -5,6 +5,7 @@ import gc
 import logging
 import random
 import signal
+import time
 from typing import Callable, Optional
 
 import gevent
@@ -65,7 +66,7 @@ def serve(config: Config, reuse_port: bool = False) -> None:
                         idle_timeout=config.idle_timeout,
                         max_body=max(config.max_message_size, config.max_publish_batch_size))
     address = listener.getsockname()
-    server = Server(app, settings, address, _refusal(config))
+    server = Server(app, settings, address, _refusal(config), greenlets)
     max_connections = config.max_connections or default_max_connections()
     acceptor = Acceptor(listener, server, greenlets, max_connections, BACKLOG)
     acceptor.start()
@@ -87,9 +88,13 @@ def serve(config: Config, reuse_port: bool = False) -> None:
     acceptor.close()
     server.stop()
     hub.close_all()
+    deadline = time.monotonic() + config.shutdown_timeout
     if not greenlets.join(config.shutdown_timeout):
         log.warning("%d request(s) still running after %gs; exiting anyway", greenlets.busy,
                     config.shutdown_timeout)
+    elif not server.join_looped(max(0.0, deadline - time.monotonic())):
+        log.warning("%d held poll(s) still unanswered after %gs; exiting anyway",
+                    len(server.looped), config.shutdown_timeout)
     operations.stop()
     broker.stop()
     log.info("stopped")

@@ -90,6 +90,10 @@ class Authorizer:
         return cls(PrivateChannels(config.private_channels), verifier, callback, config.token_cookie,
                    parse_networks(config.trusted_proxies))
 
+    def public(self, channels: Sequence[str]) -> bool:
+        """Whether anyone may subscribe to `channels` (`check_subscribe` grants PUBLIC)."""
+        return not self.private.private(channels)
+
     def check_subscribe(self, channels: Sequence[str], environ: Mapping[str, str],
                         query) -> Grant:
         """May the request whose WSGI `environ` and query arguments (`query.get`) these are

@@ -47,6 +47,8 @@ class Broker(ABC):
     skipped = 0
     listener_restarts = 0
     reconnects = 0
+    # Whether `history` answers from memory, without waiting (so also from the event loop).
+    history_in_memory = False
 
     @property
     def connected(self) -> bool:

@@ -33,6 +33,7 @@ class _Ring:
 
 class EmbeddedBroker(Broker):
     name = "embedded"
+    history_in_memory = True
 
     def __init__(self, history_length: int = 1000, history_age: float = 3600.0) -> None:
         self._max_length = history_length

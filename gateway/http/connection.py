@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+import gevent.event
 from gevent.hub import Waiter, get_hub
 from gevent.socket import wait_read, wait_write
 
 from . import h1
-from .seam import Direct
-from .wsgi import close_result, respond, send_result
+from .seam import DIRECT, HELD, Direct, Sent
+from .wsgi import Body, close_result, environ, log_access, respond, send_result
 
 log = logging.getLogger("gateway.http")
 
@@ -56,12 +57,17 @@ class Settings:
 
 class Server:
     """What a process's connections share: the application, the settings, the Date cache,
-    the idle connections to close when the process stops."""
+    the idle connections to close when the process stops, the connections the event loop
+    holds."""
 
     def __init__(self, app: Callable, settings: Settings, address: tuple,
-                 refusal: Callable[[Optional[h1.Request]], bytes]) -> None:
+                 refusal: Callable[[Optional[h1.Request]], bytes],
+                 spawn: Callable[..., None]) -> None:
+        """`spawn(func, *args)` runs a job in a greenlet (a connection the event loop gives
+        back is served on)."""
         self.app = app
         self.settings = settings
+        self.spawn = spawn
         self.server_name = str(address[0])
         self.server_port = str(address[1])
         self.date = h1.HttpDate()
@@ -69,9 +75,13 @@ class Server:
         self.refusal = refusal
         self.stopping = False
         self.idle: Set["Connection"] = set()  # waiting for the first bytes of a request head
-        # Kept alive between requests: each one's deadline and the waiter of its wait, in the
-        # order they began waiting, so in the order of their deadlines.
-        self.resting: Dict["Connection", Tuple[float, Waiter]] = {}
+        # Kept alive between requests: each one's deadline and what to call with False when
+        # it passes, in the order they began waiting, so in the order of their deadlines.
+        self.resting: Dict["Connection", Tuple[float, Callable[[bool], Any]]] = {}
+        # Held by the event loop, with no greenlet (see seam.Direct), and what is set once
+        # the last of them is gone after `stop`.
+        self.looped: Set["Connection"] = set()
+        self._unlooped: Optional[gevent.event.Event] = None
         self.hub = get_hub()
         self._sweeper = None  # the loop timer of `_sweep`, from the first wait
         # The connections whose next request arrived in the loop's last turn, as it ran their
@@ -94,15 +104,29 @@ class Server:
         for connection in [*self.idle, *self.resting]:
             connection.wake()
 
-    def rest(self, connection: "Connection", waiter: Waiter) -> None:
-        """`connection` waits for its next request on `waiter`, which a sweep switches with
-        False once it is idle past the idle timeout (the connection takes itself out of
-        `resting` when its wait ends otherwise)."""
+    def join_looped(self, timeout: float) -> bool:
+        """After `stop`: wait until the connections the event loop holds are gone (their held
+        responses sent); False if some remain after `timeout`."""
+        if not self.looped:
+            return True
+        self._unlooped = gevent.event.Event()
+        return self._unlooped.wait(timeout)
+
+    def unloop(self, connection: "Connection") -> None:
+        """The event loop holds `connection` no more."""
+        self.looped.discard(connection)
+        if self._unlooped is not None and not self.looped:
+            self._unlooped.set()
+
+    def rest(self, connection: "Connection", expired: Callable[[bool], Any]) -> None:
+        """`connection` waits for its next request; a sweep calls `expired(False)` once it is
+        idle past the idle timeout (the connection takes itself out of `resting` when its
+        wait ends otherwise)."""
         if self._sweeper is None:
             every = min(SWEEP_EVERY, self.settings.idle_timeout / 4)
             self._sweeper = self.hub.loop.timer(every, every, ref=False)
             self._sweeper.start(self._sweep)
-        self.resting[connection] = (monotonic() + self.settings.idle_timeout, waiter)
+        self.resting[connection] = (monotonic() + self.settings.idle_timeout, expired)
 
     def arrived(self, resume: Callable[[Any], Any], value: Any) -> None:
         """In the hub, from a connection's read watcher (stopped): its client has sent more.
@@ -126,19 +150,19 @@ class Server:
         resting = self.resting
         now = monotonic()
         expired = []
-        for connection, (deadline, waiter) in resting.items():
+        for connection, (deadline, wake) in resting.items():
             if deadline > now:
                 break
-            expired.append((connection, waiter))
+            expired.append((connection, wake))
         for connection, _ in expired:
             del resting[connection]
-        for _, waiter in expired:
-            waiter.switch(False)
+        for _, wake in expired:
+            wake(False)
 
 
 class Connection:
     __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher", "pending",
-                 "held_bytes", "corked", "readable", "_direct")
+                 "held_bytes", "corked", "readable", "looped", "_direct")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -151,6 +175,7 @@ class Connection:
         self.held_bytes = 0  # the request bodies behind them
         self.corked: Optional[list] = None  # what send_all collects while answers are flushed
         self.readable = False  # a Direct's watch saw the client's next bytes (still unread)
+        self.looped = False  # the event loop holds it, and no greenlet serves it
         self._direct: Optional[ConnectionDirect] = None
 
     def direct(self) -> "ConnectionDirect":
@@ -159,21 +184,26 @@ class Connection:
             self._direct = ConnectionDirect(self)
         return self._direct
 
-    def serve(self) -> None:
+    def serve(self, owed: bytes = b"", between: bool = False) -> None:
+        """Serve requests until the connection closes or is handed over: after sending `owed`,
+        and, `between` requests, after waiting for the next one."""
         server = self.server
         settings = server.settings
         try:
-            deadline = monotonic() + settings.header_timeout
+            if owed:
+                self.send_all(owed)
             while True:
-                request = self.read_head(deadline)
+                if between:
+                    # Nothing reads the socket between a Direct's watch and here: what it saw
+                    # is still there to read, so the wait would end at once.
+                    if server.stopping or (not self.buffer and not self.readable
+                                           and not self._wait_idle()):
+                        return
+                request = self.read_head(monotonic() + settings.header_timeout)
                 self.readable = False
                 if request is None or not respond(self, request) or server.stopping:
                     return
-                # Nothing reads the socket between a Direct's watch and here: what it saw is
-                # still there to read, so the wait would end at once.
-                if not self.buffer and not self.readable and not self._wait_idle():
-                    return
-                deadline = monotonic() + settings.header_timeout
+                between = True
         except h1.HttpError as error:
             self.fail(error)
         except OSError as error:  # the client left or timed out; nothing to answer
@@ -182,11 +212,20 @@ class Connection:
             for _, result in self.pending:  # the client left: their work stands, unanswered
                 close_result(result)
             self.pending = []
-            self._direct = None
-            if self.watcher is not None:
-                self.watcher.close()
-            if not self.taken:
-                self.sock.close()
+            if not self.looped:
+                self.end()
+
+    def resume(self, owed: bytes) -> None:
+        """Serve the connection again once the event loop gives it back (a pool job)."""
+        self.serve(owed, between=True)
+
+    def end(self) -> None:
+        """Let go of the connection (a handed-over socket is its new owner's to close)."""
+        self._direct = None
+        if self.watcher is not None:
+            self.watcher.close()
+        if not self.taken:
+            self.sock.close()
 
     def refuse(self) -> None:
         try:
@@ -339,7 +378,7 @@ class Connection:
         if watcher is None:
             watcher = self.watcher = server.hub.loop.io(self.sock.fileno(), 1)
         waiter = Waiter(server.hub)
-        server.rest(self, waiter)
+        server.rest(self, waiter.switch)
         watcher.start(self._arrived, waiter)
         try:
             readable = waiter.get()
@@ -354,13 +393,21 @@ class Connection:
 
 
 class ConnectionDirect(Direct):
-    """A `seam.Direct` on one connection (wsgi.respond makes it for the requests it may serve)."""
+    """A `seam.Direct` on one connection (wsgi.respond makes it for the requests it may serve).
 
-    __slots__ = ("conn", "_readable_due")
+    While a held request waits for its answer, a read watcher notes whether the client sends
+    anything (its next request, early, or the end of the connection), for the greenlet that
+    serves the connection on after the answer. Once answered, the connection waits in the
+    event loop for its next request, as a greenlet's would (`Server.rest`, `Server.arrived`);
+    `serve` gets it if it is a whole GET alone, else a greenlet does.
+    """
+
+    __slots__ = ("conn", "_serve", "_request")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._readable_due: Optional[Callable[[], object]] = None  # seen, to be called
+        self._serve: Optional[Callable[[dict], Any]] = None
+        self._request: Optional[h1.Request] = None  # the held one, for the access log
 
     def usable(self) -> bool:
         return not self.conn.server.stopping
@@ -374,34 +421,109 @@ class ConnectionDirect(Direct):
         except OSError:
             return 0
 
-    def watch(self, readable: Callable[[], object]) -> None:
+    def follow(self, serve: Callable[[dict], Any]) -> None:
+        self._serve = serve
+
+    def held(self, request: h1.Request) -> None:
+        """`request`'s answer is HELD: the event loop has the connection until it is sent."""
         conn = self.conn
+        self._request = request
+        conn.looped = True
+        conn.server.looped.add(conn)
         if conn.watcher is None:
             conn.watcher = conn.server.hub.loop.io(conn.sock.fileno(), 1)
-        conn.watcher.start(self._readable, readable)
+        conn.watcher.start(self._seen)
 
-    def _readable(self, readable: Callable[[], object]) -> None:
+    def _seen(self) -> None:
+        self.conn.watcher.stop()
+        self.conn.readable = True
+
+    def answered(self, sent: Sent) -> None:
         conn = self.conn
         conn.watcher.stop()
-        conn.readable = True
-        self._readable_due = readable
-        conn.server.arrived(self._call_readable, readable)
-
-    def _call_readable(self, readable: Callable[[], object]) -> None:
-        if self._readable_due is readable:  # not unwatched meanwhile
-            self._readable_due = None
-            readable()
-
-    def unwatch(self) -> None:
-        self._readable_due = None
-        if self.conn.watcher is not None:
-            self.conn.watcher.stop()
-
-    def resting(self, rest: bool) -> None:
-        if rest:
-            self.conn.server.idle.add(self.conn)
+        log_access(conn.address, self._request, sent.status, sent.length)
+        if sent.rest or conn.readable or self._serve is None:
+            self._give_back(sent.rest)
+        elif conn.server.stopping:
+            self._close()
         else:
-            self.conn.server.idle.discard(self.conn)
+            self._rest()
+
+    def _rest(self) -> None:
+        conn = self.conn
+        conn.server.rest(conn, self._idle_too_long)
+        conn.watcher.start(self._arrived)
+
+    def _arrived(self) -> None:
+        conn = self.conn
+        conn.watcher.stop()
+        conn.server.resting.pop(conn, None)
+        conn.server.arrived(self._next, None)
+
+    def _idle_too_long(self, _: bool) -> None:
+        self.conn.watcher.stop()
+        self._close()
+
+    def _next(self, _: None) -> None:
+        conn = self.conn
+        try:
+            data = conn.sock.recv(READ_SIZE)
+        except BlockingIOError:  # not readable after all: wait on
+            self._rest()
+            return
+        except OSError:
+            data = b""
+        if not data or conn.server.stopping:
+            self._close()
+            return
+        conn.buffer += data
+        request = self._whole_request(conn.buffer)
+        if request is not None:
+            env = environ(conn, request, Body(conn, 0))
+            env[DIRECT] = self
+            try:
+                result = self._serve(env)
+            except Exception:
+                log.exception("serving %s from the event loop failed", request.path[:200])
+                result = None
+            if result is HELD:
+                self.held(request)
+                conn.buffer = b""
+                return
+            if type(result) is Sent:
+                self._request = request
+                conn.buffer = b""
+                self.answered(result)
+                return
+        self._give_back(b"")
+
+    def _whole_request(self, data: bytes) -> Optional[h1.Request]:
+        """The request `data` holds, if it is a whole GET head, alone, that keeps the
+        connection open and is within the head limit; else None (a greenlet serves it)."""
+        if data[:1] in (b"\r", b"\n") or len(data) > self.conn.server.settings.max_head:
+            return None
+        if h1.head_end(data) != len(data):
+            return None
+        try:
+            request = h1.parse_request_head(data)
+        except h1.HttpError:
+            return None
+        if request.method != "GET" or not request.keep_alive or request.chunked \
+                or request.content_length or request.expect_continue:
+            return None
+        return request
+
+    def _give_back(self, owed: bytes) -> None:
+        conn = self.conn
+        conn.looped = False
+        conn.server.unloop(conn)
+        conn.server.spawn(conn.resume, owed)
+
+    def _close(self) -> None:
+        conn = self.conn
+        conn.looped = False
+        conn.server.unloop(conn)
+        conn.end()
 
 
 def send_now(sock: socket.socket, data: bytes) -> None:

@@ -11,7 +11,9 @@ so that their publishes share one round trip; the answers still leave in request
 
 A held long-poll may be answered from the event loop rather than from its request's greenlet:
 the server puts a `Direct` in the environ of a request that may be (`DIRECT`), through which
-the whole response is sent at once, and the application returns a `Sent` body to say it was.
+the whole response is sent at once, and the application returns a `Sent` body to say it was,
+or `HELD` to say it will be: the connection then waits in the event loop, with no greenlet,
+and the requests that follow on it may be served there too.
 """
 
 import socket
@@ -77,6 +79,11 @@ class Direct(ABC):
     with nothing received behind it and no answer held back before it, so a response sent
     through it goes out in order. The response is the complete one (head and body), as the
     server would frame it: the application's headers and Date, no Connection header.
+
+    An application that returns `HELD` for a request answers it later, from the event loop:
+    the request's greenlet is done at once, and until `answered` the connection belongs to the
+    event loop. It stays there for the requests that follow while `serve` (given by `follow`)
+    takes them, and goes back to a greenlet of the server for anything else.
     """
 
     __slots__ = ()
@@ -95,19 +102,28 @@ class Direct(ABC):
         if the client is gone; the server finds that out as it sends the rest)."""
 
     @abstractmethod
-    def watch(self, readable: Callable[[], Any]) -> None:
-        """Call `readable()` in the event loop when the client sends more (its next request,
-        or the end of the connection), until `unwatch`."""
+    def follow(self, serve: Callable[[dict], Any]) -> None:
+        """Let `serve(environ)` try the connection's next requests in the event loop, once a
+        held one is answered: each GET that arrives whole and alone, and keeps the connection
+        open. It returns `HELD` or a `Sent` body as the application would (the environ has
+        this Direct), or None to leave the request to the server, which runs it as usual."""
 
     @abstractmethod
-    def unwatch(self) -> None:
-        """Stop watching (idempotent)."""
+    def answered(self, sent: "Sent") -> None:
+        """In the event loop: the held request's response went out through `send` (all but
+        `sent.rest`, which the server sends next)."""
 
-    @abstractmethod
-    def resting(self, rest: bool) -> None:
-        """The response has gone and the request waits for the client's next one (True), or no
-        longer (False): while it does, stopping the server ends the connection, as it ends
-        the connections that wait between requests (through `readable`)."""
+
+class Held:
+    """The body of a response that will be sent from the event loop (see `Direct`)."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(())
+
+
+HELD = Held()
 
 
 class Sent:

@@ -6,8 +6,9 @@ application runs, so a malformed one is a 400 from the HTTP layer rather than an
 the application. The response goes out with the application's Content-Length, a computed one
 for a list body, chunked framing, or (HTTP/1.0 without a length) until the close; its head
 leaves in the same send as its first body bytes. A body that is a `seam.TakeOver` is handed
-the connection instead. A `seam.Deferred` body may be held back while the requests already
-received behind it run (HTTP/1.1 pipelining); held answers leave in order, in one send.
+the connection instead, and a `seam.HELD` one leaves it to the event loop until answered. A
+`seam.Deferred` body may be held back while the requests already received behind it run
+(HTTP/1.1 pipelining); held answers leave in order, in one send.
 """
 
 import logging
@@ -18,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import h1
 from .redact import redact_target
-from .seam import DIRECT, Deferred, Sent, TakeOver
+from .seam import DIRECT, HELD, Deferred, Sent, TakeOver
 
 log = logging.getLogger("gateway.http")
 access_log = logging.getLogger("gateway.access")
@@ -66,6 +67,9 @@ def respond(conn, request: h1.Request) -> bool:
         return conn.flush() and response.fail()
     if type(result) is Sent:
         return response.sent(result)
+    if result is HELD:
+        conn.direct().held(request)  # answered from the event loop, which has the connection
+        return False
     if isinstance(result, Deferred) and _may_hold(conn, request, body):
         conn.pending.append((response, result))
         conn.held_bytes += request.content_length or 0
@@ -430,9 +434,13 @@ class _Response:
         return h1.response_head(status, headers)
 
     def _log(self) -> None:
-        if access_log.isEnabledFor(logging.DEBUG):
-            request = self.request
-            # No credential in a log: token parameters are redacted, and no header is logged.
-            access_log.debug('%s "%s %s %s" %s %d', self.conn.address[0], request.method,
-                             redact_target(request.target)[:200], request.version, (self.status or "")[:3],
-                             self.length)
+        log_access(self.conn.address, self.request, self.status, self.length)
+
+
+def log_access(address: tuple, request: h1.Request, status: Optional[str], length: int) -> None:
+    """The access log's line for a response of `length` body bytes, if it is on."""
+    if access_log.isEnabledFor(logging.DEBUG):
+        # No credential in a log: token parameters are redacted, and no header is logged.
+        access_log.debug('%s "%s %s %s" %s %d', address[0], request.method,
+                         redact_target(request.target)[:200], request.version,
+                         (status or "")[:3], length)

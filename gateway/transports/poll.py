@@ -10,13 +10,10 @@ behind thousands of others, and a held poll would time out with its events still
 
 An event's JSON is encoded once for every one-channel poll that answers with it (`Answer`).
 
-A held poll whose request came with a `seam.Direct` is answered by its wake-up, in the event
-loop (`DirectAnswer`): the events the greenlet would have taken, in the response it would have
-sent (made once for every poll answered with the same events in the same variant), go out there
-and then, and the poll leaves the hub. Its greenlet is not woken for that: it sleeps on until
-the client's next request arrives (or the hold ends), then carries on with it. Only a response
-the socket did not take all of, or a client that sent something while its poll was held, wakes
-the greenlet to finish.
+A poll whose request came with a `seam.Direct` is held in the event loop, with no greenlet
+(`DirectAnswer`): its wake-up, or the end of its hold, sends there and then the response its
+greenlet would have sent, with the events it would have taken (the response made once for every
+poll answered with the same events in the same variant), and the poll leaves the hub.
 
 While the broker is down, a poll is held a short while and answered with no events and the
 client's own cursor (`unavailable`): never an error status, and the client keeps its place.
@@ -26,12 +23,12 @@ import json
 import re
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent
 from gevent.hub import Waiter, get_hub
 
-from ..http.seam import Direct, Sent
+from ..http.seam import HELD, Direct, Held, Sent
 from ..hub import Seat
 from ..ids import format_cursor
 from ..message import Message
@@ -46,13 +43,14 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.:=,-]*")
 
 class PollQueue:
     """A long-poll's subscriber (hub.Subscriber): a bounded queue of the messages dispatched
-    to it, which its request waits on (`wait`) and takes (`drain`). What it queues, counted by
-    the length of the messages' frames, is on the hub's budget.
+    to it, which its request waits on (`wait`) and takes (`drain`), or which answers it from
+    the event loop (`direct`). What it queues, counted by the length of the messages' frames,
+    is on the hub's budget.
     """
 
     fast = False  # takes events one by one (the hub's `Subscriber.fast`)
     __slots__ = ("channels", "queue", "max_pending", "closed", "seat", "direct", "_waiter",
-                 "_due", "_readable")
+                 "_due")
 
     def __init__(self, channels: Sequence[str], max_pending: int) -> None:
         self.channels = tuple(channels)
@@ -61,10 +59,9 @@ class PollQueue:
         self.max_pending = max_pending
         self.closed = False
         self.seat: Optional[Seat] = None  # given by the hub
-        self.direct: Optional[DirectAnswer] = None  # how a wait may be answered from the hub
+        self.direct: Optional[DirectAnswer] = None  # while held in the event loop
         self._waiter: Optional[Waiter] = None  # while its request waits
         self._due = False  # a wake-up is scheduled and has not run yet
-        self._readable = False  # the client sent something while its poll was held
 
     @property
     def held(self) -> int:
@@ -81,7 +78,7 @@ class PollQueue:
             return False
         self.queue.append(message)
         self.seat.hold(self.seat.held + len(message.frame))
-        if self._waiter is not None:
+        if self._waiter is not None or self.direct is not None:
             self._schedule_wake()
         return True
 
@@ -95,44 +92,20 @@ class PollQueue:
         timer = hub.loop.timer(max(timeout, 0.0))
         # From the time now, not the loop's time of this turn: else it ends early.
         timer.start(waiter.switch, False, update=True)
-        direct = self.direct.direct if self.direct is not None else None
-        if direct is not None and not self._readable:
-            direct.watch(self._on_readable)
         try:
             return waiter.get()
         finally:
             timer.close()
             self._waiter = None
-            if direct is not None:
-                direct.unwatch()
-                direct.resting(False)
-
-    def _on_readable(self) -> None:
-        # In the hub: the client sent its next request after its answer (or left), or sent
-        # something while its poll was still held (the answer then wakes the greenlet).
-        if self.direct.done:
-            self._waiter.switch(True)
-        else:
-            self.direct.direct.unwatch()
-            self._readable = True
 
     def wake(self) -> None:
         """Resume the waiting request, or answer it from here (the wake-ups call it, in the
         hub)."""
         self._due = False
-        waiter = self._waiter
-        if waiter is None:
-            return
-        direct = self.direct
-        if direct is not None and not self.closed and direct.direct.usable():
-            if not direct.answer(self.drain()):
-                return  # nothing new (replayed already): the poll stays held
-            self.closed = True
-            self.seat.leave()
-            if not direct.sent.rest and not self._readable:
-                direct.direct.resting(True)  # its greenlet sleeps on: the next request wakes it
-                return
-        waiter.switch(True)
+        if self.direct is not None:
+            self.direct.woken(self)
+        elif self._waiter is not None:
+            self._waiter.switch(True)
 
     def _schedule_wake(self) -> None:
         if not self._due:
@@ -154,7 +127,7 @@ class PollQueue:
         if seat is not None:
             seat.hold(0)
             seat.leave()
-        if self._waiter is not None:
+        if self._waiter is not None or self.direct is not None:
             self._schedule_wake()
 
     def end(self) -> None:
@@ -163,12 +136,11 @@ class PollQueue:
 
 
 class DirectAnswer:
-    """How a held poll is answered from the event loop: through its request's `seam.Direct`,
-    with the whole response `respond(taken, cursor, date)` gives for the events taken (made
-    once for all the polls of the same variant), then `answered()`. Once `done`, `sent` says
-    what went out, all but its `rest`."""
+    """A poll answered from the event loop, through its request's `seam.Direct`: with the
+    whole response `respond(taken, cursor, date)` gives for the events taken (made once for
+    all the polls of the same variant), then `answered()` (once it went out)."""
 
-    __slots__ = ("direct", "respond", "answered", "session", "batch", "sent")
+    __slots__ = ("direct", "respond", "answered", "session", "batch", "_timer")
 
     def __init__(self, direct: Direct,
                  respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]],
@@ -176,30 +148,48 @@ class DirectAnswer:
         self.direct = direct
         self.respond = respond
         self.answered = answered
-        self.session: Optional[Session] = None  # the poll's, and its batch, given by `collect`
+        self.session: Optional[Session] = None  # while held
         self.batch = 0
-        self.sent: Optional[Sent] = None
+        self._timer = None
 
-    @property
-    def done(self) -> bool:
-        return self.sent is not None
+    def start(self, session: Session, backlog: List[Message], hold: float,
+              batch: int) -> Union[Sent, Held]:
+        """Answer the poll of `session`, open with its `backlog`, as `collect` would: at once
+        (the body says what went) if it takes any of the backlog, else once events come, the
+        queue closes or `hold` seconds pass, from the event loop (`HELD`)."""
+        events = _take(session, backlog, batch)
+        if events:
+            session.close()
+            return self._send(session, events)
+        self.session, self.batch = session, batch
+        session.subscriber.direct = self
+        timer = self._timer = get_hub().loop.timer(max(hold, 0.0))
+        timer.start(self._finish, [], update=True)  # as `PollQueue.wait`'s timer
+        return HELD
 
-    def answer(self, messages: List[Message]) -> bool:
-        """Answer with what the session takes of `messages`, as `collect` would; False if it
-        takes nothing."""
-        events = _take(self.session, messages, self.batch)
-        if not events:
-            return False
-        self.sent = self.send_now(events, self.session.cursor())
-        self.answered()
-        return True
+    def woken(self, queue: PollQueue) -> None:
+        """In the hub: `queue`, held, has events (answered if the session takes any) or was
+        closed (answered with none)."""
+        if queue.closed:
+            self._finish([])
+            return
+        events = _take(self.session, queue.drain(), self.batch)
+        if events:
+            self._finish(events)
 
-    def send_now(self, events: List["Taken"], cursor: str) -> Sent:
-        """Send the answer `collect` gave (from the request's greenlet, not answered from the
-        event loop) the same way: its response shared with the polls answered alike."""
+    def _finish(self, events: List["Taken"]) -> None:
+        session = self.session
+        session.subscriber.direct = None
+        self._timer.close()
+        session.close()
+        self.direct.answered(self._send(session, events))
+
+    def _send(self, session: Session, events: List["Taken"]) -> Sent:
         direct = self.direct
-        status, length, response = self.respond(events, cursor, direct.date())
-        return Sent(status, length, response[direct.send(response):])
+        status, length, response = self.respond(events, session.cursor(), direct.date())
+        sent = Sent(status, length, response[direct.send(response):])
+        self.answered()
+        return sent
 
 
 # An event taken by a poll, and the cursor after it; None for a one-channel poll's event
@@ -296,28 +286,18 @@ class _EncodedEvents:
 _ENCODED = _EncodedEvents()
 
 
-ANSWERED = Answer([], "", 0)  # what `collect` returns for a poll answered from the event loop
-
-
 def collect(session: Session, backlog: List[Message], hold: float, batch: int,
-            retry_ms: int, direct: Optional[DirectAnswer] = None) -> Answer:
-    """Wait for events (at most `hold` seconds) and return the answer; the session is closed.
-    With `direct`, a wait may be answered from the event loop instead (`direct.done`): this
-    then returns ANSWERED, not to be sent."""
+            retry_ms: int) -> Answer:
+    """Wait for events (at most `hold` seconds) and return the answer; the session is closed."""
     subscriber = session.subscriber
     deadline = time.monotonic() + hold
     try:
         events = _take(session, backlog, batch)
-        if direct is not None and not events:
-            direct.session, direct.batch = session, batch
-            subscriber.direct = direct
         while not events and not subscriber.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not subscriber.wait(remaining):
                 break
             events = _take(session, subscriber.drain(), batch)
-        if direct is not None and direct.done:
-            return ANSWERED
         return Answer(events, session.cursor(), retry_ms)
     finally:
         session.close()

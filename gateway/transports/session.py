@@ -9,6 +9,7 @@ import heapq
 from typing import Dict, List, Optional, Tuple
 
 from .. import wire
+from ..brokers.base import History
 from ..hub import Hub, Subscriber
 from ..ids import ZERO, CursorError, EventId, format_cursor, parse_cursor
 from ..message import RESET_EVENT, HistoryLost, Message, reset_message
@@ -39,10 +40,11 @@ class Session:
                 requested = parse_cursor(last_event_id, self.channels)
             except CursorError:
                 # Treated like lost history: say so, then send everything history holds.
-                _, events = self._replay({channel: ZERO for channel in self.channels}, limit)
+                start = {channel: ZERO for channel in self.channels}
+                _, events = self._replay(start, self.hub.history(start, limit))
                 self.hub.count_reset("unknown-id")
                 return [reset_message(self.channels, "unknown-id"), *events]
-            lost, events = self._replay(requested, limit)
+            lost, events = self._replay(requested, self.hub.history(requested, limit))
             if not lost:
                 return events
             self.hub.count_reset("history-lost")
@@ -51,12 +53,38 @@ class Session:
             self.close()
             raise
 
+    def open_now(self, last_event_id: Optional[str],
+                 limit: Optional[int] = None) -> Optional[List[Message]]:
+        """As `open`, for the event loop, which must not wait: None, with nothing left
+        attached, where `open` would (a channel not subscribed yet, history the broker must
+        read, a cursor this process cannot parse)."""
+        positions = self.hub.attach_now(self.subscriber)
+        if positions is None:
+            return None
+        self.positions = positions
+        if last_event_id is None:
+            return []
+        try:
+            requested = parse_cursor(last_event_id, self.channels)
+        except CursorError:
+            requested = None
+        answer = None if requested is None else self.hub.history_now(requested, limit)
+        if answer is None:
+            self.close()
+            return None
+        lost, events = self._replay(requested, answer)
+        if not lost:
+            return events
+        self.hub.count_reset("history-lost")
+        return [reset_message(lost, "history-lost"), *events]
+
     def _replay(self, requested: Dict[str, EventId],
-                limit: Optional[int]) -> Tuple[List[str], List[Message]]:
-        """The channels whose history has a gap, and the events after each position."""
+                answer: Dict[str, History]) -> Tuple[List[str], List[Message]]:
+        """The channels whose history (`answer`) has a gap, and the events after each
+        position."""
         lost: List[str] = []
         histories: List[List[Message]] = []
-        for channel, history in self.hub.history(requested, limit).items():
+        for channel, history in answer.items():
             after = requested[channel]
             if history.gap:
                 lost.append(channel)
