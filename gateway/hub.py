@@ -510,20 +510,20 @@ class Hub:
             return None
         now_ms = int(time.time() * 1000)
         answer = {}
-        delivering = None
+        caught_up = None
         for channel, after in positions.items():
             entry = self._channels.get(channel)
             recent = entry.recent if entry is not None else None
             if recent is None:
                 return None
-            # Events the broker holds and has not dispatched yet are missing here. A position
-            # at the last one dispatched (a poll's, mostly) needs none of them: while the
-            # broker is connected they are all to come, live (or, after a reconnect, from its
-            # gap fill), to every attached subscriber.
+            # Events on their way from the broker are missing here: they are all to come, live
+            # (or, after a reconnect, from its gap fill), to every attached subscriber. But a
+            # position behind the last event dispatched must get every event whose publish
+            # this process acknowledged, as a read of Redis would.
             if after != recent.last:
-                if delivering is None:
-                    delivering = not self._held and self._broker.delivering()
-                if not delivering:
+                if caught_up is None:
+                    caught_up = not self._held and self._broker.own_dispatched()
+                if not caught_up:
                     return None
             history = recent.history(after, limit, now_ms)
             if history is None:

@@ -68,9 +68,10 @@ class Broker(ABC):
         Raises BrokerRefused when the broker will never serve them with these settings."""
         return True
 
-    def delivering(self) -> bool:
-        """Whether the sink has had every message received so far, and what is published now
-        reaches it in order (no reconnect under way); answered without waiting."""
+    def own_dispatched(self) -> bool:
+        """Whether every message this process published on a channel it subscribes to has
+        been passed to the sink (so each publish it acknowledged is in what the sink had), and
+        the listener is not inside one; answered without waiting."""
         return True
 
     def more_received(self) -> bool:

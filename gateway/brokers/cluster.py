@@ -63,7 +63,6 @@ from .streams import (
     PROBE,
     StreamsBroker,
     nothing_received,
-    nothing_unread,
     probe_permissions,
     publish_refused,
     received_check,
@@ -210,8 +209,10 @@ class ClusterBroker(StreamsBroker):
     def connected(self) -> bool:
         return self._ready.is_set() and all(s.ready for s in list(self._shards.values()))
 
-    def delivering(self) -> bool:
-        return self._ready.is_set() and all(s.delivering() for s in list(self._shards.values()))
+    def own_dispatched(self) -> bool:
+        # A published message is noted until its live copy comes back (`_remember`).
+        return self._ready.is_set() and not self._own and not any(
+            shard.handling for shard in list(self._shards.values()))
 
     def more_received(self) -> bool:
         # The sink is called by the listener of the shard whose message it is: that shard's
@@ -484,8 +485,6 @@ class _Shard:
         self.listener.kill(block=True, timeout=2)
         self._drop()
 
-    def delivering(self) -> bool:
-        return self.ready and not self.handling and nothing_unread(self.connection)
 
     # -- what the broker asks ---------------------------------------------------------------
 

@@ -45,7 +45,6 @@ from .streams import (
     PROBE,
     StreamsBroker,
     nothing_received,
-    nothing_unread,
     probe_permissions,
     publish_refused,
     received_check,
@@ -147,12 +146,9 @@ class RedisBroker(StreamsBroker):
     def more_received(self) -> bool:
         return self._received()
 
-    def delivering(self) -> bool:
-        # Up, and nothing received waits to be handled: then the sink has had every message
-        # that Redis had sent this process (so, for one that published through it, all its
-        # own), and the listener is waiting on an empty socket, its reader's buffer empty.
-        return (self._ready.is_set() and not self._handling
-                and nothing_unread(self._connection))
+    def own_dispatched(self) -> bool:
+        # A published message is noted until its live copy comes back (`_remember`).
+        return self._ready.is_set() and not self._handling and not self._own
 
     def check(self) -> None:
         try:

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import gevent.monkey
 from redis.exceptions import RedisError, ResponseError
 
 from .. import redis_schema
@@ -45,10 +44,6 @@ BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 POOL_SIZE = 50
 PROBE = "sse-gateway-probe"  # the channel whose key and names the startup's checks use
-
-# The system's select, never a patched one that might wait: it only looks at a socket.
-_select = gevent.monkey.get_original("select", "select")
-
 
 def probe_permissions(client: Any, key: str, subscriptions: Sequence[Tuple[str, str]]) -> None:
     """Run on `client` (a redis.Redis) what the gateway needs an ACL user to be allowed: the
@@ -81,18 +76,6 @@ def publish_refused(error: ResponseError, who: str) -> Exception:
     if why is not None:
         return InvalidMessage(why)
     return BrokerUnavailable(f"{who} refused the publish: {error}")
-
-
-def nothing_unread(connection: Any) -> bool:
-    """Whether a pub/sub connection is connected with no bytes waiting on its socket (its
-    reader's own buffer being empty is the caller's to know: it is, while the listener waits)."""
-    sock = getattr(connection, "_sock", None)  # redis-py's, None when not connected
-    if sock is None:
-        return False
-    try:
-        return not _select([sock], [], [], 0)[0]
-    except (OSError, ValueError):  # closed meanwhile
-        return False
 
 
 def nothing_received() -> bool:
