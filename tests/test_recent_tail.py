@@ -109,7 +109,8 @@ IN_PROCESS = textwrap.dedent("""
     from gateway.recent import RecentLimits
     from gateway.subscribe import open_session
     from gateway.transports import PollQueue
-    from gateway.ids import format_cursor
+    from gateway.brokers.base import PublishResult
+    from gateway.ids import format_cursor, successor
 
     url, port = sys.argv[1], int(sys.argv[2])
     broker = RedisBroker(url, history_length=1000)
@@ -144,14 +145,22 @@ IN_PROCESS = textwrap.dedent("""
     get_original("time", "sleep")(0.1)  # for Redis to write it to the listener's socket
     out["foreign"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker]
 
-    # A publish of this process, queued (nothing yielded since): until its live copy is
-    # dispatched, a cursor behind reads Redis, whose answer has it once acknowledged.
-    wait = broker.publish_later(Message("c", "mine"))
-    out["queued"] = broker.own_dispatched()
-    wait()
+    # A publish of this process acknowledged: in every answer from then on, from Redis or,
+    # once its live copy was dispatched, from memory.
+    broker.publish(Message("c", "mine"))
     out["acknowledged"] = opened(ids[0])
     until(lambda: any(m.data == "mine" for m in stay.queue))
-    out["dispatched"] = [broker.own_dispatched(), opened(ids[0])]
+
+    # One acknowledged whose live copy has not come (noted as the publish returns, where its
+    # live copy had not been dispatched): a cursor behind reads Redis until a live event at or
+    # after it is dispatched.
+    reads = hub.history_from_broker
+    broker._acknowledged([("c", b"")], [PublishResult(successor(broker._channels["c"]), 1)])
+    out["on_its_way"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker - reads]
+    broker.publish(Message("c", "later"))
+    until(lambda: any(m.data == "later" for m in stay.queue))
+    reads = hub.history_from_broker
+    out["dispatched"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker - reads]
     print(json.dumps(out))
     broker.stop()
 """)
@@ -165,7 +174,6 @@ def test_only_this_process_publishes_on_their_way_send_a_read_behind_the_last_ev
     out = json.loads(result.stdout.strip().splitlines()[-1])
     # Bytes from elsewhere unread: still from memory (no broker read so far).
     assert out["foreign"] == [True, ["m1", "m2"], 0]
-    assert out["queued"] is False
-    # Acknowledged: in the answer, from Redis or (its live copy there already) from memory.
-    assert out["acknowledged"] == ["m1", "m2", "mine"]
-    assert out["dispatched"] == [True, ["m1", "m2", "mine"]]  # a raw publish has no history
+    assert out["acknowledged"] == ["m1", "m2", "mine"]  # a raw publish has no history
+    assert out["on_its_way"] == [False, ["m1", "m2", "mine"], 1]
+    assert out["dispatched"] == [True, ["m1", "m2", "mine", "later"], 0]

@@ -108,6 +108,7 @@ class ClusterBroker(StreamsBroker):
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._own: Dict[Tuple[str, bytes], Message] = {}
         self._own_bytes = 0
+        self._acked: Dict[str, EventId] = {}
         self._reads = SharedReads(self._read, self._channels.get)
         self._sink: Optional[MessageSink] = None
         self._resync: Optional[ResyncSink] = None
@@ -209,11 +210,6 @@ class ClusterBroker(StreamsBroker):
     def connected(self) -> bool:
         return self._ready.is_set() and all(s.ready for s in list(self._shards.values()))
 
-    def own_dispatched(self) -> bool:
-        # A published message is noted until its live copy comes back (`_remember`).
-        return self._ready.is_set() and not self._own and not any(
-            shard.handling for shard in list(self._shards.values()))
-
     def more_received(self) -> bool:
         # The sink is called by the listener of the shard whose message it is: that shard's
         # reader is asked, whichever other shard's listener yielded in a dispatch meanwhile.
@@ -268,14 +264,15 @@ class ClusterBroker(StreamsBroker):
         except (BrokerUnavailable, RedisError, RedisClusterException) as error:
             failure = self._failed(error, mine)
             # What was queued already is published all the same.
-            return lambda: self._results(runs, len(items), mine, failure)
-        return lambda: self._results(runs, len(items), mine)
+            return lambda: self._results(runs, items, mine, failure)
+        return lambda: self._results(runs, items, mine)
 
-    def _results(self, runs: List[_Run], count: int, mine: List[Tuple[str, bytes]],
+    def _results(self, runs: List[_Run], items: List[Tuple[str, bytes]],
+                 mine: List[Tuple[str, bytes]],
                  failure: Optional[Exception] = None) -> List[PublishResult]:
         """Every run's results in the messages' order; raises the first failure once every
         run is answered (the slots that were published stay published)."""
-        results: List[Any] = [None] * count
+        results: List[Any] = [None] * len(items)
         for run in runs:
             try:
                 reply = self._reply(run)
@@ -287,6 +284,7 @@ class ClusterBroker(StreamsBroker):
                 results[index] = PublishResult(event_id, receivers)
         if failure is not None:
             raise failure
+        self._acknowledged(items, results)
         return results
 
     def _reply(self, run: _Run) -> Any:
@@ -370,6 +368,7 @@ class ClusterBroker(StreamsBroker):
 
     def unsubscribe(self, channel: str) -> None:
         self._channels.pop(channel, None)
+        self._acked.pop(channel, None)
         self._confirmations.pop(channel, None)
         self._leave(channel)
 

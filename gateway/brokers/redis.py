@@ -95,6 +95,7 @@ class RedisBroker(StreamsBroker):
         # live copy, back through pub/sub, is then not decoded and checked again.
         self._own: Dict[Tuple[str, bytes], Message] = {}
         self._own_bytes = 0
+        self._acked: Dict[str, EventId] = {}
         self._reads = SharedReads(self._read, self._channels.get)
         self._confirmations: Dict[str, gevent.event.Event] = {}
         self._connection = None
@@ -146,10 +147,6 @@ class RedisBroker(StreamsBroker):
     def more_received(self) -> bool:
         return self._received()
 
-    def own_dispatched(self) -> bool:
-        # A published message is noted until its live copy comes back (`_remember`).
-        return self._ready.is_set() and not self._handling and not self._own
-
     def check(self) -> None:
         try:
             with self._slot():
@@ -181,9 +178,10 @@ class RedisBroker(StreamsBroker):
         keys, args = redis_schema.publish_many_args(self._prefix, items, self._max_length,
                                                     self._max_age_ms, checked=True)
         job = self._publishes.submit(keys, args)
-        return lambda: self._results(job, mine)
+        return lambda: self._results(job, items, mine)
 
-    def _results(self, job: Job, mine: List[Tuple[str, bytes]]) -> List[PublishResult]:
+    def _results(self, job: Job, items: List[Tuple[str, bytes]],
+                 mine: List[Tuple[str, bytes]]) -> List[PublishResult]:
         try:
             reply = self._publishes.wait(job)
         except ResponseError as error:
@@ -192,8 +190,10 @@ class RedisBroker(StreamsBroker):
         except (RedisError, OSError) as error:
             self._forget(mine)
             raise BrokerUnavailable(f"Redis refused or did not answer the publish: {error}") from None
-        return [PublishResult(event_id, receivers)
-                for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
+        results = [PublishResult(event_id, receivers)
+                   for event_id, receivers in redis_schema.parse_publish_many_reply(reply)]
+        self._acknowledged(items, results)
+        return results
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -216,6 +216,7 @@ class RedisBroker(StreamsBroker):
 
     def unsubscribe(self, channel: str) -> None:
         self._channels.pop(channel, None)
+        self._acked.pop(channel, None)
         self._confirmations.pop(channel, None)
         try:
             self._send("UNSUBSCRIBE", channel)

@@ -8,8 +8,9 @@ skip being decoded again are the same, and written once, here.
 A subclass sets, in its constructor: `_prefix`, `_raw_prefix`, `_live_prefix` (bytes),
 `_max_length`, `_client` (a redis-py client that reads history), `_slots` (Slots for it),
 `_channels` (subscribed channel -> id of its last event delivered), `_confirmations`,
-`_own` and `_own_bytes` (see `_remember`), `_reads` (SharedReads of `_read`), `_sink`,
-`_resync`; and `_channel_of(name)`; and calls `_bound_sizes`.
+`_own` and `_own_bytes` (see `_remember`), `_acked` (see `_acknowledged`), `_reads`
+(SharedReads of `_read`), `_sink`, `_resync`; and `_channel_of(name)`; and calls
+`_bound_sizes`.
 
 Raw messages (anyone's `PUBLISH`) are outside input: one larger than the largest publish the
 HTTP edge accepts is refused before it is decoded. History entries read back, and the
@@ -142,6 +143,21 @@ class StreamsBroker(Broker):
                 self._own_bytes += len(item[1])
                 mine.append(item)
         return mine
+
+    def own_dispatched(self) -> bool:
+        return self.connected and not self._acked
+
+    def _acknowledged(self, items: List[Tuple[str, bytes]],
+                      results: List[PublishResult]) -> None:
+        """The publishes of `items` (channel, JSON), about to be acknowledged: each channel's
+        last whose live copy has not been passed to the sink yet is noted (`_acked`, channel ->
+        its id) until it is."""
+        delivered = self._channels
+        acked = self._acked
+        for (channel, _), result in zip(items, results):
+            if channel in delivered and result.event_id > delivered[channel] \
+                    and result.event_id > acked.get(channel, ZERO):
+                acked[channel] = result.event_id
 
     def _forget(self, items: List[Tuple[str, bytes]]) -> None:
         for item in items:
@@ -411,6 +427,9 @@ class StreamsBroker(Broker):
             self._channels[channel] = message.event_id
         if self._sink is not None:
             self._sink(message)
+        if self._acked and message.event_id is not None \
+                and message.event_id >= self._acked.get(channel, message.event_id):
+            del self._acked[channel]
 
 
 def _no_such_key(error: Exception) -> bool:
