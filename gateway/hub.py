@@ -495,16 +495,38 @@ class Hub:
     def history_now(self, positions: Dict[str, EventId],
                     limit: Optional[int] = None) -> Optional[Dict[str, History]]:
         """As `history`, for the event loop, which must not wait: None when only a read from
-        the broker could answer."""
+        the broker could answer. Unlike `history`, it answers too while a publish this
+        process acknowledged is still on its way (`own_on_the_way` tells): its event, missing
+        here, reaches the attached subscriber live."""
         if not positions:
             return {}
         if self._recent is None and self._broker.history_in_memory:
             self.history_from_broker += 1
             return self._broker.history(positions, limit)
-        return self._recent_history(positions, limit)
+        return self._recent_history(positions, limit, own_on_the_way=True)
 
-    def _recent_history(self, positions: Dict[str, EventId],
-                        limit: Optional[int]) -> Optional[Dict[str, History]]:
+    def own_on_the_way(self, channels: Sequence[str]) -> Dict[str, EventId]:
+        """Each of `channels` with an event whose publish this process acknowledged and that
+        has not been dispatched yet (on its way from the broker, or held back here): the id of
+        its last such event."""
+        awaited = self._broker.own_on_the_way(channels)
+        for message in self._held:
+            if message.event_id is not None and message.channel in channels and \
+                    message.event_id > awaited.get(message.channel, ZERO):
+                awaited[message.channel] = message.event_id
+        return awaited
+
+    def dispatched(self, awaited: Dict[str, EventId]) -> bool:
+        """Whether each channel's events up to its id in `awaited` have been dispatched."""
+        channels = self._channels
+        for channel, event_id in awaited.items():
+            entry = channels.get(channel)
+            if entry is not None and entry.tail < event_id:
+                return False
+        return True
+
+    def _recent_history(self, positions: Dict[str, EventId], limit: Optional[int],
+                        own_on_the_way: bool = False) -> Optional[Dict[str, History]]:
         """`history` from recent events alone; None when they cannot answer."""
         if self._recent is None or not self._broker.connected:
             return None
@@ -520,9 +542,9 @@ class Hub:
             # (or, after a reconnect, from its gap fill), to every attached subscriber. But a
             # position behind the last event dispatched must get every event whose publish
             # this process acknowledged, as a read of Redis would.
-            if after != recent.last:
+            if after != recent.last and not own_on_the_way:
                 if caught_up is None:
-                    caught_up = not self._held and self._broker.own_dispatched()
+                    caught_up = not self.own_on_the_way(tuple(positions))
                 if not caught_up:
                     return None
             history = recent.history(after, limit, now_ms)

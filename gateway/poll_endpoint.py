@@ -19,6 +19,7 @@ status.
 """
 
 import logging
+from functools import partial
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -222,8 +223,14 @@ class PollEndpoint:
             return None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+        until = None
+        awaited = self._hub.own_on_the_way(request.channels) if backlog else None
+        if awaited:
+            # Publishes acknowledged here are on their way, missing from the backlog: the
+            # answer waits for them, as they would be in a read of Redis.
+            until = partial(self._hub.dispatched, awaited)
         return self._direct_answer(environ[DIRECT], request, environ.get("HTTP_ORIGIN")).start(
-            session, backlog, request.hold, request.batch)
+            session, backlog, request.hold, request.batch, until)
 
     def _direct_answer(self, direct: Direct, request: PollRequest,
                        origin: Optional[str]) -> DirectAnswer:

@@ -1,7 +1,7 @@
 """A poll (or resume) whose cursor is the last event dispatched opens from memory, always.
 
 Recent events answer a history read behind the last event dispatched only while every publish
-of this process has come back live (`Broker.own_dispatched`): one acknowledged to its client
+of this process has come back live (`Broker.own_on_the_way` is empty): one acknowledged to its client
 must be in the answer, as in a read of Redis. A cursor at the channel's last dispatched event
 needs none of what is on its way: it is still to come to the attached subscriber. So that
 read costs no broker call even while this process' publishes are on their way, and the one
@@ -31,20 +31,20 @@ CHANNEL = "c"
 
 class BusyBroker(EmbeddedBroker):
     """The embedded broker, reporting what a Redis broker reports while a publish of its
-    process has not come back live (`own_on_the_way`) or its connection is down (`down`);
+    process has not come back live (`on_the_way`) or its connection is down (`down`);
     history reads counted."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.own_on_the_way = self.down = False
+        self.on_the_way = self.down = False
         self.reads = 0
 
     @property
     def connected(self) -> bool:
         return not self.down
 
-    def own_dispatched(self) -> bool:
-        return not self.own_on_the_way and not self.down
+    def own_on_the_way(self, channels) -> dict:
+        return {CHANNEL: (1 << 62, 0)} if self.on_the_way else {}
 
     def history(self, positions, limit=None):
         self.reads += 1
@@ -70,17 +70,17 @@ def opened(hub: Hub, after) -> list:
 
 def test_a_cursor_at_the_last_event_opens_from_memory_while_own_publishes_are_on_their_way():
     broker, hub, ids = setup()
-    broker.own_on_the_way = True
+    broker.on_the_way = True
     assert opened(hub, ids[-1]) == []
     assert (broker.reads, hub.history_from_memory, hub.history_from_broker) == (0, 1, 0)
 
 
 def test_a_cursor_behind_the_last_event_reads_the_broker_while_own_publishes_are_on_their_way():
     broker, hub, ids = setup()
-    broker.own_on_the_way = True
+    broker.on_the_way = True
     assert opened(hub, ids[0]) == ["m1", "m2"]
     assert (broker.reads, hub.history_from_broker) == (1, 1)
-    broker.own_on_the_way = False
+    broker.on_the_way = False
     assert opened(hub, ids[0]) == ["m1", "m2"]  # from memory once nothing waits
     assert (broker.reads, hub.history_from_memory) == (1, 1)
 
@@ -143,7 +143,7 @@ IN_PROCESS = textwrap.dedent("""
     plain.sendall(b'*3\\r\\n$7\\r\\nPUBLISH\\r\\n$1\\r\\nc\\r\\n$15\\r\\n{"data": "raw"}\\r\\n')
     assert plain.recv(64).startswith(b":")
     get_original("time", "sleep")(0.1)  # for Redis to write it to the listener's socket
-    out["foreign"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker]
+    out["foreign"] = [bool(broker.own_on_the_way(["c"])), opened(ids[0]), hub.history_from_broker]
 
     # A publish of this process acknowledged: in every answer from then on, from Redis or,
     # once its live copy was dispatched, from memory.
@@ -156,11 +156,13 @@ IN_PROCESS = textwrap.dedent("""
     # after it is dispatched.
     reads = hub.history_from_broker
     broker._acknowledged([("c", b"")], [PublishResult(successor(broker._channels["c"]), 1)])
-    out["on_its_way"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker - reads]
+    out["on_its_way"] = [bool(broker.own_on_the_way(["c"])), opened(ids[0]),
+                         hub.history_from_broker - reads]
     broker.publish(Message("c", "later"))
     until(lambda: any(m.data == "later" for m in stay.queue))
     reads = hub.history_from_broker
-    out["dispatched"] = [broker.own_dispatched(), opened(ids[0]), hub.history_from_broker - reads]
+    out["dispatched"] = [bool(broker.own_on_the_way(["c"])), opened(ids[0]),
+                         hub.history_from_broker - reads]
     print(json.dumps(out))
     broker.stop()
 """)
@@ -173,7 +175,7 @@ def test_only_this_process_publishes_on_their_way_send_a_read_behind_the_last_ev
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     # Bytes from elsewhere unread: still from memory (no broker read so far).
-    assert out["foreign"] == [True, ["m1", "m2"], 0]
+    assert out["foreign"] == [False, ["m1", "m2"], 0]
     assert out["acknowledged"] == ["m1", "m2", "mine"]  # a raw publish has no history
-    assert out["on_its_way"] == [False, ["m1", "m2", "mine"], 1]
-    assert out["dispatched"] == [True, ["m1", "m2", "mine", "later"], 0]
+    assert out["on_its_way"] == [True, ["m1", "m2", "mine"], 1]
+    assert out["dispatched"] == [False, ["m1", "m2", "mine", "later"], 0]

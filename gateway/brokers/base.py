@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..ids import EventId, HistoryBounds
 from ..message import Message
@@ -68,11 +68,11 @@ class Broker(ABC):
         Raises BrokerRefused when the broker will never serve them with these settings."""
         return True
 
-    def own_dispatched(self) -> bool:
-        """Whether every message this process published on a channel it subscribes to has
-        been passed to the sink (so each publish it acknowledged is in what the sink had), and
-        the listener is not inside one; answered without waiting."""
-        return True
+    def own_on_the_way(self, channels: Iterable[str]) -> Dict[str, EventId]:
+        """Each of `channels` (subscribed) with an event whose publish this process
+        acknowledged and that has not been passed to the sink yet: the id of its last such
+        event. Answered without waiting."""
+        return {}
 
     def more_received(self) -> bool:
         """Whether more messages were received already, to be passed to the sink right after

@@ -144,8 +144,10 @@ class StreamsBroker(Broker):
                 mine.append(item)
         return mine
 
-    def own_dispatched(self) -> bool:
-        return self.connected and not self._acked
+    def own_on_the_way(self, channels: Iterable[str]) -> Dict[str, EventId]:
+        acked = self._acked
+        return {channel: acked[channel] for channel in channels if channel in acked} \
+            if acked else {}
 
     def _acknowledged(self, items: List[Tuple[str, bytes]],
                       results: List[PublishResult]) -> None:
@@ -427,9 +429,10 @@ class StreamsBroker(Broker):
             self._channels[channel] = message.event_id
         if self._sink is not None:
             self._sink(message)
-        if self._acked and message.event_id is not None \
-                and message.event_id >= self._acked.get(channel, message.event_id):
-            del self._acked[channel]
+        if self._acked and message.event_id is not None:
+            awaited = self._acked.get(channel)
+            if awaited is not None and message.event_id >= awaited:
+                del self._acked[channel]
 
 
 def _no_such_key(error: Exception) -> bool:

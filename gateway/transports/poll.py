@@ -140,7 +140,8 @@ class DirectAnswer:
     whole response `respond(taken, cursor, date)` gives for the events taken (made once for
     all the polls of the same variant), then `answered()` (once it went out)."""
 
-    __slots__ = ("direct", "respond", "answered", "session", "batch", "_timer")
+    __slots__ = ("direct", "respond", "answered", "session", "batch", "_taken", "_until",
+                 "_timer")
 
     def __init__(self, direct: Direct,
                  respond: Callable[[List["Taken"], str, str], Tuple[str, int, bytes]],
@@ -150,32 +151,46 @@ class DirectAnswer:
         self.answered = answered
         self.session: Optional[Session] = None  # while held
         self.batch = 0
+        self._taken: List[Taken] = []  # of the backlog, while `until` is awaited
+        self._until: Optional[Callable[[], bool]] = None
         self._timer = None
 
-    def start(self, session: Session, backlog: List[Message], hold: float,
-              batch: int) -> Union[Sent, Held]:
+    def start(self, session: Session, backlog: List[Message], hold: float, batch: int,
+              until: Optional[Callable[[], bool]] = None) -> Union[Sent, Held]:
         """Answer the poll of `session`, open with its `backlog`, as `collect` would: at once
         (the body says what went) if it takes any of the backlog, else once events come, the
-        queue closes or `hold` seconds pass, from the event loop (`HELD`)."""
+        queue closes or `hold` seconds pass, from the event loop (`HELD`). With `until`, an
+        answer from the backlog waits for `until()` (checked as events come) or the hold's end:
+        the backlog lacks events that are on their way."""
         events = _take(session, backlog, batch)
-        if events:
+        if events and until is None:
             session.close()
             return self._send(session, events)
         self.session, self.batch = session, batch
+        if events:
+            self._taken, self._until = events, until
         session.subscriber.direct = self
         timer = self._timer = get_hub().loop.timer(max(hold, 0.0))
-        timer.start(self._finish, [], update=True)  # as `PollQueue.wait`'s timer
+        timer.start(self._expired, update=True)  # as `PollQueue.wait`'s timer
         return HELD
 
     def woken(self, queue: PollQueue) -> None:
         """In the hub: `queue`, held, has events (answered if the session takes any) or was
         closed (answered with none)."""
         if queue.closed:
-            self._finish([])
+            self._finish(self._taken)
             return
-        events = _take(self.session, queue.drain(), self.batch)
+        if self._until is not None:
+            if not self._until():
+                return  # what it waits for is still on its way: the events stay queued
+            self._until = None
+        taken = self._taken
+        events = taken + _take(self.session, queue.drain(), self.batch - len(taken))
         if events:
             self._finish(events)
+
+    def _expired(self) -> None:
+        self._finish(self._taken)
 
     def _finish(self, events: List["Taken"]) -> None:
         session = self.session

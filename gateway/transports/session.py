@@ -57,7 +57,8 @@ class Session:
                  limit: Optional[int] = None) -> Optional[List[Message]]:
         """As `open`, for the event loop, which must not wait: None, with nothing left
         attached, where `open` would (a channel not subscribed yet, history the broker must
-        read, a cursor this process cannot parse)."""
+        read, a cursor this process cannot parse). The backlog lacks the events of publishes
+        this process acknowledged that are still on their way (`Hub.history_now`)."""
         positions = self.hub.attach_now(self.subscriber)
         if positions is None:
             return None
