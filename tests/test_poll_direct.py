@@ -1,14 +1,15 @@
-"""Held long-polls answered from the event loop: the bytes the request's greenlet would send.
+"""Long-polls held and answered in the event loop: the bytes the request's greenlet would send.
 
 A held poll (no expiry, its request a kept-alive GET) is answered by its wake-up in the event
-loop, with a response made once for every poll answered with the same events, while its
-greenlet sleeps on until the next request; a poll answered at once from history shares those
-responses too. A poll whose request closes the connection takes the greenlet's path all the
-way: they must all be the same bytes (the Date aside, which is the second it was sent, and the
-`Connection: close`), for JSON and JSONP, per Origin, on both brokers. The connection then
-carries on as any other: the next requests are served in order, a hostile one still gets its
-JSON 4xx, a socket that cannot take the whole answer still gets all of it, and a server that
-stops ends a connection sleeping so at once.
+loop, with a response made once for every poll answered with the same events, and its
+connection then waits there for the next request, which the loop serves too when it is a plain
+poll; a poll answered at once from history shares those responses. A poll whose request closes
+the connection takes the greenlet's path all the way: they must all be the same bytes (the
+Date aside, which is the second it was sent, and the `Connection: close`), for JSON and JSONP,
+per Origin, on both brokers. The connection carries on as any other: the next requests are
+served in order, whatever they are (another path, a private channel, a split head, pipelined
+ones, a hostile one with its JSON 4xx), a socket that cannot take the whole answer still gets
+all of it, an idle one closes after the idle timeout, and a server that stops ends it at once.
 """
 
 from __future__ import annotations
@@ -259,3 +260,72 @@ def test_stopping_ends_a_connection_sleeping_after_its_answer(start_gateway, bro
         assert sock.recv(100) == b""
     # Not after the hold (25 s), nor after the shutdown timeout (5 s) that would kill it.
     assert time.monotonic() - started < 4, gateway.log()
+
+
+def loop_holds(gateway, sock: socket.socket, buffer: bytearray, channel: str,
+               cursor: str = "") -> str:
+    """A poll held then answered from the event loop (the connection is the loop's after it);
+    the event's id."""
+    query = f"timeout=20&lastEventId={cursor}" if cursor else "timeout=20"
+    held = subscribers(gateway) + 1
+    hold(gateway, sock, poll_request(channel, query), held)
+    [event] = publish_all(gateway, channel, ["x"])
+    answer = json.loads(body(read_response(sock, buffer)))
+    assert [e["id"] for e in answer["events"]] == [event]
+    return event
+
+
+def test_what_follows_an_answer_from_the_event_loop_is_served_whatever_it_is(start_gateway,
+                                                                            broker_args):
+    """After each poll answered from the event loop, the connection's next request is one the
+    loop does not serve itself: another path, a private channel, a head in two parts, two
+    pipelined polls, a cursor of another stream. A greenlet gets each with the bytes received,
+    and answers it as any request."""
+    gateway = start_gateway(*broker_args, "--private-channel", "secret",
+                            "--subscribe-key", "test-only-hs256-secret-of-32-bytes!")
+    buffer = bytearray()
+    with connect(gateway) as sock:
+        event = loop_holds(gateway, sock, buffer, "f")
+
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        health = read_response(sock, buffer)
+        assert health.startswith(b"HTTP/1.1 200 ") and json.loads(body(health))["status"] == "ok"
+        event = loop_holds(gateway, sock, buffer, "f", event)
+
+        sock.sendall(poll_request("secret", "timeout=0"))
+        refusal = read_response(sock, buffer)
+        assert refusal.startswith(b"HTTP/1.1 401 "), refusal
+        event = loop_holds(gateway, sock, buffer, "f", event)
+
+        [later] = publish_all(gateway, "f", ["split"])
+        request = poll_request("f", f"lastEventId={event}")
+        sock.sendall(request[:20])
+        time.sleep(0.3)  # read in the loop alone: not a whole head
+        sock.sendall(request[20:])
+        answer = json.loads(body(read_response(sock, buffer)))
+        assert [(e["data"], e["id"]) for e in answer["events"]] == [("split", later)]
+        event = loop_holds(gateway, sock, buffer, "f", later)
+
+        [last] = publish_all(gateway, "f", ["pipelined"])
+        sock.sendall(poll_request("f", f"lastEventId={event}") +
+                     poll_request("f", f"lastEventId={last}&timeout=0"))
+        first = json.loads(body(read_response(sock, buffer)))
+        second = json.loads(body(read_response(sock, buffer)))
+        assert [e["data"] for e in first["events"]] == ["pipelined"]
+        assert (second["events"], second["lastEventId"]) == ([], last)
+        loop_holds(gateway, sock, buffer, "f", last)
+
+        sock.sendall(poll_request("f", "lastEventId=not-an-id&timeout=0"))
+        reset = json.loads(body(read_response(sock, buffer)))
+        assert reset["events"][0]["event"] == "gateway-reset", reset
+    assert "Traceback" not in gateway.log()
+
+
+def test_a_connection_the_event_loop_holds_between_polls_closes_after_the_idle_timeout(
+        start_gateway):
+    gateway = start_gateway("--idle-timeout", "1")
+    with connect(gateway) as sock:
+        loop_holds(gateway, sock, bytearray(), "i")
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the gateway, idle
+    assert 0.9 < time.monotonic() - started < 5
