@@ -170,8 +170,8 @@ class PollEndpoint:
 
     def _answer(self, environ: dict, request: PollRequest, origin: Optional[str],
                 headers: endpoint.Headers) -> Tuple[int, Optional[endpoint.Headers], Any]:
-        """The answer's status, Content-Type header and body; no header and a `Sent` body for
-        an answer sent from the event loop."""
+        """The answer's status, Content-Type header and body; no header and a `Sent` or
+        `HELD` body for an answer sent, or to be sent, from the event loop."""
         config = self._config
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
@@ -221,16 +221,20 @@ class PollEndpoint:
         backlog = session.open_now(request.cursor, request.batch)
         if backlog is None:
             return None
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
-        until = None
-        awaited = self._hub.own_on_the_way(request.channels) if backlog else None
-        if awaited:
-            # Publishes acknowledged here are on their way, missing from the backlog: the
-            # answer waits for them, as they would be in a read of Redis.
-            until = partial(self._hub.dispatched, awaited)
-        return self._direct_answer(environ[DIRECT], request, environ.get("HTTP_ORIGIN")).start(
-            session, backlog, request.hold, request.batch, until)
+        try:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+            until = None
+            awaited = self._hub.own_on_the_way(request.channels) if backlog else None
+            if awaited:
+                # Publishes acknowledged here are on their way, missing from the backlog: the
+                # answer waits for them, as they would be in a read of Redis.
+                until = partial(self._hub.dispatched, awaited)
+            direct = self._direct_answer(environ[DIRECT], request, environ.get("HTTP_ORIGIN"))
+            return direct.start(session, backlog, request.hold, request.batch, until)
+        except BaseException:
+            session.close()
+            raise
 
     def _direct_answer(self, direct: Direct, request: PollRequest,
                        origin: Optional[str]) -> DirectAnswer:

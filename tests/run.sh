@@ -55,4 +55,5 @@ export PYTHONPATH=.venv/gevent-lowest
 .venv/bin/python -c 'import gevent; print("gevent", gevent.__version__, "from", gevent.__file__)'
 exec "${pytest[@]}" tests/test_http_h1.py tests/test_http_hostile.py tests/test_http_server.py \
   tests/test_http_keepalive.py tests/test_stream_connections.py tests/test_hub_streams.py \
-  tests/test_wakeups.py tests/test_poll_wakeups.py tests/test_publish_pipelined.py
+  tests/test_wakeups.py tests/test_poll_wakeups.py tests/test_publish_pipelined.py \
+  tests/test_poll_direct.py
