@@ -4,15 +4,20 @@ graceful shutdown that does not wait for idle connections."""
 
 from __future__ import annotations
 
+import collections
 import json
 import select
 import signal
 import socket
 import time
 
+import gevent
+import gevent.event
 from conftest import health
 from sse_client import Stream, subscribed
 from test_http_hostile import connect, read_until_closed, split_response
+
+from gateway.http.connection import ADMIT_BATCH, Server, Settings
 
 
 def read_response(sock: socket.socket, buffer: bytes = b"",
@@ -218,3 +223,37 @@ def order_served(gateway, socks: list[socket.socket], requests: list[bytes]) -> 
         return [index[fd] for fd, _ in poller.poll(0, len(socks))]
     finally:
         poller.close()
+
+
+def test_a_turn_of_the_loop_serves_a_batch_of_arrivals_at_most_the_rest_next_in_order():
+    """Driven in this process's gevent loop: 5 batches' worth of connections whose requests
+    arrived in one turn are served in arrival order over at least 5 turns, a batch at most
+    each, so the I/O ready meanwhile gets its turn between them."""
+    server = Server(None, Settings(8192, 10.0, 75.0, 1 << 20), ("127.0.0.1", 0),
+                    lambda request: b"", lambda *job: None)
+    loop = server.hub.loop
+    turns = collections.Counter()
+    turn = [0]
+    counter = loop.prepare()  # once a turn, before the loop waits for I/O
+    counter.start(lambda: turn.__setitem__(0, turn[0] + 1))
+    served = []
+    done = gevent.event.Event()
+    count = 5 * ADMIT_BATCH
+
+    def serve(n: int) -> None:
+        served.append(n)
+        turns[turn[0]] += 1
+        if n == count - 1:
+            done.set()
+
+    def arrive() -> None:  # as the read watchers of one turn do: last-ready first
+        for n in reversed(range(count)):
+            server.arrived(serve, n)
+
+    loop.run_callback(arrive)
+    try:
+        assert done.wait(10)
+    finally:
+        counter.stop()
+    assert served == list(range(count))
+    assert max(turns.values()) <= ADMIT_BATCH and len(turns) >= 5, turns

@@ -16,6 +16,9 @@ Connections whose next request arrives are served in the order it arrived (`Serv
 libev runs the watchers that one turn of the loop found ready last-ready first, so in a
 saturated process, where a turn finds hundreds, the first client to send would wait the
 longest: twice the turn's time at worst, where serving them in order makes it one turn for all.
+A turn serves at most ADMIT_BATCH of them, so that the I/O ready meanwhile (a publish, the
+replies and live events from Redis) waits a few milliseconds, not the length of a thousand
+requests.
 
 A refused request gets its JSON error, then a lingering close (RFC 9112 section 9.6): the
 gateway stops sending and reads what the client still sends for a moment, so the client's
@@ -24,9 +27,10 @@ kernel does not discard the answer on the reset that closing an unread socket wo
 
 import logging
 import socket
+from collections import deque
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import gevent.event
 from gevent.hub import Waiter, get_hub
@@ -42,6 +46,9 @@ READ_SIZE = 4096
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024
 REFUSAL_WAIT = 1.0  # seconds a refused client gets to send the head that says what it wants
+# Connections served a turn at most, of those whose next request arrived: the rest wait for the
+# next turn, after the I/O that is ready meanwhile (a publish, Redis' replies).
+ADMIT_BATCH = 64
 SWEEP_EVERY = 1.0  # seconds between sweeps of idle connections, at most (a quarter of the timeout)
 
 
@@ -85,8 +92,10 @@ class Server:
         self.hub = get_hub()
         self._sweeper = None  # the loop timer of `_sweep`, from the first wait
         # The connections whose next request arrived in the loop's last turn, as it ran their
-        # watchers (last-ready first), and the timer due at once that serves them in its next.
+        # watchers (last-ready first); those of earlier turns still to serve, in arrival
+        # order; and the timer due at once that serves them in its next.
         self._arrivals: List[Tuple[Callable[..., Any], Any]] = []
+        self._admitting: Deque[Tuple[Callable[..., Any], Any]] = deque()
         self._admitter = self.hub.loop.timer(0.0, ref=False)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
@@ -130,20 +139,26 @@ class Server:
 
     def arrived(self, resume: Callable[[Any], Any], value: Any) -> None:
         """In the hub, from a connection's read watcher (stopped): its client has sent more.
-        `resume(value)` runs in the loop's next turn, in the order the watchers became ready.
-        (A timer due at once runs before the watchers of its turn, so each turn serves those
-        of the last one.)"""
+        `resume(value)` runs in a later turn of the loop, in the order the watchers became
+        ready: the next one, unless ADMIT_BATCH arrived before it. (A timer due at once runs
+        before the watchers of its turn, so each turn serves those of the last ones.)"""
         self._arrivals.append((resume, value))
         if not self._admitter.active:
             self._admitter.start(self._admit)
 
     def _admit(self) -> None:
-        arrivals, self._arrivals = self._arrivals, []
-        for resume, value in reversed(arrivals):
+        queue = self._admitting
+        if self._arrivals:
+            queue.extend(reversed(self._arrivals))
+            self._arrivals = []
+        for _ in range(min(ADMIT_BATCH, len(queue))):
+            resume, value = queue.popleft()
             try:
                 resume(value)
             except Exception:  # the others must still be served
                 log.exception("resuming a connection failed")
+        if queue and not self._admitter.active:
+            self._admitter.start(self._admit)
 
     def _sweep(self) -> None:
         # In the hub. Each switch runs the connection's greenlet until it closes the socket.
