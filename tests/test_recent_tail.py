@@ -7,26 +7,34 @@ needs none of what is on its way: it is still to come to the attached subscriber
 read costs no broker call even while this process' publishes are on their way, and the one
 behind still reads the broker then; a disconnected broker answers every read itself. What is
 on its way from elsewhere (bytes unread on the pub/sub socket, as in any busy process) sends
-no read to the broker. In-process, on the embedded broker, with "own publishes on their way"
-and "disconnected" set by hand.
+no read to the broker. A poll served in the event loop reads memory whatever is on its way,
+and waits there, attached, for its own publishes' events (`DirectAnswer` with `until`).
+In-process, on the embedded broker, with "own publishes on their way" and "disconnected" set
+by hand; then on a real Redis.
 """
 
 import json
 import subprocess
 import sys
 import textwrap
+import time
+from functools import partial
 
+import gevent
 from conftest import ROOT
 
 from gateway.brokers.embedded import EmbeddedBroker
+from gateway.http.seam import HELD, Direct, Sent
 from gateway.hub import Hub
-from gateway.ids import format_cursor
+from gateway.ids import format_cursor, successor
 from gateway.message import Message
 from gateway.recent import RecentLimits
 from gateway.subscribe import open_session
-from gateway.transports import PollQueue
+from gateway.transports import PollQueue, Session
+from gateway.transports.poll import DirectAnswer
 
 CHANNEL = "c"
+FAR = (1 << 62, 0)  # an id no event reaches here
 
 
 class BusyBroker(EmbeddedBroker):
@@ -36,7 +44,8 @@ class BusyBroker(EmbeddedBroker):
 
     def __init__(self) -> None:
         super().__init__()
-        self.on_the_way = self.down = False
+        self.on_the_way = None  # the id of the last own event on its way, if any
+        self.down = False
         self.reads = 0
 
     @property
@@ -44,7 +53,7 @@ class BusyBroker(EmbeddedBroker):
         return not self.down
 
     def own_on_the_way(self, channels) -> dict:
-        return {CHANNEL: (1 << 62, 0)} if self.on_the_way else {}
+        return {CHANNEL: self.on_the_way} if self.on_the_way is not None else {}
 
     def history(self, positions, limit=None):
         self.reads += 1
@@ -70,17 +79,17 @@ def opened(hub: Hub, after) -> list:
 
 def test_a_cursor_at_the_last_event_opens_from_memory_while_own_publishes_are_on_their_way():
     broker, hub, ids = setup()
-    broker.on_the_way = True
+    broker.on_the_way = FAR
     assert opened(hub, ids[-1]) == []
     assert (broker.reads, hub.history_from_memory, hub.history_from_broker) == (0, 1, 0)
 
 
 def test_a_cursor_behind_the_last_event_reads_the_broker_while_own_publishes_are_on_their_way():
     broker, hub, ids = setup()
-    broker.on_the_way = True
+    broker.on_the_way = FAR
     assert opened(hub, ids[0]) == ["m1", "m2"]
     assert (broker.reads, hub.history_from_broker) == (1, 1)
-    broker.on_the_way = False
+    broker.on_the_way = None
     assert opened(hub, ids[0]) == ["m1", "m2"]  # from memory once nothing waits
     assert (broker.reads, hub.history_from_memory) == (1, 1)
 
@@ -91,6 +100,77 @@ def test_with_the_broker_disconnected_every_read_goes_to_the_broker():
     assert opened(hub, ids[-1]) == []
     assert opened(hub, ids[1]) == ["m2"]
     assert (broker.reads, hub.history_from_memory) == (2, 0)
+
+
+class SentThrough(Direct):
+    """A `seam.Direct` that takes every response whole and keeps what went out."""
+
+    def __init__(self) -> None:
+        self.responses: list = []
+
+    def usable(self) -> bool:
+        return True
+
+    def date(self) -> str:
+        return "now"
+
+    def send(self, response: bytes) -> int:
+        self.responses.append(response)
+        return len(response)
+
+    def follow(self, serve) -> None:
+        pass
+
+    def answered(self, sent: Sent) -> None:
+        assert not sent.rest
+
+
+def test_a_poll_from_the_event_loop_waits_for_its_own_publishes_on_their_way():
+    """Its backlog from memory lacks them: answered once the hub has dispatched them, with the
+    backlog and them, not before (and not from the broker)."""
+    broker, hub, ids = setup()
+    broker.on_the_way = successor(ids[-1])  # the next event, acknowledged, not come back yet
+    session = Session(hub, PollQueue([CHANNEL], 100))
+    backlog = session.open_now(format_cursor((CHANNEL,), {CHANNEL: ids[0]}), 10)
+    assert [m.data for m in backlog] == ["m1", "m2"] and broker.reads == 0
+    awaited = hub.own_on_the_way([CHANNEL])
+    direct = SentThrough()
+    answer = DirectAnswer(direct, lambda events, cursor, date: (
+        "200 OK", 0, json.dumps([[m.data for m, _ in events], cursor]).encode()), lambda: None)
+    assert answer.start(session, backlog, 10.0, 10, partial(hub.dispatched, awaited)) is HELD
+    gevent.sleep(0.05)
+    assert direct.responses == []  # held: its own event is still on its way
+    mine = broker.publish(Message(CHANNEL, "mine")).event_id
+    broker.on_the_way = None
+    deadline = time.monotonic() + 5
+    while not direct.responses and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert [json.loads(r) for r in direct.responses] == [
+        [["m1", "m2", "mine"], format_cursor((CHANNEL,), {CHANNEL: mine})]]
+    assert broker.reads == 0
+
+
+def test_a_poll_waiting_for_its_own_publishes_is_not_answered_by_others_and_ends_with_its_hold():
+    broker, hub, ids = setup()
+    broker.on_the_way = FAR  # never comes back
+    session = Session(hub, PollQueue([CHANNEL], 100))
+    backlog = session.open_now(format_cursor((CHANNEL,), {CHANNEL: ids[0]}), 10)
+    direct = SentThrough()
+    answer = DirectAnswer(direct, lambda events, cursor, date: (
+        "200 OK", 0, json.dumps([[m.data for m, _ in events], cursor]).encode()), lambda: None)
+    started = time.monotonic()
+    awaited = hub.own_on_the_way([CHANNEL])
+    assert answer.start(session, backlog, 0.5, 10, partial(hub.dispatched, awaited)) is HELD
+    broker.publish(Message(CHANNEL, "other"))  # someone else's: dispatched, not awaited
+    gevent.sleep(0.2)
+    assert direct.responses == []
+    deadline = time.monotonic() + 5
+    while not direct.responses and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert time.monotonic() - started >= 0.45
+    # The backlog, and a cursor after it: "other" comes with the next poll, from history.
+    assert [json.loads(r) for r in direct.responses] == [
+        [["m1", "m2"], format_cursor((CHANNEL,), {CHANNEL: ids[2]})]]
 
 
 # -- on a real Redis, in process -------------------------------------------------------------
