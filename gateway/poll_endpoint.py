@@ -173,8 +173,7 @@ class PollEndpoint:
         """The answer's status, Content-Type header and body; no header and a `Sent` or
         `HELD` body for an answer sent, or to be sent, from the event loop."""
         config = self._config
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+        self._log_poll(environ, request)
         with self._metrics.polling(jsonp=request.callback is not None):
             try:
                 grant = self._auth.check_subscribe(request.channels, environ, request.args)
@@ -222,8 +221,7 @@ class PollEndpoint:
         if backlog is None:
             return None
         try:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s polls %s", self._client(environ), ",".join(request.channels))
+            self._log_poll(environ, request)
             until = None
             awaited = self._hub.own_on_the_way(request.channels) if backlog else None
             if awaited:
@@ -247,8 +245,10 @@ class PollEndpoint:
         if status in (401, 403):
             self._metrics.refused_auth(METRICS_ENDPOINT, status)
 
-    def _client(self, environ: dict) -> str:
-        return environ_client(environ, self._proxies).address
+    def _log_poll(self, environ: dict, request: PollRequest) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            client = environ_client(environ, self._proxies).address
+            log.debug("%s polls %s", client, ",".join(request.channels))
 
 
 class _DirectResponses:

@@ -484,7 +484,6 @@ class _Shard:
         self.listener.kill(block=True, timeout=2)
         self._drop()
 
-
     # -- what the broker asks ---------------------------------------------------------------
 
     def take(self, channel: str) -> None:

@@ -38,7 +38,7 @@ from gevent.socket import wait_read, wait_write
 
 from . import h1
 from .seam import DIRECT, HELD, Direct, Sent
-from .wsgi import Body, close_result, environ, log_access, respond, send_result
+from .wsgi import Body, close_result, direct_request, environ, log_access, respond, send_result
 
 log = logging.getLogger("gateway.http")
 
@@ -177,7 +177,7 @@ class Server:
 
 class Connection:
     __slots__ = ("server", "sock", "address", "buffer", "taken", "watcher", "pending",
-                 "held_bytes", "corked", "readable", "looped", "_direct")
+                 "held_bytes", "corked", "readable", "_direct")
 
     def __init__(self, server: Server, sock: socket.socket, address: tuple) -> None:
         self.server = server
@@ -190,7 +190,6 @@ class Connection:
         self.held_bytes = 0  # the request bodies behind them
         self.corked: Optional[list] = None  # what send_all collects while answers are flushed
         self.readable = False  # a Direct's watch saw the client's next bytes (still unread)
-        self.looped = False  # the event loop holds it, and no greenlet serves it
         self._direct: Optional[ConnectionDirect] = None
 
     def direct(self) -> "ConnectionDirect":
@@ -227,7 +226,7 @@ class Connection:
             for _, result in self.pending:  # the client left: their work stands, unanswered
                 close_result(result)
             self.pending = []
-            if not self.looped:
+            if self not in server.looped:  # else the event loop holds it, with no greenlet
                 self.end()
 
     def resume(self, owed: bytes) -> None:
@@ -443,7 +442,6 @@ class ConnectionDirect(Direct):
         """`request`'s answer is HELD: the event loop has the connection until it is sent."""
         conn = self.conn
         self._request = request
-        conn.looped = True
         conn.server.looped.add(conn)
         if conn.watcher is None:
             conn.watcher = conn.server.hub.loop.io(conn.sock.fileno(), 1)
@@ -523,22 +521,15 @@ class ConnectionDirect(Direct):
             request = h1.parse_request_head(data)
         except h1.HttpError:
             return None
-        if request.method != "GET" or not request.keep_alive or request.chunked \
-                or request.content_length or request.expect_continue:
-            return None
-        return request
+        return request if direct_request(request) else None
 
     def _give_back(self, owed: bytes) -> None:
-        conn = self.conn
-        conn.looped = False
-        conn.server.unloop(conn)
-        conn.server.spawn(conn.resume, owed)
+        self.conn.server.unloop(self.conn)
+        self.conn.server.spawn(self.conn.resume, owed)
 
     def _close(self) -> None:
-        conn = self.conn
-        conn.looped = False
-        conn.server.unloop(conn)
-        conn.end()
+        self.conn.server.unloop(self.conn)
+        self.conn.end()
 
 
 def send_now(sock: socket.socket, data: bytes) -> None:

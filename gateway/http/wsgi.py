@@ -57,8 +57,7 @@ def respond(conn, request: h1.Request) -> bool:
         body = Body(conn, request.content_length or 0, request.expect_continue)
     response = _Response(conn, request, body)
     env = environ(conn, request, body)
-    if (request.method == "GET" and request.keep_alive and not conn.buffer
-            and not conn.pending and not request.content_length and not request.chunked):
+    if direct_request(request) and not conn.buffer and not conn.pending:
         env[DIRECT] = conn.direct()
     try:
         result = server.app(env, response.start_response)
@@ -81,6 +80,13 @@ def respond(conn, request: h1.Request) -> bool:
         return response.hand_over(result)
     conn.pending.append((response, result))
     return conn.flush()
+
+
+def direct_request(request: h1.Request) -> bool:
+    """Whether a request may be answered through a `seam.Direct`, as far as its head tells: a
+    GET without a body that keeps the connection open."""
+    return (request.method == "GET" and request.keep_alive and not request.content_length
+            and not request.chunked)
 
 
 def _may_hold(conn, request: h1.Request, body: "Body") -> bool:
